@@ -1,0 +1,19 @@
+"""Exponential-family factors: natural parameters, moments, log-normalizers, entropy and KL."""
+
+from pyro_vi.factors.base import ExpFamFactor, blend
+from pyro_vi.factors.dirichlet import Categorical, Dirichlet
+from pyro_vi.factors.gamma import Gamma, NormalGamma
+from pyro_vi.factors.wishart import NormalWishart, Wishart, expected_logdet, log_wishart_normalizer
+
+__all__ = [
+    "Categorical",
+    "Dirichlet",
+    "ExpFamFactor",
+    "Gamma",
+    "NormalGamma",
+    "NormalWishart",
+    "Wishart",
+    "blend",
+    "expected_logdet",
+    "log_wishart_normalizer",
+]

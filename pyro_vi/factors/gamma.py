@@ -1,0 +1,152 @@
+"""Gamma and (diagonal) Normal-Gamma factors."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.distributions as td
+from torch import Tensor
+
+from pyro_vi.factors.base import ExpFamFactor
+
+__all__ = ["Gamma", "NormalGamma"]
+
+
+class Gamma(ExpFamFactor):
+    """Gamma factor :math:`q(\\lambda) = \\mathrm{Gam}(\\lambda\\,|\\,a, b)` (shape, rate).
+
+    :math:`\\eta = (a - 1, -b)`, :math:`T = (\\log\\lambda, \\lambda)`,
+    :math:`A = \\log\\Gamma(a) - a \\log b`, and (Bishop 2006, eqs. B.27, B.30)
+
+    .. math:: E[\\lambda] = a/b, \\qquad E[\\log\\lambda] = \\psi(a) - \\log b .
+
+    Elementwise: every entry of ``shape``/``rate`` is an independent factor.
+
+    Examples
+    --------
+    >>> import torch
+    >>> q = Gamma(torch.tensor(2.0, dtype=torch.float64), torch.tensor(4.0, dtype=torch.float64))
+    >>> q.mean()
+    tensor(0.5000, dtype=torch.float64)
+    """
+
+    event_dims = (0, 0)
+
+    def __init__(self, shape: Tensor, rate: Tensor) -> None:
+        self.shape, self.rate = torch.broadcast_tensors(shape, rate)
+
+    @property
+    def batch_shape(self) -> torch.Size:
+        return self.shape.shape
+
+    @property
+    def natural_params(self) -> tuple[Tensor, ...]:
+        return (self.shape - 1.0, -self.rate)
+
+    @classmethod
+    def from_natural(cls, *eta: Tensor) -> Gamma:
+        return cls(eta[0] + 1.0, -eta[1])
+
+    def mean(self) -> Tensor:
+        """:math:`E[\\lambda] = a / b`."""
+        return self.shape / self.rate
+
+    def expected_log(self) -> Tensor:
+        """:math:`E[\\log\\lambda] = \\psi(a) - \\log b`."""
+        return torch.digamma(self.shape) - torch.log(self.rate)
+
+    def expected_stats(self) -> tuple[Tensor, ...]:
+        return (self.expected_log(), self.mean())
+
+    def log_normalizer(self) -> Tensor:
+        return torch.lgamma(self.shape) - self.shape * torch.log(self.rate)
+
+    def expected_log_base_measure(self) -> Tensor:
+        return torch.zeros_like(self.shape)
+
+    def to_distribution(self) -> td.Gamma:
+        """The same law as a :class:`torch.distributions.Gamma` (elementwise batch)."""
+        return td.Gamma(self.shape, self.rate)
+
+
+class NormalGamma(ExpFamFactor):
+    """Normal-Gamma factor :math:`q(\\mu,\\lambda) = N(\\mu|m,(\\beta\\lambda)^{-1})\\,\\mathrm{Gam}(\\lambda|a,b)`.
+
+    Elementwise over its batch: a diagonal-covariance mixture component is a batch of ``D``
+    independent Normal-Gamma factors, one per dimension (Bishop 2006, eq. 2.154).
+
+    In exponential-family form, with :math:`T = (\\lambda\\mu, \\lambda\\mu^2, \\lambda, \\log\\lambda)`:
+
+    .. math::
+        \\eta = \\big(\\beta m,\\; -\\tfrac{\\beta}{2},\\; -b - \\tfrac{\\beta m^2}{2},\\;
+                a - \\tfrac12\\big), \\qquad
+        A = \\log\\Gamma(a) - a\\log b - \\tfrac12\\log\\beta, \\qquad
+        \\log h = -\\tfrac12\\log 2\\pi,
+
+    and the moments :math:`E[\\lambda\\mu] = m\\,a/b`,
+    :math:`E[\\lambda\\mu^2] = 1/\\beta + m^2 a/b`, :math:`E[\\lambda] = a/b`,
+    :math:`E[\\log\\lambda] = \\psi(a) - \\log b`.
+
+    Parameters
+    ----------
+    loc, precision_scale, shape, rate : Tensor
+        :math:`m`, :math:`\\beta > 0`, :math:`a > 0`, :math:`b > 0`; broadcast together.
+
+    Examples
+    --------
+    >>> import torch
+    >>> one = torch.tensor(1.0, dtype=torch.float64)
+    >>> NormalGamma(0 * one, one, one, one).expected_mahalanobis(one)
+    tensor(2., dtype=torch.float64)
+    """
+
+    event_dims = (0, 0, 0, 0)
+
+    def __init__(self, loc: Tensor, precision_scale: Tensor, shape: Tensor, rate: Tensor) -> None:
+        self.loc, self.precision_scale, self.shape, self.rate = torch.broadcast_tensors(
+            loc, precision_scale, shape, rate
+        )
+
+    @property
+    def batch_shape(self) -> torch.Size:
+        return self.loc.shape
+
+    @property
+    def precision(self) -> Gamma:
+        """The marginal factor :math:`q(\\lambda) = \\mathrm{Gam}(a, b)`."""
+        return Gamma(self.shape, self.rate)
+
+    @property
+    def natural_params(self) -> tuple[Tensor, ...]:
+        m, beta, a, b = self.loc, self.precision_scale, self.shape, self.rate
+        return (beta * m, -0.5 * beta, -b - 0.5 * beta * m**2, a - 0.5)
+
+    @classmethod
+    def from_natural(cls, *eta: Tensor) -> NormalGamma:
+        beta = -2.0 * eta[1]
+        m = eta[0] / beta
+        return cls(m, beta, eta[3] + 0.5, -eta[2] - 0.5 * beta * m**2)
+
+    def expected_stats(self) -> tuple[Tensor, ...]:
+        m, beta = self.loc, self.precision_scale
+        e_lam = self.shape / self.rate
+        return (m * e_lam, 1.0 / beta + m**2 * e_lam, e_lam, self.precision.expected_log())
+
+    def log_normalizer(self) -> Tensor:
+        return (torch.lgamma(self.shape) - self.shape * torch.log(self.rate)
+                - 0.5 * torch.log(self.precision_scale))
+
+    def expected_log_base_measure(self) -> Tensor:
+        return torch.full_like(self.loc, -0.5 * math.log(2 * math.pi))
+
+    def expected_mahalanobis(self, x: Tensor) -> Tensor:
+        """:math:`E[\\lambda (x-\\mu)^2] = 1/\\beta + (a/b)(x-m)^2`, broadcast over ``x``.
+
+        The diagonal counterpart of Bishop (2006, eq. 10.64).
+        """
+        return 1.0 / self.precision_scale + self.shape / self.rate * (x - self.loc) ** 2
+
+    def marginal_loc_variance(self) -> Tensor:
+        """:math:`\\mathrm{Var}[\\mu] = b / (\\beta (a - 1))` (a Student-t marginal), for ``a > 1``."""
+        return self.rate / (self.precision_scale * (self.shape - 1.0))

@@ -1,0 +1,242 @@
+"""Wishart and Normal-Wishart factors: q(Λ) and q(μ, Λ) of a full-covariance component."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.distributions as td
+from torch import Tensor
+
+from pyro_vi.factors.base import ExpFamFactor
+from pyro_vi.linalg import inverse_cholesky
+
+__all__ = ["NormalWishart", "Wishart", "expected_logdet", "log_wishart_normalizer"]
+
+
+def _logdet_tril(tril: Tensor) -> Tensor:
+    """:math:`\\log|L L^T|` from a lower Cholesky factor."""
+    return 2.0 * torch.log(torch.diagonal(tril, dim1=-2, dim2=-1)).sum(-1)
+
+
+def log_wishart_normalizer(scale_tril: Tensor, df: Tensor) -> Tensor:
+    """Wishart log-normalizer :math:`-\\log B(W,\\nu)` (Bishop 2006, eq. B.79).
+
+    .. math::
+        -\\log B(W, \\nu) = \\frac{\\nu}{2}\\log|W| + \\frac{\\nu D}{2}\\log 2
+            + \\log\\Gamma_D\\!\\left(\\frac{\\nu}{2}\\right).
+
+    Shapes: ``scale_tril`` is ``(..., D, D)`` (Cholesky of W), ``df`` is ``(...)``.
+    """
+    d = scale_tril.shape[-1]
+    return (0.5 * df * _logdet_tril(scale_tril) + 0.5 * df * d * math.log(2.0)
+            + torch.mvlgamma(0.5 * df, p=d))
+
+
+def expected_logdet(scale_tril: Tensor, df: Tensor) -> Tensor:
+    """:math:`E[\\log|\\Lambda|]` under :math:`\\mathcal{W}(\\Lambda|W,\\nu)` (Bishop 2006, eq. 10.65).
+
+    .. math::
+        E[\\log|\\Lambda|] = \\sum_{i=1}^{D}\\psi\\!\\left(\\frac{\\nu+1-i}{2}\\right)
+            + D\\log 2 + \\log|W| .
+    """
+    d = scale_tril.shape[-1]
+    i = torch.arange(1, d + 1, dtype=df.dtype, device=df.device)
+    psi = torch.digamma(0.5 * (df.unsqueeze(-1) + 1.0 - i)).sum(-1)
+    return psi + d * math.log(2.0) + _logdet_tril(scale_tril)
+
+
+class Wishart(ExpFamFactor):
+    """Wishart factor :math:`q(\\Lambda) = \\mathcal{W}(\\Lambda\\,|\\,W, \\nu)` over precisions.
+
+    :math:`\\eta = (-\\tfrac12 W^{-1}, \\tfrac12(\\nu - D - 1))`, :math:`T = (\\Lambda, \\log|\\Lambda|)`,
+    :math:`A = -\\log B(W,\\nu)` (:func:`log_wishart_normalizer`), :math:`E[\\Lambda] = \\nu W`
+    and :math:`E[\\log|\\Lambda|]` from :func:`expected_logdet`.
+
+    Parameters
+    ----------
+    scale_tril : Tensor
+        Lower Cholesky factor of the scale matrix :math:`W`, shape ``batch_shape + (D, D)``.
+    df : Tensor
+        Degrees of freedom :math:`\\nu > D - 1`, shape ``batch_shape``.
+
+    Examples
+    --------
+    >>> import torch
+    >>> q = Wishart(torch.eye(2, dtype=torch.float64), torch.tensor(3.0, dtype=torch.float64))
+    >>> q.mean()
+    tensor([[3., 0.],
+            [0., 3.]], dtype=torch.float64)
+    """
+
+    event_dims = (2, 0)
+
+    def __init__(self, scale_tril: Tensor, df: Tensor) -> None:
+        self.scale_tril = scale_tril
+        self.df = df
+
+    @property
+    def dim(self) -> int:
+        """Matrix dimension :math:`D`."""
+        return self.scale_tril.shape[-1]
+
+    @property
+    def batch_shape(self) -> torch.Size:
+        return self.df.shape
+
+    @property
+    def scale(self) -> Tensor:
+        """:math:`W = L L^T`."""
+        return self.scale_tril @ self.scale_tril.transpose(-1, -2)
+
+    @property
+    def scale_inv(self) -> Tensor:
+        """:math:`W^{-1}`."""
+        return torch.cholesky_inverse(self.scale_tril)
+
+    @property
+    def natural_params(self) -> tuple[Tensor, ...]:
+        return (-0.5 * self.scale_inv, 0.5 * (self.df - self.dim - 1.0))
+
+    @classmethod
+    def from_natural(cls, *eta: Tensor) -> Wishart:
+        d = eta[0].shape[-1]
+        tril = inverse_cholesky(-2.0 * eta[0], where="Wishart.from_natural")
+        return cls(tril, 2.0 * eta[1] + d + 1.0)
+
+    def mean(self) -> Tensor:
+        """:math:`E[\\Lambda] = \\nu W` (Bishop 2006, eq. B.80)."""
+        return self.df[..., None, None] * self.scale
+
+    def expected_logdet(self) -> Tensor:
+        """:math:`E[\\log|\\Lambda|]` (Bishop 2006, eq. 10.65)."""
+        return expected_logdet(self.scale_tril, self.df)
+
+    def expected_stats(self) -> tuple[Tensor, ...]:
+        return (self.mean(), self.expected_logdet())
+
+    def log_normalizer(self) -> Tensor:
+        return log_wishart_normalizer(self.scale_tril, self.df)
+
+    def expected_log_base_measure(self) -> Tensor:
+        return torch.zeros_like(self.df)
+
+    def to_distribution(self) -> td.Wishart:
+        """The same law as a :class:`torch.distributions.Wishart`."""
+        return td.Wishart(df=self.df, scale_tril=self.scale_tril)
+
+
+class NormalWishart(ExpFamFactor):
+    """Normal-Wishart factor :math:`q(\\mu,\\Lambda) = N(\\mu|m,(\\beta\\Lambda)^{-1})\\,\\mathcal{W}(\\Lambda|W,\\nu)`.
+
+    The conjugate prior and mean-field posterior of a full-covariance Gaussian component
+    (Bishop 2006, eqs. 2.157, 10.59). With
+    :math:`T = (\\Lambda\\mu, \\mu^T\\Lambda\\mu, \\Lambda, \\log|\\Lambda|)`:
+
+    .. math::
+        \\eta = \\big(\\beta m,\\; -\\tfrac{\\beta}{2},\\;
+                -\\tfrac12 (W^{-1} + \\beta m m^T),\\; \\tfrac12(\\nu - D)\\big),\\qquad
+        A = -\\tfrac{D}{2}\\log\\beta - \\log B(W,\\nu),\\qquad
+        \\log h = -\\tfrac{D}{2}\\log 2\\pi,
+
+    with moments :math:`E[\\Lambda\\mu] = \\nu W m`,
+    :math:`E[\\mu^T\\Lambda\\mu] = D/\\beta + \\nu\\, m^T W m`, :math:`E[\\Lambda] = \\nu W` and
+    :math:`E[\\log|\\Lambda|]` (eq. 10.65).
+
+    Parameters
+    ----------
+    loc : Tensor
+        :math:`m`, shape ``batch_shape + (D,)``.
+    precision_scale : Tensor
+        :math:`\\beta > 0`, shape ``batch_shape``.
+    scale_tril : Tensor
+        Cholesky factor of :math:`W`, shape ``batch_shape + (D, D)``.
+    df : Tensor
+        :math:`\\nu > D - 1`, shape ``batch_shape``.
+
+    Examples
+    --------
+    >>> import torch
+    >>> eye = torch.eye(2, dtype=torch.float64)
+    >>> one = torch.ones(1, dtype=torch.float64)
+    >>> q = NormalWishart(torch.zeros(1, 2, dtype=torch.float64), one, eye[None], 2 * one)
+    >>> q.expected_mahalanobis(torch.ones(1, 2, dtype=torch.float64))  # D/β + ν xᵀWx
+    tensor([[6.]], dtype=torch.float64)
+    """
+
+    event_dims = (1, 0, 2, 0)
+
+    def __init__(self, loc: Tensor, precision_scale: Tensor, scale_tril: Tensor, df: Tensor) -> None:
+        self.loc = loc
+        self.precision_scale = precision_scale
+        self.scale_tril = scale_tril
+        self.df = df
+
+    @property
+    def dim(self) -> int:
+        """Dimension :math:`D`."""
+        return self.loc.shape[-1]
+
+    @property
+    def batch_shape(self) -> torch.Size:
+        return self.df.shape
+
+    @property
+    def precision(self) -> Wishart:
+        """The marginal factor :math:`q(\\Lambda) = \\mathcal{W}(W, \\nu)`."""
+        return Wishart(self.scale_tril, self.df)
+
+    @property
+    def natural_params(self) -> tuple[Tensor, ...]:
+        m, beta = self.loc, self.precision_scale
+        outer = m.unsqueeze(-1) * m.unsqueeze(-2)
+        return (
+            beta.unsqueeze(-1) * m,
+            -0.5 * beta,
+            -0.5 * (self.precision.scale_inv + beta[..., None, None] * outer),
+            0.5 * (self.df - self.dim),
+        )
+
+    @classmethod
+    def from_natural(cls, *eta: Tensor) -> NormalWishart:
+        beta = -2.0 * eta[1]
+        m = eta[0] / beta.unsqueeze(-1)
+        outer = m.unsqueeze(-1) * m.unsqueeze(-2)
+        w_inv = -2.0 * eta[2] - beta[..., None, None] * outer
+        tril = inverse_cholesky(w_inv, where="NormalWishart.from_natural")
+        return cls(m, beta, tril, 2.0 * eta[3] + m.shape[-1])
+
+    def expected_stats(self) -> tuple[Tensor, ...]:
+        w = self.precision.scale
+        wm = (w @ self.loc.unsqueeze(-1)).squeeze(-1)
+        nu = self.df
+        return (
+            nu.unsqueeze(-1) * wm,
+            self.dim / self.precision_scale + nu * (self.loc * wm).sum(-1),
+            nu[..., None, None] * w,
+            self.precision.expected_logdet(),
+        )
+
+    def log_normalizer(self) -> Tensor:
+        return (-0.5 * self.dim * torch.log(self.precision_scale)
+                + log_wishart_normalizer(self.scale_tril, self.df))
+
+    def expected_log_base_measure(self) -> Tensor:
+        return torch.full_like(self.df, -0.5 * self.dim * math.log(2 * math.pi))
+
+    def expected_mahalanobis(self, x: Tensor) -> Tensor:
+        """:math:`E[(x_n-\\mu_k)^T\\Lambda_k(x_n-\\mu_k)] = D/\\beta_k + \\nu_k (x_n-m_k)^T W_k (x_n-m_k)`.
+
+        Bishop (2006, eq. 10.64). For ``x`` of shape ``(N, D)`` and a factor with
+        ``batch_shape == (K,)`` it returns ``(N, K)``, with one GEMM of shape
+        ``(N, D) @ (D, K·D)`` through the Cholesky factors :math:`W_k = L_k L_k^T`:
+        :math:`(x-m_k)^T W_k (x-m_k) = \\lVert L_k^T x - L_k^T m_k \\rVert^2`. Memory is
+        ``N·K·D``; callers chunk ``x`` when that does not fit.
+        """
+        n, d = x.shape
+        k = self.loc.shape[0]
+        tril = self.scale_tril  # (K, D, D)
+        proj = (x @ tril.permute(1, 0, 2).reshape(d, k * d)).view(n, k, d)
+        proj_m = (self.loc.unsqueeze(-2) @ tril).squeeze(-2)  # (K, D)
+        quad = (proj - proj_m).square_().sum(-1)
+        return self.dim / self.precision_scale + self.df * quad

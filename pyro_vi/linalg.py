@@ -42,7 +42,7 @@ def inverse_cholesky(matrix: Tensor, *, where: str) -> Tensor:
     Examples
     --------
     >>> import torch
-    >>> inverse_cholesky(torch.eye(2, dtype=torch.float64) * 4, where="demo")
+    >>> inverse_cholesky(torch.eye(2, dtype=torch.float64) * 4, where="demo").diagonal().tolist()
     [0.5, 0.5]
     """
     inv = torch.cholesky_inverse(cholesky(matrix, where=where))

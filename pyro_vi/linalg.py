@@ -29,10 +29,11 @@ def cholesky(matrix: Tensor, *, where: str) -> Tensor:
     chol, info = torch.linalg.cholesky_ex(sym)
     bad = info != 0
     if bad.any():
-        idx = [tuple(int(i) for i in ix) for ix in bad.nonzero()][:5]
-        raise NumericalError(
-            f"{where}: matrix is not positive definite (batch index {idx if idx else 'scalar'})"
-        )
+        if bad.dim() == 0:
+            at = "a single matrix"
+        else:
+            at = f"batch index {[tuple(int(i) for i in ix) for ix in bad.nonzero()][:5]}"
+        raise NumericalError(f"{where}: matrix is not positive definite ({at})")
     return chol
 
 

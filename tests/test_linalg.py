@@ -1,0 +1,70 @@
+"""Checked Cholesky: the true factor on SPD input, a NumericalError that says where otherwise."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from pyro_vi.errors import NumericalError
+from pyro_vi.linalg import cholesky, inverse_cholesky
+
+F64 = torch.float64
+
+
+def _spd(batch: tuple[int, ...], d: int, seed: int) -> torch.Tensor:
+    """Random SPD matrices ``A Aᵀ + d·I`` (condition number stays modest)."""
+    gen = torch.Generator().manual_seed(seed)
+    a = torch.randn(*batch, d, d, generator=gen, dtype=F64)
+    return a @ a.transpose(-1, -2) + d * torch.eye(d, dtype=F64)
+
+
+@pytest.mark.parametrize("batch", [(), (4,), (2, 3)])
+def test_cholesky_is_the_true_factor(batch):
+    m = _spd(batch, 3, seed=1)
+    chol = cholesky(m, where="test")
+    assert chol.shape == m.shape
+    # Lower triangular with a positive diagonal, and L Lᵀ reproduces the input ...
+    assert torch.equal(chol, torch.tril(chol))
+    assert (torch.diagonal(chol, dim1=-2, dim2=-1) > 0).all()
+    torch.testing.assert_close(chol @ chol.transpose(-1, -2), m, rtol=1e-12, atol=1e-12)
+    # ... and it is the unique such factor, i.e. numpy's.
+    np.testing.assert_allclose(chol.numpy(), np.linalg.cholesky(m.numpy()), rtol=1e-12,
+                               atol=1e-14)
+
+
+def test_cholesky_non_pd_names_where_and_batch_index():
+    m = _spd((2, 3), 3, seed=2)
+    m[1, 2] = -m[1, 2]  # negative definite
+    with pytest.raises(NumericalError, match=r"Wishart update k=7.*not positive definite") as err:
+        cholesky(m, where="Wishart update k=7")
+    assert "(1, 2)" in str(err.value)
+
+
+def test_cholesky_non_pd_single_matrix():
+    indefinite = torch.tensor([[1.0, 2.0], [2.0, 1.0]], dtype=F64)  # eigenvalues 3 and -1
+    with pytest.raises(NumericalError, match=r"^single-matrix site: .*single matrix"):
+        cholesky(indefinite, where="single-matrix site")
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+def test_cholesky_nonfinite_input_names_where(bad):
+    m = _spd((3,), 2, seed=3)
+    m[2, 0, 1] = bad
+    with pytest.raises(NumericalError, match=r"^my-site: matrix holds NaN or inf"):
+        cholesky(m, where="my-site")
+
+
+def test_inverse_cholesky_factors_the_inverse():
+    m = _spd((5,), 4, seed=4)
+    tril = inverse_cholesky(m, where="test")
+    assert torch.equal(tril, torch.tril(tril))
+    torch.testing.assert_close(tril @ tril.transpose(-1, -2), torch.linalg.inv(m),
+                               rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(tril.numpy(), np.linalg.cholesky(np.linalg.inv(m.numpy())),
+                               rtol=1e-10, atol=1e-12)
+
+
+def test_inverse_cholesky_non_pd_names_where():
+    with pytest.raises(NumericalError, match="^from_natural: "):
+        inverse_cholesky(-torch.eye(3, dtype=F64), where="from_natural")

@@ -1,0 +1,197 @@
+"""The Bayesian GMM as plain Pyro code: ``model``, the mean-field ``guide`` and its variants.
+
+Sites (the same in model and guides, so any Pyro ELBO pairs them):
+
+============  =====================================  ================================
+site          model                                  guide
+============  =====================================  ================================
+weights       Dirichlet(α0)                          Dirichlet(α)
+precision     Wishart(ν0, W0), plate "components"    Wishart(ν_k, W_k)  (diag: Gammas)
+loc           N(m0, (β0 Λ_k)^-1), plate "components" N(m_k, (β_k Λ_k)^-1)
+z             Categorical(π), plate "data"           Categorical(r_n)   (not in guide_enum)
+obs           N(loc_z, precision_z^-1), observed     —
+============  =====================================  ================================
+
+``z`` carries ``infer={"enumerate": "parallel"}``, so :class:`pyro.infer.TraceEnum_ELBO` sums it
+out when the guide (``guide_enum``) has no ``z``. Indexing uses :class:`pyro.ops.indexing.Vindex`,
+so the model runs with vectorized particles and under enumeration. ``max_plate_nesting = 1``.
+
+The SVI guide's variational parameters are ``pyro.param`` sites named ``"{name}.alpha"``,
+``"{name}.loc"``, ``"{name}.beta"``, ``"{name}.scale_tril"`` and ``"{name}.df"`` (diag:
+``"{name}.shape"``, ``"{name}.rate"``), and ``"{name}.resp"`` for :math:`q(z)`; they are
+initialised the way CAVI starts (seeded k-means++, one global step, optimal responsibilities).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import pyro
+import pyro.distributions as dist
+import torch
+from pyro.distributions import constraints
+from pyro.ops.indexing import Vindex
+from torch import Tensor
+
+from pyro_vi.factors import Dirichlet, NormalGamma, NormalWishart
+
+if TYPE_CHECKING:
+    from pyro_vi.models.gmm import GaussianMixture, GMMParams
+
+__all__ = ["FittedGMMGuide", "GMMPyroMixin", "sample_latents"]
+
+MAX_PLATE_NESTING = 1
+
+
+def _component_dists(comps: NormalWishart | NormalGamma) -> tuple[Any, Any]:
+    """(precision distribution, function precision -> loc distribution) for one factor."""
+    if isinstance(comps, NormalWishart):
+        prec_d = dist.Wishart(df=comps.df, scale_tril=comps.scale_tril)
+
+        def loc_d(prec: Tensor) -> Any:
+            beta = comps.precision_scale
+            return dist.MultivariateNormal(comps.loc, precision_matrix=beta[..., None, None] * prec)
+
+        return prec_d, loc_d
+    prec_g = dist.Gamma(comps.shape, comps.rate).to_event(1)
+
+    def loc_n(prec: Tensor) -> Any:
+        return dist.Normal(comps.loc, (comps.precision_scale * prec).rsqrt()).to_event(1)
+
+    return prec_g, loc_n
+
+
+def sample_latents(params: GMMParams, resp: Tensor | None) -> dict[str, Tensor]:
+    """Sample the guide's sites from ``params`` (and ``z`` from ``resp`` when given)."""
+    k = params.weights.concentration.shape[-1]
+    out = {"weights": pyro.sample("weights", dist.Dirichlet(params.weights.concentration))}
+    prec_d, loc_d = _component_dists(params.components)
+    with pyro.plate("components", k, dim=-1):
+        out["precision"] = pyro.sample("precision", prec_d)
+        out["loc"] = pyro.sample("loc", loc_d(out["precision"]))
+    if resp is not None:
+        with pyro.plate("data", resp.shape[0], dim=-1):
+            out["z"] = pyro.sample("z", dist.Categorical(probs=resp))
+    return out
+
+
+class FittedGMMGuide:
+    """A Pyro guide with fixed, fitted parameters (e.g. from :func:`pyro_vi.cavi`).
+
+    ``q(z_n)`` is the optimal Categorical given the global factors, computed for whatever
+    ``x`` the guide is called with (Bishop 2006, eq. 10.49), so the guide also works on new
+    data. With ``enumerate_z=True`` it omits ``z`` (for ``TraceEnum_ELBO``).
+    """
+
+    def __init__(self, gmm: GaussianMixture, params: GMMParams, *, enumerate_z: bool = False):
+        self.gmm = gmm
+        self.params = params
+        self.enumerate_z = enumerate_z
+
+    def __call__(self, x: Tensor, *args: Any, **kwargs: Any) -> dict[str, Tensor]:
+        resp = None if self.enumerate_z else self.gmm.responsibilities(x, self.params)
+        return sample_latents(self.params, resp)
+
+
+class GMMPyroMixin:
+    """Pyro ``model``/``guide`` methods of :class:`~pyro_vi.models.gmm.GaussianMixture`."""
+
+    name = "gmm"
+    max_plate_nesting = MAX_PLATE_NESTING
+
+    def _resolved(self, x: Tensor) -> GaussianMixture:
+        gmm: GaussianMixture = self  # type: ignore[assignment]
+        return gmm if gmm.prior is not None else gmm.resolve(x)
+
+    def model(self, x: Tensor) -> Tensor:
+        """The generative model as plain Pyro code; ``x`` is ``(N, D)`` observed data.
+
+        Priors left at their data-dependent defaults are resolved from the ``x`` it is called
+        with; resolve them once (``gmm = gmm.resolve(x_full)``) before minibatching.
+        """
+        gmm = self._resolved(x)
+        prior = gmm.prior_factors()
+        out = sample_latents(prior, None)
+        loc, prec = out["loc"], out["precision"]
+        with pyro.plate("data", x.shape[0], dim=-1):
+            z = pyro.sample("z", dist.Categorical(out["weights"]), infer={"enumerate": "parallel"})
+            if gmm.covariance == "full":
+                loc_z = Vindex(loc.unsqueeze(-3))[..., z, :]
+                prec_z = Vindex(prec.unsqueeze(-4))[..., z, :, :]
+                obs_d: Any = dist.MultivariateNormal(loc_z, precision_matrix=prec_z)
+            else:
+                loc_z = Vindex(loc.unsqueeze(-3))[..., z, :]
+                prec_z = Vindex(prec.unsqueeze(-3))[..., z, :]
+                obs_d = dist.Normal(loc_z, prec_z.rsqrt()).to_event(1)
+            pyro.sample("obs", obs_d, obs=x)
+        return z
+
+    def svi_init(self, x: Tensor, *, init: Any = "kmeans++", seed: int = 0) -> tuple[GMMParams, Tensor]:
+        """Initial (params, responsibilities) for SVI, the way :func:`pyro_vi.cavi` starts."""
+        gmm, x = self.prepare(x)  # type: ignore[attr-defined]
+        gen = torch.Generator().manual_seed(seed)
+        params = gmm.global_step(gmm.init_stats(x, init=init, generator=gen), None)
+        resp = gmm.responsibilities(x, params).clamp_min(1e-6)
+        return params, resp / resp.sum(-1, keepdim=True)
+
+    def _param_sites(self, x: Tensor, *, with_resp: bool) -> tuple[GMMParams, Tensor | None]:
+        from pyro_vi.models.gmm import GMMParams
+
+        gmm = self._resolved(x)
+        store = pyro.get_param_store()
+        n = self.name
+        init: tuple[GMMParams, Tensor] | None = None
+        if f"{n}.alpha" not in store or (with_resp and f"{n}.resp" not in store):
+            init = gmm.svi_init(x)
+        p0, r0 = init if init is not None else (None, None)
+
+        def param(site: str, get: Any, constraint: Any) -> Tensor:
+            return pyro.param(f"{n}.{site}", lambda: get(p0), constraint=constraint)
+
+        alpha = param("alpha", lambda p: p.weights.concentration, constraints.positive)
+        loc = param("loc", lambda p: p.components.loc, constraints.real)
+        beta = param("beta", lambda p: p.components.precision_scale, constraints.positive)
+        if gmm.covariance == "full":
+            d = x.shape[1]
+            tril = param("scale_tril", lambda p: p.components.scale_tril, constraints.lower_cholesky)
+            df = param("df", lambda p: p.components.df, constraints.greater_than(d - 1.0))
+            comps: NormalWishart | NormalGamma = NormalWishart(loc, beta, tril, df)
+        else:
+            shape = param("shape", lambda p: p.components.shape, constraints.positive)
+            rate = param("rate", lambda p: p.components.rate, constraints.positive)
+            comps = NormalGamma(loc, beta, shape, rate)
+        resp = None
+        if with_resp:
+            resp = pyro.param(f"{n}.resp", lambda: r0, constraint=constraints.simplex)
+        return GMMParams(Dirichlet(alpha), comps), resp
+
+    def guide(self, x: Tensor) -> dict[str, Tensor]:
+        """Mean-field guide :math:`q(\\pi)\\prod_k q(\\mu_k,\\Lambda_k)\\prod_n q(z_n)` with ``pyro.param``s."""
+        params, resp = self._param_sites(x, with_resp=True)
+        return sample_latents(params, resp)
+
+    def guide_enum(self, x: Tensor) -> dict[str, Tensor]:
+        """The guide without :math:`q(z)`, for ``TraceEnum_ELBO(max_plate_nesting=1)``."""
+        params, _ = self._param_sites(x, with_resp=False)
+        return sample_latents(params, None)
+
+    def params_from_store(self, x: Tensor) -> GMMParams:
+        """The global parameters currently in Pyro's param store, as a detached ``GMMParams``."""
+        with torch.no_grad():
+            params, _ = self._param_sites(x, with_resp=False)
+        comps = params.components
+        fields = {k: v.detach().clone() for k, v in vars(comps).items()}
+        return type(params)(Dirichlet(params.weights.concentration.detach().clone()),
+                            type(comps)(**_ctor_args(comps, fields)))
+
+    def fitted_guide(self, params: GMMParams, *, enumerate_z: bool = False) -> FittedGMMGuide:
+        """A Pyro guide carrying fixed ``params`` (used as ``CAVIResult.guide``)."""
+        return FittedGMMGuide(self, params, enumerate_z=enumerate_z)  # type: ignore[arg-type]
+
+
+def _ctor_args(comps: NormalWishart | NormalGamma, fields: dict[str, Tensor]) -> dict[str, Tensor]:
+    if isinstance(comps, NormalWishart):
+        keys = ("loc", "precision_scale", "scale_tril", "df")
+    else:
+        keys = ("loc", "precision_scale", "shape", "rate")
+    return {k: fields[k] for k in keys}

@@ -43,10 +43,23 @@ __all__ = ["FittedGMMGuide", "GMMPyroMixin", "sample_latents"]
 MAX_PLATE_NESTING = 1
 
 
+class _Wishart(dist.Wishart):
+    """:class:`pyro.distributions.Wishart` without torch's spurious resampling warning.
+
+    ``torch.distributions.Wishart.rsample`` (torch <= 2.13) tests ``support.check(sample)``
+    (True for a *valid* sample) as if it flagged singular ones, so every batched draw warns
+    "Singular sample detected" and is redrawn (pytorch/pytorch#122021). The Bartlett draw
+    (Bartlett 1933; Smith & Hocking 1972) is exact, so we return it as is.
+    """
+
+    def rsample(self, sample_shape: Any = (), max_try_correction: Any = None) -> Tensor:
+        return self._bartlett_sampling(torch.Size(sample_shape))
+
+
 def _component_dists(comps: NormalWishart | NormalGamma) -> tuple[Any, Any]:
     """(precision distribution, function precision -> loc distribution) for one factor."""
     if isinstance(comps, NormalWishart):
-        prec_d = dist.Wishart(df=comps.df, scale_tril=comps.scale_tril)
+        prec_d = _Wishart(df=comps.df, scale_tril=comps.scale_tril)
 
         def loc_d(prec: Tensor) -> Any:
             beta = comps.precision_scale
@@ -145,20 +158,33 @@ class GMMPyroMixin:
             init = gmm.svi_init(x)
         p0, r0 = init if init is not None else (None, None)
 
-        def param(site: str, get: Any, constraint: Any) -> Tensor:
-            return pyro.param(f"{n}.{site}", lambda: get(p0), constraint=constraint)
+        prior = gmm._prior()  # type: ignore[attr-defined]
 
-        alpha = param("alpha", lambda p: p.weights.concentration, constraints.positive)
-        loc = param("loc", lambda p: p.components.loc, constraints.real)
-        beta = param("beta", lambda p: p.components.precision_scale, constraints.positive)
+        def param(site: str, get: Any, lower: float | None = None) -> Tensor:
+            if lower is None:
+                return pyro.param(f"{n}.{site}", lambda: get(p0), constraint=constraints.real)
+
+            def init_value() -> Tensor:  # strictly inside the constraint
+                return torch.clamp(get(p0), min=lower * (1.0 + 1e-6) + 1e-12)
+
+            return pyro.param(f"{n}.{site}", init_value, constraint=constraints.greater_than(lower))
+
+        # The optimum of the mean-field ELBO has alpha_k >= alpha0, beta_k >= beta0, nu_k >= nu0
+        # (a_kd >= a0): prior plus non-negative counts (Bishop eqs. 10.58, 10.60, 10.63). Bounding
+        # the SVI parameters there loses nothing and keeps Monte-Carlo KL estimates sane: a
+        # Dirichlet with alpha_k << alpha0 puts pi_k below float64's range.
+        alpha = param("alpha", lambda p: p.weights.concentration, prior.weight_concentration)
+        loc = param("loc", lambda p: p.components.loc)
+        beta = param("beta", lambda p: p.components.precision_scale, prior.mean_precision)
         if gmm.covariance == "full":
-            d = x.shape[1]
-            tril = param("scale_tril", lambda p: p.components.scale_tril, constraints.lower_cholesky)
-            df = param("df", lambda p: p.components.df, constraints.greater_than(d - 1.0))
+            tril = pyro.param(f"{n}.scale_tril", lambda: p0.components.scale_tril,  # type: ignore[union-attr]
+                              constraint=constraints.lower_cholesky)
+            df = param("df", lambda p: p.components.df, prior.degrees_of_freedom)
             comps: NormalWishart | NormalGamma = NormalWishart(loc, beta, tril, df)
         else:
-            shape = param("shape", lambda p: p.components.shape, constraints.positive)
-            rate = param("rate", lambda p: p.components.rate, constraints.positive)
+            shape = param("shape", lambda p: p.components.shape, 0.5 * prior.degrees_of_freedom)
+            rate = pyro.param(f"{n}.rate", lambda: p0.components.rate,  # type: ignore[union-attr]
+                              constraint=constraints.positive)
             comps = NormalGamma(loc, beta, shape, rate)
         resp = None
         if with_resp:

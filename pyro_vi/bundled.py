@@ -12,7 +12,7 @@ __all__ = ["load_old_faithful"]
 
 
 def load_old_faithful(*, standardize: bool = False, dtype: torch.dtype = torch.float64) -> Tensor:
-    """The Old Faithful geyser eruptions: 272 rows of (eruption minutes, waiting minutes).
+    """Load the Old Faithful geyser eruptions: 272 rows of (eruption minutes, waiting minutes).
 
     Source: R's ``datasets::faithful`` (Härdle 1991, *Smoothing Techniques*), the data of
     Bishop (2006) Fig. 10.6. Bundled as ``pyro_vi/data/old_faithful.csv``.
@@ -29,12 +29,19 @@ def load_old_faithful(*, standardize: bool = False, dtype: torch.dtype = torch.f
     Tensor
         Shape ``(272, 2)``.
 
+    Raises
+    ------
+    TypeError
+        If ``dtype`` is not a floating torch dtype.
+
     Examples
     --------
     >>> x = load_old_faithful()
     >>> tuple(x.shape), float(x[0, 1])
     ((272, 2), 79.0)
     """
+    if not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
+        raise TypeError(f"dtype must be a floating torch.dtype, got {dtype!r}")
     text = resources.files("pyro_vi").joinpath("data/old_faithful.csv").read_text()
     rows = list(csv.reader(text.splitlines()))
     if rows[0] != ["eruptions", "waiting"]:

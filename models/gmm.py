@@ -409,8 +409,8 @@ class GaussianMixture(GMMPyroMixin):
 
 
 def replace_model(gmm: GaussianMixture) -> GaussianMixture:
-    """A shallow copy of ``gmm`` (models are treated as immutable once built)."""
-    new = GaussianMixture.__new__(GaussianMixture)
+    """A shallow copy of ``gmm`` of the same class (models are treated as immutable once built)."""
+    new = type(gmm).__new__(type(gmm))
     new.__dict__.update(gmm.__dict__)
     return new
 

@@ -105,13 +105,16 @@ class Categorical(ExpFamFactor):
     event_dims = (1,)
 
     def __init__(self, logits: Tensor) -> None:
-        self.logits = logits - torch.logsumexp(logits, -1, keepdim=True)
+        # Normalise, then clamp a -inf logit (an exact zero probability) to the most negative
+        # finite float, as torch.distributions does: 0 * (-inf) would make the entropy and the
+        # KL identity NaN, while 0 * finfo.min is 0.
+        normed = logits - torch.logsumexp(logits, -1, keepdim=True)
+        self.logits = normed.clamp_min(torch.finfo(normed.dtype).min)
 
     @classmethod
     def from_probs(cls, probs: Tensor) -> Categorical:
-        """Build from probabilities (zeros allowed)."""
-        tiny = torch.finfo(probs.dtype).tiny
-        return cls(torch.log(probs.clamp_min(tiny)))
+        """Build from probabilities; an exact zero stays an exact zero."""
+        return cls(torch.log(probs))
 
     @property
     def batch_shape(self) -> torch.Size:
@@ -138,6 +141,22 @@ class Categorical(ExpFamFactor):
 
     def expected_log_base_measure(self) -> Tensor:
         return torch.zeros(self.batch_shape, dtype=self.logits.dtype, device=self.logits.device)
+
+    def kl(self, prior: ExpFamFactor) -> Tensor:
+        r""":math:`\mathrm{KL}(q\,\|\,p) = \sum_k r_k (\log r_k - \log p_k)`.
+
+        Computed from the normalised logits rather than the generic natural-parameter identity
+        so that the conventions for exact zeros hold: :math:`0 \log 0 = 0`, and a category
+        that ``prior`` rules out (probability exactly 0) but ``self`` does not gives
+        :math:`+\infty`, as :func:`torch.distributions.kl_divergence` does.
+        """
+        self._check_same_family(prior)
+        assert isinstance(prior, Categorical)
+        r = self.probs
+        terms = r * (self.logits - prior.logits)
+        ruled_out = (prior.logits == torch.finfo(prior.logits.dtype).min) & (r > 0)
+        terms = torch.where(ruled_out, torch.full_like(terms, float("inf")), terms)
+        return terms.sum(-1)
 
     def to_distribution(self) -> td.Categorical:
         """The same law as a :class:`torch.distributions.Categorical`."""

@@ -227,16 +227,22 @@ class NormalWishart(ExpFamFactor):
     def expected_mahalanobis(self, x: Tensor) -> Tensor:
         """:math:`E[(x_n-\\mu_k)^T\\Lambda_k(x_n-\\mu_k)] = D/\\beta_k + \\nu_k (x_n-m_k)^T W_k (x_n-m_k)`.
 
-        Bishop (2006, eq. 10.64). For ``x`` of shape ``(N, D)`` and a factor with
-        ``batch_shape == (K,)`` it returns ``(N, K)``, with one GEMM of shape
-        ``(N, D) @ (D, K·D)`` through the Cholesky factors :math:`W_k = L_k L_k^T`:
-        :math:`(x-m_k)^T W_k (x-m_k) = \\lVert L_k^T x - L_k^T m_k \\rVert^2`. Memory is
-        ``N·K·D``; callers chunk ``x`` when that does not fit.
+        Bishop (2006, eq. 10.64). For ``x`` of shape ``(N, D)`` it returns
+        ``(N,) + batch_shape`` (``(N, K)`` for a plate of ``K`` components), with one GEMM of
+        shape ``(N, D) @ (D, K·D)`` through the Cholesky factors :math:`W_k = L_k L_k^T`:
+        :math:`(x-m_k)^T W_k (x-m_k) = \\lVert L_k^T x - L_k^T m_k \\rVert^2`, where ``K`` is
+        the number of factors in the batch. Memory is ``N·K·D``; callers chunk ``x`` when that
+        does not fit.
         """
-        n, d = x.shape
-        k = self.loc.shape[0]
-        tril = self.scale_tril  # (K, D, D)
+        d = self.dim
+        if x.dim() != 2 or x.shape[-1] != d:
+            raise ValueError(f"x must have shape (N, {d}), got {tuple(x.shape)}")
+        n = x.shape[0]
+        batch = self.batch_shape
+        k = batch.numel()
+        tril = self.scale_tril.reshape(k, d, d)
         proj = (x @ tril.permute(1, 0, 2).reshape(d, k * d)).view(n, k, d)
-        proj_m = (self.loc.unsqueeze(-2) @ tril).squeeze(-2)  # (K, D)
+        proj_m = (self.loc.reshape(k, 1, d) @ tril).squeeze(-2)  # (K, D)
         quad = (proj - proj_m).square_().sum(-1)
-        return self.dim / self.precision_scale + self.df * quad
+        out = d / self.precision_scale.reshape(k) + self.df.reshape(k) * quad
+        return out.reshape((n, *batch))

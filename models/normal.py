@@ -1,0 +1,186 @@
+r"""A Normal with unknown mean and precision (Bishop 2006, §10.1.3), as CAVI protocol and Pyro pair.
+
+Model (Bishop eqs. 10.21–10.23):
+
+.. math::
+    \tau \sim \mathrm{Gam}(a_0, b_0),\quad
+    \mu \mid \tau \sim N(\mu_0, (\lambda_0\tau)^{-1}),\quad
+    x_n \mid \mu, \tau \sim N(\mu, \tau^{-1}),\ n = 1..N.
+
+Mean-field guide :math:`q(\mu)q(\tau)` (Normal, Gamma). The exact posterior is Normal-Gamma,
+so the factorisation is an approximation: it drops the posterior coupling of :math:`\mu` and
+:math:`\tau` and underestimates :math:`\mathrm{Var}(\mu)` (Bishop 2006, §10.1.2–10.1.3).
+
+Pyro sites: ``precision`` (:math:`\tau`), ``loc`` (:math:`\mu`), ``obs`` in plate ``data``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import pyro
+import pyro.distributions as dist
+import torch
+from pyro.distributions import constraints
+from torch import Tensor
+
+from pyro_vi.cavi import Local
+from pyro_vi.factors import Gamma, Normal
+from pyro_vi.models.base import ConjugateModelBase, as_vector, check_positive
+
+__all__ = ["NormalParams", "UnivariateNormal"]
+
+_LOG_2PI = math.log(2.0 * math.pi)
+
+
+@dataclass(frozen=True)
+class NormalParams:
+    r"""Factors :math:`q(\mu) = N(m_N, \lambda_N^{-1})`, :math:`q(\tau) = \mathrm{Gam}(a_N,b_N)`."""
+
+    loc: Normal
+    precision: Gamma
+
+
+class UnivariateNormal(ConjugateModelBase):
+    r"""Normal with unknown mean :math:`\mu` and precision :math:`\tau`, Normal-Gamma prior.
+
+    Parameters
+    ----------
+    mean_prior : float, keyword-only
+        :math:`\mu_0`.
+    mean_precision : float
+        :math:`\lambda_0 > 0`, the prior's weight in pseudo-observations.
+    precision_shape, precision_rate : float
+        :math:`a_0, b_0 > 0` of the Gamma prior on :math:`\tau`.
+    dtype, device
+        Where the fit runs (float64 on the CPU by default).
+
+    Examples
+    --------
+    >>> import torch
+    >>> from pyro_vi import cavi
+    >>> x = torch.tensor([0.9, 1.1, 1.3, 0.7], dtype=torch.float64)
+    >>> fit = cavi(UnivariateNormal(), x)
+    >>> round(float(fit.params.loc.mean()), 6)  # (λ0 μ0 + Σx) / (λ0 + N) = 4 / 5
+    0.8
+    """
+
+    name = "normal"
+
+    def __init__(self, *, mean_prior: float = 0.0, mean_precision: float = 1.0,
+                 precision_shape: float = 1.0, precision_rate: float = 1.0,
+                 dtype: torch.dtype = torch.float64,
+                 device: torch.device | str | None = None) -> None:
+        if isinstance(mean_prior, bool) or not isinstance(mean_prior, int | float) \
+                or not math.isfinite(mean_prior):
+            raise ValueError(f"mean_prior must be a finite number, got {mean_prior!r}")
+        self.mean_prior = float(mean_prior)
+        self.mean_precision = check_positive("mean_precision", mean_precision)
+        self.precision_shape = check_positive("precision_shape", precision_shape)
+        self.precision_rate = check_positive("precision_rate", precision_rate)
+        self.dtype, self.device = dtype, device
+
+    def _t(self, v: float) -> Tensor:
+        return torch.tensor(v, dtype=self.dtype, device=self.device)
+
+    def prior_precision(self) -> Gamma:
+        r""":math:`p(\tau) = \mathrm{Gam}(a_0, b_0)`."""
+        return Gamma(self._t(self.precision_shape), self._t(self.precision_rate))
+
+    # ------------------------------------------------------------------- CAVI protocol
+    def prepare(self, data: Any) -> tuple[UnivariateNormal, Tensor]:
+        """Validate ``data``: a finite, non-empty 1-D float array ``x``."""
+        return self, as_vector(data, "x", dtype=self.dtype, device=self.device)
+
+    def _stats(self, x: Tensor) -> tuple[Tensor, ...]:
+        r""":math:`(N, \sum_n (x_n-\mu_0), \sum_n (x_n-\mu_0)^2)`, centred on :math:`\mu_0`."""
+        xc = x - self.mean_prior
+        return (torch.tensor(float(x.shape[0]), dtype=x.dtype, device=x.device), xc.sum(),
+                xc.square().sum())
+
+    def init_stats(self, data: Tensor, *, init: Any,
+                   generator: torch.Generator) -> tuple[Tensor, ...]:
+        """Return the data's sufficient statistics (no local factors; ``init`` is unused)."""
+        return self._stats(data)
+
+    def local_step(self, data: Tensor, params: NormalParams) -> Local:
+        r"""Statistics and :math:`E_q[\log p(x\mid\mu,\tau)]` (Bishop 2006, eq. 10.28's terms).
+
+        .. math::
+            \sum_n E_q[\log N(x_n|\mu,\tau^{-1})] = \tfrac{N}{2}(E[\log\tau] - \log 2\pi)
+                - \tfrac{E[\tau]}{2}\sum_n \big((x_n - m_N)^2 + \lambda_N^{-1}\big)
+        """
+        q_mu, q_tau = params.loc, params.precision
+        n = data.shape[0]
+        sq = (data - q_mu.loc).square().sum() + n * q_mu.variance()
+        elbo = 0.5 * n * (q_tau.expected_log() - _LOG_2PI) - 0.5 * q_tau.mean() * sq
+        return Local(self._stats(data), elbo)
+
+    def global_step(self, stats: tuple[Tensor, ...], params: NormalParams | None) -> NormalParams:
+        r"""One sweep: :math:`q(\mu)` given the previous :math:`E[\tau]`, then :math:`q(\tau)`.
+
+        Bishop (2006), eqs. 10.26–10.27 and 10.29–10.30:
+
+        .. math::
+            m_N = \frac{\lambda_0\mu_0 + N\bar x}{\lambda_0 + N},\quad
+            \lambda_N = (\lambda_0 + N) E[\tau],\quad
+            a_N = a_0 + \frac{N+1}{2},\\
+            b_N = b_0 + \tfrac12 E_\mu\Big[\sum_n (x_n-\mu)^2 + \lambda_0(\mu-\mu_0)^2\Big].
+
+        With ``params=None`` (the first sweep) :math:`E[\tau]` is the prior mean :math:`a_0/b_0`.
+        """
+        n, s1, s2 = stats
+        e_tau = (params.precision.mean() if params is not None
+                 else self._t(self.precision_shape / self.precision_rate))
+        lam0 = self.mean_precision
+        d = s1 / (lam0 + n)  # m_N - μ0
+        q_mu = Normal(self.mean_prior + d, precision=(lam0 + n) * e_tau)
+        v = q_mu.variance()
+        expected_sq = s2 - 2.0 * d * s1 + n * (d * d + v) + lam0 * (d * d + v)
+        shape = self.precision_shape + 0.5 * (n + 1.0)
+        rate = self.precision_rate + 0.5 * expected_sq
+        return NormalParams(q_mu, Gamma(shape * torch.ones_like(rate), rate))
+
+    def global_elbo(self, params: NormalParams) -> Tensor:
+        r""":math:`E_q[\log p(\mu|\tau)] + H[q(\mu)] - \mathrm{KL}(q(\tau)\|p(\tau))`.
+
+        .. math::
+            E_q[\log p(\mu|\tau)] = \tfrac12(\log\lambda_0 + E[\log\tau] - \log 2\pi)
+                - \tfrac{\lambda_0 E[\tau]}{2}\big((m_N-\mu_0)^2 + \lambda_N^{-1}\big)
+        """
+        q_mu, q_tau = params.loc, params.precision
+        lam0 = self.mean_precision
+        e_log_p_mu = (0.5 * (math.log(lam0) + q_tau.expected_log() - _LOG_2PI)
+                      - 0.5 * lam0 * q_tau.mean() * ((q_mu.loc - self.mean_prior) ** 2
+                                                     + q_mu.variance()))
+        return e_log_p_mu + q_mu.entropy() - q_tau.kl(self.prior_precision())
+
+    # ----------------------------------------------------------------------------- Pyro
+    def model(self, x: Tensor) -> None:
+        """Run the generative model as plain Pyro code; ``x`` is ``(N,)`` observed data."""
+        tau = pyro.sample("precision", dist.Gamma(self._t(self.precision_shape),
+                                                  self._t(self.precision_rate)))
+        mu = pyro.sample("loc", dist.Normal(self._t(self.mean_prior),
+                                            (self.mean_precision * tau).rsqrt()))
+        with pyro.plate("data", x.shape[0], dim=-1):
+            pyro.sample("obs", dist.Normal(mu, tau.rsqrt()), obs=x)
+
+    def sample_guide(self, params: NormalParams, *data: Any) -> dict[str, Tensor]:
+        r"""Sample ``precision`` and ``loc`` independently from :math:`q(\tau)q(\mu)`."""
+        q_mu, q_tau = params.loc, params.precision
+        tau = pyro.sample("precision", dist.Gamma(q_tau.shape, q_tau.rate))
+        mu = pyro.sample("loc", dist.Normal(q_mu.loc, q_mu.precision.rsqrt()))
+        return {"precision": tau, "loc": mu}
+
+    def guide_params(self, *data: Any) -> NormalParams:
+        """Build params from sites ``normal.loc``, ``.loc_precision``, ``.shape``, ``.rate``."""
+        n, pos = self.name, constraints.positive
+        e_tau = self.precision_shape / self.precision_rate
+        loc = pyro.param(f"{n}.loc", lambda: self._t(self.mean_prior))
+        prec = pyro.param(f"{n}.loc_precision", lambda: self._t(self.mean_precision * e_tau),
+                          constraint=pos)
+        shape = pyro.param(f"{n}.shape", lambda: self._t(self.precision_shape), constraint=pos)
+        rate = pyro.param(f"{n}.rate", lambda: self._t(self.precision_rate), constraint=pos)
+        return NormalParams(Normal(loc, precision=prec), Gamma(shape, rate))

@@ -393,15 +393,20 @@ class GaussianMixture(GMMPyroMixin):
         """Posterior predictive log-density per point, ``(N,)`` (Bishop 2006, eqs. 10.80–10.82)."""
         from pyro_vi.models.gmm_summary import log_predictive_components
 
-        x = validate_points(x, dtype=self.dtype, device=self.device)
-        return torch.logsumexp(log_predictive_components(params, x), -1)
+        return torch.logsumexp(log_predictive_components(params, self._new_points(params, x)), -1)
 
     def predict_proba(self, params: GMMParams, x: Any) -> Tensor:
         """:math:`p(z = k \\mid x, \\mathcal{D})` under the Student-t predictive, ``(N, K)``."""
         from pyro_vi.models.gmm_summary import log_predictive_components
 
+        return torch.softmax(log_predictive_components(params, self._new_points(params, x)), -1)
+
+    def _new_points(self, params: GMMParams, x: Any) -> Tensor:
         x = validate_points(x, dtype=self.dtype, device=self.device)
-        return torch.softmax(log_predictive_components(params, x), -1)
+        d = params.components.loc.shape[-1]
+        if x.shape[1] != d:
+            raise ValueError(f"x has D={x.shape[1]} columns but the mixture has D={d}")
+        return x
 
     def predict(self, params: GMMParams, x: Any) -> Tensor:
         """Most probable component of each point, ``(N,)`` int64."""
@@ -409,7 +414,7 @@ class GaussianMixture(GMMPyroMixin):
 
 
 def replace_model(gmm: GaussianMixture) -> GaussianMixture:
-    """A shallow copy of ``gmm`` of the same class (models are treated as immutable once built)."""
+    """Return a shallow copy of ``gmm``, of its own class (models are immutable once built)."""
     new = type(gmm).__new__(type(gmm))
     new.__dict__.update(gmm.__dict__)
     return new

@@ -160,7 +160,10 @@ class VAE(nn.Module):
         A Gaussian-mean-field amortized guide: the bound is loose by
         :math:`E_x KL(q_\phi(z|x) \,\|\, p_\theta(z|x))`, which is not zero when the true
         posterior is non-Gaussian or correlated. Report the importance-weighted
-        log-likelihood (:func:`pyro_vi.iw_log_likelihood`) next to the ELBO.
+        log-likelihood (:func:`pyro_vi.iw_log_likelihood`) next to the ELBO. With
+        ``RenyiELBO`` (IWAE) pass no ``num_data``: Pyro 1.9.2 applies the subsample scale
+        inside its log-mean-exp over particles, which changes the objective
+        (:func:`pyro_vi.fit_vae` does this for you).
 
     References
     ----------

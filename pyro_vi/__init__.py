@@ -2,6 +2,7 @@
 
 from pyro_vi.bundled import load_old_faithful
 from pyro_vi.cavi import CAVIResult, CAVIRun, ConjugateModel, Local, cavi
+from pyro_vi.datasets import ImageData, Minibatches, load_digits, load_mnist
 from pyro_vi.errors import ConvergenceWarning, ELBODecreaseError, NumericalError
 from pyro_vi.factors import (
     Categorical,
@@ -13,6 +14,7 @@ from pyro_vi.factors import (
     Wishart,
     blend,
 )
+from pyro_vi.vae_eval import LogLikEstimate, elbo_per_image, iw_log_likelihood
 
 __version__ = "0.1.0"
 
@@ -27,15 +29,27 @@ __all__ = [
     "ExpFamFactor",
     "Gamma",
     "GaussianMixture",
+    "ImageData",
     "Local",
+    "LogLikEstimate",
+    "Minibatches",
     "NormalGamma",
     "NormalWishart",
     "NumericalError",
+    "VAE",
+    "VAEConfig",
     "Wishart",
     "__version__",
     "blend",
     "cavi",
+    "elbo_per_image",
+    "iw_log_likelihood",
+    "load_digits",
+    "load_mnist",
     "load_old_faithful",
+    "load_vae",
+    "save_vae",
 ]
 
 from pyro_vi.models.gmm import GaussianMixture  # noqa: E402  (models build on the engine above)
+from pyro_vi.models.vae import VAE, VAEConfig, load_vae, save_vae  # noqa: E402

@@ -1,0 +1,95 @@
+"""Atomic checkpoints of a Pyro fit: param store, optimizer, RNG streams and loop state.
+
+A checkpoint is one :func:`torch.save` file holding a plain dict. It is written to a temporary
+file in the target's directory, flushed to disk and moved over the target with
+:func:`os.replace`, which is atomic on POSIX and Windows: a reader, or a run killed mid-write,
+sees either the previous checkpoint or the new one, never a torn file.
+
+Parameters are restored *in place* (:func:`restore_param_store`): a tensor already in the param
+store keeps its identity and receives the saved values, so ``nn.Module`` parameters registered
+with :func:`pyro.module` and :class:`~pyro.nn.PyroModule` attributes that share the store's
+tensors see the restored values too.
+
+.. warning::
+    Checkpoints are pickles (``torch.load(..., weights_only=False)``: the param store holds
+    constraint objects and the RNG states hold NumPy arrays). Load only files you wrote.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import pyro
+import torch
+
+__all__ = ["load_checkpoint", "restore_param_store", "save_checkpoint"]
+
+#: Format tag stored in every checkpoint; bumped when the layout changes.
+FORMAT = "pyro_vi.fit_svi/1"
+
+
+def save_checkpoint(path: str | os.PathLike[str], state: dict[str, Any]) -> None:
+    """Write ``state`` to ``path`` atomically (temporary file + :func:`os.replace`).
+
+    Parameters
+    ----------
+    path
+        Target file. Its directory must exist.
+    state
+        A picklable dict; ``"format"`` is added.
+    """
+    target = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save({**state, "format": FORMAT}, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, target)
+    except BaseException:
+        # Also on KeyboardInterrupt: never leave a stray temporary file behind.
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Read a checkpoint written by :func:`save_checkpoint`.
+
+    Raises
+    ------
+    ValueError
+        If the file is not a ``pyro_vi`` checkpoint of the current format.
+    """
+    state = torch.load(path, map_location="cpu", weights_only=False)
+    if not isinstance(state, dict) or state.get("format") != FORMAT:
+        found = state.get("format") if isinstance(state, dict) else type(state).__name__
+        raise ValueError(f"checkpoint={str(path)!r} is not a {FORMAT} checkpoint (found {found!r})")
+    return state
+
+
+def restore_param_store(state: dict[str, Any]) -> None:
+    """Load a :meth:`~pyro.params.param_store.ParamStoreDict.get_state` dict, in place.
+
+    Existing parameters of the same name and shape receive the saved unconstrained values with
+    ``copy_`` (bitwise, dtype and device of the live tensor kept); the others are added.
+    """
+    store = pyro.get_param_store()
+    live = dict(store.named_parameters())
+    missing: dict[str, Any] = {"params": {}, "constraints": {}}
+    with torch.no_grad():
+        for name, saved in state["params"].items():
+            current = live.get(name)
+            if current is not None and current.shape == saved.shape:
+                current.copy_(saved)
+            else:
+                if current is not None:
+                    del store[name]
+                missing["params"][name] = saved.to(
+                    device=current.device if current is not None else saved.device
+                ).requires_grad_()
+                missing["constraints"][name] = state["constraints"][name]
+    if missing["params"]:
+        store.set_state(missing)

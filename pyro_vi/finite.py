@@ -1,0 +1,168 @@
+"""The guard of :func:`pyro_vi.fit_svi` against NaN and inf losses and gradients.
+
+:class:`FiniteGuard` replaces an ELBO's ``loss_and_grads`` inside :class:`pyro.infer.SVI`. It
+checks the loss and, with one fused reduction over all gradients, every gradient in the param
+store *before* ``SVI.step`` hands them to the optimizer, so a bad gradient never reaches the
+parameters. When a step is finite it also copies the parameter values it was evaluated at;
+when step :math:`k` is not, :func:`describe` writes that copy back, so the param store holds
+the values at which the last finite loss (step :math:`k-1`, the last row of the history) was
+evaluated, also when the update of step :math:`k-1` itself overflowed. The cost per step is one
+reduction and one copy per param tensor and one host sync; optimizer state is not rolled back.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Callable
+from typing import Any
+
+import pyro
+import pyro.poutine as poutine
+import torch
+from pyro.infer.elbo import ELBO
+
+from pyro_vi.errors import NumericalError
+
+__all__ = ["FiniteGuard", "NonFiniteLossError", "NonFiniteStep", "describe"]
+
+
+class NonFiniteLossError(NumericalError):
+    """A NaN or inf loss or gradient in :func:`pyro_vi.fit_svi`.
+
+    Attributes
+    ----------
+    step
+        The 1-based step whose loss or gradient was not finite.
+    sites
+        The offending param sites: those with a non-finite gradient, else those the failing
+        step used.
+    result
+        Partial :class:`~pyro_vi.SVIResult` (``stop_reason="non_finite"``) holding the
+        parameters of the last finite step, which are also back in the param store.
+    """
+
+    def __init__(self, message: str, *, step: int, sites: list[str], result: Any):
+        super().__init__(message)
+        self.step, self.sites, self.result = step, sites, result
+
+
+class NonFiniteStep(Exception):
+    """Raised inside ``svi.step`` before the optimizer would apply a non-finite gradient."""
+
+    def __init__(self, loss: float, sites: list[str]):
+        super().__init__(loss, sites)
+        self.loss, self.sites = loss, sites
+
+
+class FiniteGuard:
+    """``loss_and_grads`` for :class:`~pyro.infer.SVI` that vetoes non-finite steps."""
+
+    def __init__(self, elbo: ELBO):
+        self.elbo = elbo
+        #: Unconstrained values at which the last finite step was evaluated, by param name.
+        self.kept: dict[str, torch.Tensor] = {}
+
+    def __call__(self, model: Callable[..., Any], guide: Callable[..., Any], *args: Any,
+                 **kwargs: Any) -> Any:
+        """Run the ELBO's ``loss_and_grads``; raise :class:`NonFiniteStep` on NaN/inf."""
+        loss = self.elbo.loss_and_grads(model, guide, *args, **kwargs)
+        grads = [p.grad for _, p in pyro.get_param_store().named_parameters()
+                 if p.grad is not None]
+        finite = math.isfinite(float(loss))
+        if finite and grads:
+            # The sum of all entries is finite iff none is NaN/inf, barring overflow of a huge
+            # sum, which the exact per-site check below then clears.
+            finite = math.isfinite(float(sum(g.sum() for g in grads)))
+        if not finite:
+            bad = [name for name, p in pyro.get_param_store().named_parameters()
+                   if p.grad is not None and not bool(torch.isfinite(p.grad).all())]
+            if bad or not math.isfinite(float(loss)):
+                raise NonFiniteStep(float(loss), bad)
+        self._keep()
+        return loss
+
+    def _keep(self) -> None:
+        with torch.no_grad():
+            for name, p in pyro.get_param_store().named_parameters():
+                buf = self.kept.get(name)
+                if buf is None or buf.shape != p.shape or buf.dtype != p.dtype:
+                    self.kept[name] = p.detach().clone()
+                else:
+                    buf.copy_(p)
+
+    def restore(self) -> None:
+        """Write the kept values back into the param store, in place."""
+        with torch.no_grad():
+            for name, p in pyro.get_param_store().named_parameters():
+                buf = self.kept.get(name)
+                if buf is not None and buf.shape == p.shape:
+                    p.copy_(buf)
+
+
+def _rerun(model: Callable[..., Any], guide: Callable[..., Any], args: tuple[Any, ...],
+           kwargs: dict[str, Any]) -> tuple[list[str], list[str]]:
+    """Param sites used, and sample sites with a non-finite log-density, in one fresh draw."""
+    params: list[str] = []
+    bad: list[str] = []
+    try:
+        with torch.no_grad(), poutine.block(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            guide_trace = poutine.trace(guide).get_trace(*args, **kwargs)
+            model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(
+                *args, **kwargs)
+    except Exception:  # the diagnosis must never mask the error it explains
+        return params, bad
+    for trace in (guide_trace, model_trace):
+        for name, site in trace.nodes.items():
+            if site["type"] == "param" and name not in params:
+                params.append(name)
+            elif site["type"] == "sample" and name not in bad:
+                try:
+                    ok = bool(torch.isfinite(site["fn"].log_prob(site["value"])).all())
+                except Exception:  # out of support under validation
+                    ok = False
+                if not ok:
+                    bad.append(name)
+    return params, bad
+
+
+def describe(signal: NonFiniteStep, step: int, guard: FiniteGuard, model: Callable[..., Any],
+             guide: Callable[..., Any], args: tuple[Any, ...],
+             kwargs: dict[str, Any]) -> tuple[str, list[str]]:
+    """Explain a :class:`NonFiniteStep` and restore the last finite step's params.
+
+    Returns the message and the offending param sites. If no gradient is non-finite, guide and
+    model are re-run once at the failing step's params to name the params the step used and
+    any sample site whose log-density is not finite there. Gradients are zeroed.
+
+    Returns
+    -------
+    tuple[str, list[str]]
+        The message and the offending param sites.
+    """
+    store = pyro.get_param_store()
+    for _, p in store.named_parameters():
+        if p.grad is not None:
+            p.grad = torch.zeros_like(p.grad)
+    msg = f"fit_svi: non-finite loss or gradient at step {step} (loss={signal.loss})"
+    sites = list(signal.sites)
+    if sites:
+        msg += f"; non-finite gradient at param site(s) {', '.join(sites)}"
+    else:
+        sites, bad_samples = _rerun(model, guide, args, kwargs)
+        msg += f"; param site(s) of this step: {', '.join(sites) or '(none)'}"
+        if bad_samples:
+            msg += (f"; non-finite log-density at sample site(s) {', '.join(bad_samples)} "
+                    f"(one re-run at this step's params)")
+    overflowed = [name for name, p in store.named_parameters()
+                  if not bool(torch.isfinite(p).all())]
+    if overflowed:
+        msg += f"; param value(s) {', '.join(overflowed)} were non-finite"
+    if step > 1:
+        guard.restore()
+        msg += (f"; the params at which step {step - 1} evaluated its finite loss are restored "
+                f"into the param store")
+    else:
+        msg += "; no step was finite: the initial params are in the param store"
+    return msg, sites

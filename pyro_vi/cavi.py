@@ -185,13 +185,19 @@ def _check_finite(local: Local, iteration: int) -> None:
             raise NumericalError(f"CAVI iteration {iteration}: sufficient statistic {i} is not finite")
 
 
-def _validate_options(max_iter: int, tol: float, n_init: int, init: Any) -> None:
+def _validate_options(max_iter: int, tol: float, n_init: int, init: Any,
+                      chunk_size: int | None = None, monotone_rtol: float = 0.0) -> None:
     if isinstance(max_iter, bool) or not isinstance(max_iter, int) or max_iter < 1:
         raise ValueError(f"max_iter must be an int >= 1, got {max_iter!r}")
     if not isinstance(tol, int | float) or not math.isfinite(tol) or tol < 0:
         raise ValueError(f"tol must be a finite number >= 0, got {tol!r}")
     if isinstance(n_init, bool) or not isinstance(n_init, int) or n_init < 1:
         raise ValueError(f"n_init must be an int >= 1, got {n_init!r}")
+    if chunk_size is not None and (isinstance(chunk_size, bool) or not isinstance(chunk_size, int)
+                                   or chunk_size < 0):
+        raise ValueError(f"chunk_size must be None or an int >= 0, got {chunk_size!r}")
+    if not isinstance(monotone_rtol, int | float) or not monotone_rtol >= 0:
+        raise ValueError(f"monotone_rtol must be a number >= 0, got {monotone_rtol!r}")
     if not isinstance(init, str | Tensor):
         raise TypeError(f"init must be a method name or a Tensor, got {type(init).__name__}")
     if isinstance(init, Tensor) and n_init != 1:
@@ -333,7 +339,7 @@ def cavi(
     """
     if not isinstance(model, ConjugateModel):
         raise TypeError(f"model must implement pyro_vi.ConjugateModel, got {type(model).__name__}")
-    _validate_options(max_iter, tol, n_init, init)
+    _validate_options(max_iter, tol, n_init, init, chunk_size, monotone_rtol)
     model, data = model.prepare(data)
     if progress is None:
         progress = sys.stderr.isatty()

@@ -310,6 +310,10 @@ class _NoPrepare(GaussianMixture):
         ({"n_init": 0}, "n_init"),
         ({"n_init": 1.0}, "n_init"),
         ({"init": torch.full((272, 2), 0.5, dtype=torch.float64), "n_init": 2}, "n_init"),
+        ({"chunk_size": -1}, "chunk_size"),
+        ({"chunk_size": 7.0}, "chunk_size"),
+        ({"monotone_rtol": -1e-9}, "monotone_rtol"),
+        ({"monotone_rtol": float("nan")}, "monotone_rtol"),
     ],
 )
 def test_bad_options_raise_before_any_work(faithful, options, match):

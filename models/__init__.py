@@ -1,0 +1,1 @@
+"""Model/guide pairs (installed as ``pyro_vi.models``): GMM, VAE and other conjugate models."""

@@ -1,19 +1,19 @@
-"""The Bayesian Gaussian mixture of Bishop (2006, §10.2), as CAVI protocol and Pyro pair.
+r"""The Bayesian Gaussian mixture of Bishop (2006, §10.2), as CAVI protocol and Pyro pair.
 
 Model (``covariance="full"``; Bishop eqs. 10.37–10.40):
 
 .. math::
-    \\pi \\sim \\mathrm{Dir}(\\alpha_0),\\quad
-    \\Lambda_k \\sim \\mathcal{W}(W_0, \\nu_0),\\quad
-    \\mu_k \\mid \\Lambda_k \\sim N(m_0, (\\beta_0\\Lambda_k)^{-1}),\\quad
-    z_n \\sim \\mathrm{Cat}(\\pi),\\quad
-    x_n \\mid z_n = k \\sim N(\\mu_k, \\Lambda_k^{-1}).
+    \pi \sim \mathrm{Dir}(\alpha_0),\quad
+    \Lambda_k \sim \mathcal{W}(W_0, \nu_0),\quad
+    \mu_k \mid \Lambda_k \sim N(m_0, (\beta_0\Lambda_k)^{-1}),\quad
+    z_n \sim \mathrm{Cat}(\pi),\quad
+    x_n \mid z_n = k \sim N(\mu_k, \Lambda_k^{-1}).
 
 ``covariance="diag"`` replaces each Wishart by ``D`` independent Gammas,
-:math:`\\lambda_{kd} \\sim \\mathrm{Gam}(\\nu_0/2, 1/(2 W_{0,dd}))` — the ``D = 1`` Wishart — and
+:math:`\lambda_{kd} \sim \mathrm{Gam}(\nu_0/2, 1/(2 W_{0,dd}))` — the ``D = 1`` Wishart — and
 each Gaussian by a product of univariate ones, so with ``D = 1`` both models coincide.
 
-Mean-field guide: :math:`q(\\pi)\\prod_k q(\\mu_k, \\Lambda_k)\\prod_n q(z_n)`, with
+Mean-field guide: :math:`q(\pi)\prod_k q(\mu_k, \Lambda_k)\prod_n q(z_n)`, with
 Dirichlet, Normal-Wishart (or Normal-Gamma) and Categorical factors.
 The Pyro side (``model``, ``guide``, ``guide_enum``, ``fitted_guide``) lives in
 :mod:`pyro_vi.models.gmm_pyro`; this module holds the priors, the closed-form CAVI updates, the
@@ -46,11 +46,11 @@ _LOG_2PI = math.log(2.0 * math.pi)
 
 @dataclass(frozen=True)
 class GMMPrior:
-    """Concrete priors of a :class:`GaussianMixture` (all float64 on the data's device).
+    r"""Concrete priors of a :class:`GaussianMixture` (all float64 on the data's device).
 
     ``covariance_prior`` is :math:`W_0^{-1}` (the prior guess of a covariance, scaled by
-    :math:`\\nu_0`): a ``(D, D)`` SPD matrix for ``"full"``, a ``(D,)`` vector of variances for
-    ``"diag"`` (then :math:`a_0 = \\nu_0/2`, :math:`b_{0d} = \\mathrm{cov}_d/2`).
+    :math:`\nu_0`): a ``(D, D)`` SPD matrix for ``"full"``, a ``(D,)`` vector of variances for
+    ``"diag"`` (then :math:`a_0 = \nu_0/2`, :math:`b_{0d} = \mathrm{cov}_d/2`).
     """
 
     weight_concentration: float
@@ -104,7 +104,7 @@ def validate_points(x: Any, *, name: str = "x", dtype: torch.dtype = torch.float
 
 
 class GaussianMixture(GMMPyroMixin):
-    """Bayesian Gaussian mixture with a mean-field guide, fitted by CAVI or SVI.
+    r"""Bayesian Gaussian mixture with a mean-field guide, fitted by CAVI or SVI.
 
     Parameters
     ----------
@@ -113,17 +113,17 @@ class GaussianMixture(GMMPyroMixin):
     covariance : {"full", "diag"}, keyword-only
         Normal-Wishart or per-dimension Normal-Gamma components.
     weight_concentration : float, optional
-        :math:`\\alpha_0 > 0`. Default ``1/K``.
+        :math:`\alpha_0 > 0`. Default ``1/K``.
     mean_prior : array (D,), optional
         :math:`m_0`. Default: the data mean.
     mean_precision : float
-        :math:`\\beta_0 > 0`. Default 1.
+        :math:`\beta_0 > 0`. Default 1.
     covariance_prior : array (D, D) or (D,), optional
         :math:`W_0^{-1}`. Default: the empirical covariance of the data when it is positive
         definite, else the diagonal of variances with zeros replaced by 1 ("diag": the
         variances).
     degrees_of_freedom : float, optional
-        :math:`\\nu_0 > D - 1`. Default ``D``.
+        :math:`\nu_0 > D - 1`. Default ``D``.
     dtype, device
         Where the fit runs (float64 on the CPU by default).
 
@@ -241,7 +241,7 @@ class GaussianMixture(GMMPyroMixin):
         return self.prior
 
     def prior_factors(self) -> GMMParams:
-        """The prior as factors of the guide's families: :math:`p(\\pi)`, :math:`p(\\mu,\\Lambda)`."""
+        r"""The prior as factors of the guide's families: :math:`p(\pi)`, :math:`p(\mu,\Lambda)`."""
         p = self._prior()
         k, d = self.n_components, p.mean_prior.shape[0]
         t = dict(dtype=p.mean_prior.dtype, device=p.mean_prior.device)
@@ -276,7 +276,7 @@ class GaussianMixture(GMMPyroMixin):
         return self._stats(data, r)
 
     def _stats(self, x: Tensor, r: Tensor) -> tuple[Tensor, ...]:
-        """:math:`N_k, \\sum_n r_{nk}(x_n - m_0), \\sum_n r_{nk}(x_n-m_0)(x_n-m_0)^T` (Bishop 10.51–10.53).
+        r""":math:`N_k, \sum_n r_{nk}(x_n - m_0), \sum_n r_{nk}(x_n-m_0)(x_n-m_0)^T` (Bishop 10.51–10.53).
 
         Centred on the prior mean :math:`m_0` (a constant), which keeps the scatter matrices
         well conditioned; diag keeps only the squared deviations.
@@ -294,11 +294,11 @@ class GaussianMixture(GMMPyroMixin):
         return nk, sx, sxx
 
     def log_rho(self, x: Tensor, params: GMMParams) -> Tensor:
-        """Unnormalised log-responsibilities, shape ``(N, K)`` (Bishop 2006, eq. 10.46).
+        r"""Unnormalised log-responsibilities, shape ``(N, K)`` (Bishop 2006, eq. 10.46).
 
         .. math::
-            \\log\\rho_{nk} = E[\\log\\pi_k] + \\tfrac12 E[\\log|\\Lambda_k|] - \\tfrac{D}{2}\\log 2\\pi
-                - \\tfrac12 E_{\\mu_k,\\Lambda_k}[(x_n-\\mu_k)^T\\Lambda_k(x_n-\\mu_k)]
+            \log\rho_{nk} = E[\log\pi_k] + \tfrac12 E[\log|\Lambda_k|] - \tfrac{D}{2}\log 2\pi
+                - \tfrac12 E_{\mu_k,\Lambda_k}[(x_n-\mu_k)^T\Lambda_k(x_n-\mu_k)]
         """
         comp = params.components
         d = x.shape[1]
@@ -313,34 +313,34 @@ class GaussianMixture(GMMPyroMixin):
         return params.weights.expected_log() + 0.5 * logdet - 0.5 * d * _LOG_2PI - 0.5 * maha
 
     def responsibilities(self, x: Tensor, params: GMMParams) -> Tensor:
-        """Optimal :math:`r_{nk} = \\rho_{nk} / \\sum_j \\rho_{nj}` (Bishop 2006, eq. 10.49), ``(N, K)``."""
+        r"""Optimal :math:`r_{nk} = \rho_{nk} / \sum_j \rho_{nj}` (Bishop 2006, eq. 10.49), ``(N, K)``."""
         return torch.softmax(self.log_rho(x, params), -1)
 
     def local_step(self, data: Tensor, params: GMMParams) -> Local:
-        """Responsibilities, their statistics, and :math:`\\sum_n \\log\\sum_k \\rho_{nk}`.
+        r"""Responsibilities, their statistics, and :math:`\sum_n \log\sum_k \rho_{nk}`.
 
         With :math:`q(z)` at its optimum, the data terms of the ELBO (Bishop eqs. 10.71, 10.72,
-        10.75) collapse to :math:`\\sum_n \\log \\sum_k \\rho_{nk}`.
+        10.75) collapse to :math:`\sum_n \log \sum_k \rho_{nk}`.
         """
         log_rho = self.log_rho(data, params)
         return Local(self._stats(data, torch.softmax(log_rho, -1)), torch.logsumexp(log_rho, -1).sum())
 
     def global_step(self, stats: tuple[Tensor, ...], params: GMMParams | None) -> GMMParams:
-        """Closed-form updates of :math:`q(\\pi)` and :math:`q(\\mu_k,\\Lambda_k)`.
+        r"""Closed-form updates of :math:`q(\pi)` and :math:`q(\mu_k,\Lambda_k)`.
 
-        With statistics centred on :math:`m_0` (:math:`\\bar x'_k = \\bar x_k - m_0`), the
+        With statistics centred on :math:`m_0` (:math:`\bar x'_k = \bar x_k - m_0`), the
         Bishop (2006) updates
 
         .. math::
-            \\alpha_k = \\alpha_0 + N_k \\;(10.58),\\quad \\beta_k = \\beta_0 + N_k \\;(10.60),\\quad
-            m_k = (\\beta_0 m_0 + N_k\\bar x_k)/\\beta_k \\;(10.61),\\\\
-            W_k^{-1} = W_0^{-1} + N_k S_k + \\tfrac{\\beta_0 N_k}{\\beta_0+N_k}
-                (\\bar x_k - m_0)(\\bar x_k - m_0)^T \\;(10.62),\\quad \\nu_k = \\nu_0 + N_k \\;(10.63)
+            \alpha_k = \alpha_0 + N_k \;(10.58),\quad \beta_k = \beta_0 + N_k \;(10.60),\quad
+            m_k = (\beta_0 m_0 + N_k\bar x_k)/\beta_k \;(10.61),\\
+            W_k^{-1} = W_0^{-1} + N_k S_k + \tfrac{\beta_0 N_k}{\beta_0+N_k}
+                (\bar x_k - m_0)(\bar x_k - m_0)^T \;(10.62),\quad \nu_k = \nu_0 + N_k \;(10.63)
 
-        read :math:`W_k^{-1} = W_0^{-1} + \\sum_n r_{nk} x'_n x'^T_n - \\beta_k m'_k m'^T_k`, which
-        stays defined as :math:`N_k \\to 0`. The diagonal model uses the per-dimension
+        read :math:`W_k^{-1} = W_0^{-1} + \sum_n r_{nk} x'_n x'^T_n - \beta_k m'_k m'^T_k`, which
+        stays defined as :math:`N_k \to 0`. The diagonal model uses the per-dimension
         Normal-Gamma analogue: :math:`a_{k} = a_0 + N_k/2`,
-        :math:`b_{kd} = b_{0d} + \\tfrac12(\\sum_n r_{nk} x'^2_{nd} - \\beta_k m'^2_{kd})`.
+        :math:`b_{kd} = b_{0d} + \tfrac12(\sum_n r_{nk} x'^2_{nd} - \beta_k m'^2_{kd})`.
         """
         p = self._prior()
         nk, sx, sxx = stats
@@ -361,7 +361,7 @@ class GaussianMixture(GMMPyroMixin):
         return GMMParams(Dirichlet(alpha), comps)
 
     def global_elbo(self, params: GMMParams) -> Tensor:
-        """:math:`-\\mathrm{KL}(q(\\pi)\\|p(\\pi)) - \\sum_k \\mathrm{KL}(q(\\mu_k,\\Lambda_k)\\|p(\\mu_k,\\Lambda_k))`.
+        r""":math:`-\mathrm{KL}(q(\pi)\|p(\pi)) - \sum_k \mathrm{KL}(q(\mu_k,\Lambda_k)\|p(\mu_k,\Lambda_k))`.
 
         Equals Bishop's (2006) eqs. 10.73 + 10.74 − 10.76 − 10.77.
         """
@@ -396,7 +396,7 @@ class GaussianMixture(GMMPyroMixin):
         return torch.logsumexp(log_predictive_components(params, self._new_points(params, x)), -1)
 
     def predict_proba(self, params: GMMParams, x: Any) -> Tensor:
-        """:math:`p(z = k \\mid x, \\mathcal{D})` under the Student-t predictive, ``(N, K)``."""
+        r""":math:`p(z = k \mid x, \mathcal{D})` under the Student-t predictive, ``(N, K)``."""
         from pyro_vi.models.gmm_summary import log_predictive_components
 
         return torch.softmax(log_predictive_components(params, self._new_points(params, x)), -1)

@@ -102,6 +102,7 @@ class FittedGMMGuide:
         self.enumerate_z = enumerate_z
 
     def __call__(self, x: Tensor, *args: Any, **kwargs: Any) -> dict[str, Tensor]:
+        """Sample the guide's sites for data ``x`` (``(N, D)``)."""
         resp = None if self.enumerate_z else self.gmm.responsibilities(x, self.params)
         return sample_latents(self.params, resp)
 
@@ -192,7 +193,7 @@ class GMMPyroMixin:
         return GMMParams(Dirichlet(alpha), comps), resp
 
     def guide(self, x: Tensor) -> dict[str, Tensor]:
-        """Mean-field guide :math:`q(\\pi)\\prod_k q(\\mu_k,\\Lambda_k)\\prod_n q(z_n)` with ``pyro.param``s."""
+        r"""Mean-field guide :math:`q(\pi)\prod_k q(\mu_k,\Lambda_k)\prod_n q(z_n)` with ``pyro.param``s."""
         params, resp = self._param_sites(x, with_resp=True)
         return sample_latents(params, resp)
 

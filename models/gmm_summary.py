@@ -22,21 +22,21 @@ PREDICTIVE_CHUNK = 8192
 
 @dataclass(frozen=True)
 class GMMSummary:
-    """Posterior summaries of a fitted mixture (tensors on the params' device and dtype).
+    r"""Posterior summaries of a fitted mixture (tensors on the params' device and dtype).
 
     Attributes
     ----------
     weights, weights_sd : Tensor (K,)
-        :math:`E[\\pi_k]` and its sd under the Dirichlet.
+        :math:`E[\pi_k]` and its sd under the Dirichlet.
     means, means_sd : Tensor (K, D)
-        :math:`E[\\mu_k] = m_k` and the marginal sd of :math:`\\mu_k` (a Student-t; full:
-        :math:`\\mathrm{diag}(W_k^{-1})/(\\beta_k(\\nu_k-D-1))`, inf when :math:`\\nu_k \\le D+1`).
+        :math:`E[\mu_k] = m_k` and the marginal sd of :math:`\mu_k` (a Student-t; full:
+        :math:`\mathrm{diag}(W_k^{-1})/(\beta_k(\nu_k-D-1))`, inf when :math:`\nu_k \le D+1`).
     covariances : Tensor (K, D, D)
-        :math:`(\\nu_k W_k)^{-1} = E[\\Lambda_k]^{-1}`, scikit-learn's ``covariances_``.
+        :math:`(\nu_k W_k)^{-1} = E[\Lambda_k]^{-1}`, scikit-learn's ``covariances_``.
     covariances_mean, covariances_sd : Tensor (K, D, D)
-        :math:`E[\\Lambda_k^{-1}] = W_k^{-1}/(\\nu_k-D-1)` and the elementwise sd of the
-        inverse-Wishart (NaN where the moment does not exist: :math:`\\nu_k \\le D+1`, resp.
-        :math:`\\nu_k \\le D+3`). Diag: diagonal matrices from the inverse-Gamma moments.
+        :math:`E[\Lambda_k^{-1}] = W_k^{-1}/(\nu_k-D-1)` and the elementwise sd of the
+        inverse-Wishart (NaN where the moment does not exist: :math:`\nu_k \le D+1`, resp.
+        :math:`\nu_k \le D+3`). Diag: diagonal matrices from the inverse-Gamma moments.
     n_effective : int
         Components whose expected weight exceeds ``threshold``.
     """
@@ -84,12 +84,12 @@ def summarize(params: GMMParams, *, threshold: float = 0.01) -> GMMSummary:
 
 
 def log_predictive_components(params: GMMParams, x: Tensor) -> Tensor:
-    """:math:`\\log E[\\pi_k] + \\log \\mathrm{St}(x_n \\mid m_k, L_k, \\nu_k + 1 - D)`, shape ``(N, K)``.
+    r""":math:`\log E[\pi_k] + \log \mathrm{St}(x_n \mid m_k, L_k, \nu_k + 1 - D)`, shape ``(N, K)``.
 
     Bishop (2006), eqs. 10.81–10.82: the predictive is a mixture of Student-t's with
-    :math:`L_k = \\frac{(\\nu_k + 1 - D)\\beta_k}{1 + \\beta_k} W_k`. The diagonal model's
+    :math:`L_k = \frac{(\nu_k + 1 - D)\beta_k}{1 + \beta_k} W_k`. The diagonal model's
     predictive is a product of univariate Student-t's with :math:`2a_{kd}` degrees of freedom
-    and scale :math:`\\sqrt{b_{kd}(1+\\beta_{kd})/(a_{kd}\\beta_{kd})}`. Evaluated in chunks of
+    and scale :math:`\sqrt{b_{kd}(1+\beta_{kd})/(a_{kd}\beta_{kd})}`. Evaluated in chunks of
     :data:`PREDICTIVE_CHUNK` rows.
     """
     comp = params.components

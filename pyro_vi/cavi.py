@@ -45,16 +45,16 @@ class Local(NamedTuple):
 
 @runtime_checkable
 class ConjugateModel(Protocol):
-    """The protocol a model implements to be fitted by :func:`cavi`.
+    r"""The protocol a model implements to be fitted by :func:`cavi`.
 
     ``prepare`` validates the data and resolves data-dependent defaults; ``init_stats`` gives
     statistics to start from; ``local_step`` and ``global_step`` are the two halves of one
     coordinate-ascent sweep; ``global_elbo`` holds the ELBO terms that do not sum over data
-    (typically :math:`-\\mathrm{KL}(q(\\theta)\\,\\|\\,p(\\theta))` for the global factors).
+    (typically :math:`-\mathrm{KL}(q(\theta)\,\|\,p(\theta))` for the global factors).
 
-    The ELBO at global parameters :math:`\\lambda` is
+    The ELBO at global parameters :math:`\lambda` is
     ``sum(local_step(chunk, λ).elbo for chunk in data) + global_elbo(λ)``, with every local
-    factor at its optimum given :math:`\\lambda`.
+    factor at its optimum given :math:`\lambda`.
     """
 
     def prepare(self, data: Any) -> tuple[ConjugateModel, Any]:
@@ -263,11 +263,11 @@ def cavi(
     monotone_rtol: float = 1e-9,
     warn: bool = True,
 ) -> CAVIResult:
-    """Fit a conjugate-exponential model by coordinate ascent; keep the best of ``n_init``.
+    r"""Fit a conjugate-exponential model by coordinate ascent; keep the best of ``n_init``.
 
     Each sweep updates every global factor to
 
-    .. math:: q^*(\\theta_j) \\propto \\exp E_{q(\\theta_{-j})}[\\log p(x, \\theta)]
+    .. math:: q^*(\theta_j) \propto \exp E_{q(\theta_{-j})}[\log p(x, \theta)]
 
     (Bishop 2006, eq. 10.9) through the model's global step, then every local factor (e.g.
     the responsibilities, eq. 10.49) through its local step. The ELBO is evaluated after every

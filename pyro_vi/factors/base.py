@@ -1,27 +1,27 @@
-"""The exponential-family interface shared by every variational factor.
+r"""The exponential-family interface shared by every variational factor.
 
 A factor is a (batched) distribution written in exponential-family form
 
 .. math::
 
-    q(\\theta) = h(\\theta) \\exp\\big(\\langle \\eta, T(\\theta)\\rangle - A(\\eta)\\big),
+    q(\theta) = h(\theta) \exp\big(\langle \eta, T(\theta)\rangle - A(\eta)\big),
 
-with natural parameters :math:`\\eta`, sufficient statistics :math:`T`, log-normalizer
+with natural parameters :math:`\eta`, sufficient statistics :math:`T`, log-normalizer
 :math:`A` and base measure :math:`h`. Every factor exposes the same few operations, after
 BayesPy's ``ExponentialFamily`` nodes (Luttinen 2016, JMLR 17(41)):
 
 * :attr:`~ExpFamFactor.natural_params` and :meth:`~ExpFamFactor.from_natural`;
-* :meth:`~ExpFamFactor.expected_stats`, the moments :math:`E_q[T(\\theta)]`, aligned with the
+* :meth:`~ExpFamFactor.expected_stats`, the moments :math:`E_q[T(\theta)]`, aligned with the
   natural parameters;
-* :meth:`~ExpFamFactor.log_normalizer` :math:`A(\\eta)`;
+* :meth:`~ExpFamFactor.log_normalizer` :math:`A(\eta)`;
 * :meth:`~ExpFamFactor.entropy` and :meth:`~ExpFamFactor.kl`.
 
-Because :math:`\\nabla A(\\eta) = E[T]`, the KL between two members of one family needs nothing
+Because :math:`\nabla A(\eta) = E[T]`, the KL between two members of one family needs nothing
 else (Wainwright & Jordan 2008, eq. 3.x; Bishop 2006, eq. 2.226):
 
 .. math::
 
-    \\mathrm{KL}(q\\,\\|\\,p) = A(\\eta_p) - A(\\eta_q) - \\langle \\eta_p - \\eta_q, E_q[T]\\rangle .
+    \mathrm{KL}(q\,\|\,p) = A(\eta_p) - A(\eta_q) - \langle \eta_p - \eta_q, E_q[T]\rangle .
 
 All tensors are float64 by default and live on the device of the parameters they were built
 from. Every factor is batched: ``batch_shape`` is the shape of independent factors (a plate).
@@ -63,7 +63,7 @@ class ExpFamFactor(ABC):
     @property
     @abstractmethod
     def natural_params(self) -> tuple[Tensor, ...]:
-        """Natural parameters :math:`\\eta`, a tuple aligned with :meth:`expected_stats`."""
+        r"""Natural parameters :math:`\eta`, a tuple aligned with :meth:`expected_stats`."""
 
     @classmethod
     @abstractmethod
@@ -72,15 +72,15 @@ class ExpFamFactor(ABC):
 
     @abstractmethod
     def expected_stats(self) -> tuple[Tensor, ...]:
-        """Moments :math:`E_q[T(\\theta)]`, aligned with :attr:`natural_params`."""
+        r"""Moments :math:`E_q[T(\theta)]`, aligned with :attr:`natural_params`."""
 
     @abstractmethod
     def log_normalizer(self) -> Tensor:
-        """Log-normalizer :math:`A(\\eta)`, of shape ``batch_shape``."""
+        r"""Log-normalizer :math:`A(\eta)`, of shape ``batch_shape``."""
 
     @abstractmethod
     def expected_log_base_measure(self) -> Tensor:
-        """:math:`E_q[\\log h(\\theta)]`, of shape ``batch_shape`` (often a constant)."""
+        r""":math:`E_q[\log h(\theta)]`, of shape ``batch_shape`` (often a constant)."""
 
     @property
     @abstractmethod
@@ -94,25 +94,25 @@ class ExpFamFactor(ABC):
         return total
 
     def entropy(self) -> Tensor:
-        """Differential (or Shannon) entropy.
+        r"""Differential (or Shannon) entropy.
 
-        .. math:: H[q] = A(\\eta) - \\langle \\eta, E_q[T] \\rangle - E_q[\\log h].
+        .. math:: H[q] = A(\eta) - \langle \eta, E_q[T] \rangle - E_q[\log h].
         """
         inner = self._inner_natural(self.natural_params, self.expected_stats())
         return self.log_normalizer() - inner - self.expected_log_base_measure()
 
     def expected_log_prob(self, other: ExpFamFactor) -> Tensor:
-        """Cross term :math:`E_q[\\log p(\\theta)]` for ``p = other`` of the same family."""
+        r"""Cross term :math:`E_q[\log p(\theta)]` for ``p = other`` of the same family."""
         self._check_same_family(other)
         inner = self._inner_natural(other.natural_params, self.expected_stats())
         return inner - other.log_normalizer() + self.expected_log_base_measure()
 
     def kl(self, prior: ExpFamFactor) -> Tensor:
-        """:math:`\\mathrm{KL}(q\\,\\|\\,p)` to ``prior`` of the same family, shape ``batch_shape``.
+        r""":math:`\mathrm{KL}(q\,\|\,p)` to ``prior`` of the same family, shape ``batch_shape``.
 
         .. math::
-            \\mathrm{KL}(q\\|p) = A(\\eta_p) - A(\\eta_q)
-                - \\langle \\eta_p - \\eta_q, E_q[T] \\rangle .
+            \mathrm{KL}(q\|p) = A(\eta_p) - A(\eta_q)
+                - \langle \eta_p - \eta_q, E_q[T] \rangle .
         """
         self._check_same_family(prior)
         diff = [p - q for p, q in zip(prior.natural_params, self.natural_params, strict=True)]
@@ -131,11 +131,11 @@ class ExpFamFactor(ABC):
 
 
 def blend(old: F, new: F, rho: float) -> F:
-    """Step in natural-parameter space: :math:`(1-\\rho)\\,\\eta_{old} + \\rho\\,\\eta_{new}`.
+    r"""Step in natural-parameter space: :math:`(1-\rho)\,\eta_{old} + \rho\,\eta_{new}`.
 
     This is the stochastic-VI update of Hoffman, Blei, Wang & Paisley (2013, eq. 25): for
     conjugate-exponential models the natural gradient of the ELBO with respect to the global
-    natural parameters is :math:`\\hat\\eta - \\eta`, so a step of size :math:`\\rho` is a convex
+    natural parameters is :math:`\hat\eta - \eta`, so a step of size :math:`\rho` is a convex
     combination.
 
     Examples

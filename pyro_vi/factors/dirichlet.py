@@ -12,19 +12,19 @@ __all__ = ["Categorical", "Dirichlet"]
 
 
 class Dirichlet(ExpFamFactor):
-    """Dirichlet factor :math:`q(\\pi) = \\mathrm{Dir}(\\pi\\,|\\,\\alpha)`.
+    r"""Dirichlet factor :math:`q(\pi) = \mathrm{Dir}(\pi\,|\,\alpha)`.
 
-    Natural parameter :math:`\\eta = \\alpha - 1`, sufficient statistic :math:`T = \\log \\pi`,
-    log-normalizer :math:`A = \\sum_k \\log\\Gamma(\\alpha_k) - \\log\\Gamma(\\hat\\alpha)`, and
+    Natural parameter :math:`\eta = \alpha - 1`, sufficient statistic :math:`T = \log \pi`,
+    log-normalizer :math:`A = \sum_k \log\Gamma(\alpha_k) - \log\Gamma(\hat\alpha)`, and
     (Bishop 2006, eq. 10.66)
 
-    .. math:: E[\\log \\pi_k] = \\psi(\\alpha_k) - \\psi(\\hat\\alpha), \\quad
-              \\hat\\alpha = \\textstyle\\sum_k \\alpha_k .
+    .. math:: E[\log \pi_k] = \psi(\alpha_k) - \psi(\hat\alpha), \quad
+              \hat\alpha = \textstyle\sum_k \alpha_k .
 
     Parameters
     ----------
     concentration : Tensor
-        :math:`\\alpha`, shape ``batch_shape + (K,)``, all entries > 0.
+        :math:`\alpha`, shape ``batch_shape + (K,)``, all entries > 0.
 
     Examples
     --------
@@ -52,7 +52,7 @@ class Dirichlet(ExpFamFactor):
         return cls(eta[0] + 1.0)
 
     def expected_log(self) -> Tensor:
-        """:math:`E[\\log \\pi_k] = \\psi(\\alpha_k) - \\psi(\\sum_j \\alpha_j)` (Bishop eq. 10.66)."""
+        r""":math:`E[\log \pi_k] = \psi(\alpha_k) - \psi(\sum_j \alpha_j)` (Bishop eq. 10.66)."""
         a = self.concentration
         return torch.digamma(a) - torch.digamma(a.sum(-1, keepdim=True))
 
@@ -68,12 +68,12 @@ class Dirichlet(ExpFamFactor):
                            device=self.concentration.device)
 
     def mean(self) -> Tensor:
-        """:math:`E[\\pi_k] = \\alpha_k / \\hat\\alpha`."""
+        r""":math:`E[\pi_k] = \alpha_k / \hat\alpha`."""
         a = self.concentration
         return a / a.sum(-1, keepdim=True)
 
     def variance(self) -> Tensor:
-        """:math:`\\mathrm{Var}[\\pi_k] = \\alpha_k(\\hat\\alpha-\\alpha_k)/(\\hat\\alpha^2(\\hat\\alpha+1))`."""
+        r""":math:`\mathrm{Var}[\pi_k] = \alpha_k(\hat\alpha-\alpha_k)/(\hat\alpha^2(\hat\alpha+1))`."""
         a = self.concentration
         a0 = a.sum(-1, keepdim=True)
         return a * (a0 - a) / (a0**2 * (a0 + 1.0))
@@ -84,10 +84,10 @@ class Dirichlet(ExpFamFactor):
 
 
 class Categorical(ExpFamFactor):
-    """Categorical factor :math:`q(z) = \\mathrm{Cat}(z\\,|\\,r)` (one-hot sufficient statistic).
+    r"""Categorical factor :math:`q(z) = \mathrm{Cat}(z\,|\,r)` (one-hot sufficient statistic).
 
-    Natural parameter: the logits :math:`\\eta = \\log r` (up to a constant), with
-    :math:`A(\\eta) = \\log\\sum_k e^{\\eta_k}` and :math:`E[T] = r = \\mathrm{softmax}(\\eta)`.
+    Natural parameter: the logits :math:`\eta = \log r` (up to a constant), with
+    :math:`A(\eta) = \log\sum_k e^{\eta_k}` and :math:`E[T] = r = \mathrm{softmax}(\eta)`.
     In a mixture, :math:`r_{nk}` are the responsibilities of Bishop (2006, eq. 10.49).
 
     Parameters
@@ -122,7 +122,7 @@ class Categorical(ExpFamFactor):
 
     @property
     def probs(self) -> Tensor:
-        """:math:`r = \\mathrm{softmax}(\\eta)`."""
+        r""":math:`r = \mathrm{softmax}(\eta)`."""
         return torch.softmax(self.logits, -1)
 
     @property

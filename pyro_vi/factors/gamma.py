@@ -14,12 +14,12 @@ __all__ = ["Gamma", "NormalGamma"]
 
 
 class Gamma(ExpFamFactor):
-    """Gamma factor :math:`q(\\lambda) = \\mathrm{Gam}(\\lambda\\,|\\,a, b)` (shape, rate).
+    r"""Gamma factor :math:`q(\lambda) = \mathrm{Gam}(\lambda\,|\,a, b)` (shape, rate).
 
-    :math:`\\eta = (a - 1, -b)`, :math:`T = (\\log\\lambda, \\lambda)`,
-    :math:`A = \\log\\Gamma(a) - a \\log b`, and (Bishop 2006, eqs. B.27, B.30)
+    :math:`\eta = (a - 1, -b)`, :math:`T = (\log\lambda, \lambda)`,
+    :math:`A = \log\Gamma(a) - a \log b`, and (Bishop 2006, eqs. B.27, B.30)
 
-    .. math:: E[\\lambda] = a/b, \\qquad E[\\log\\lambda] = \\psi(a) - \\log b .
+    .. math:: E[\lambda] = a/b, \qquad E[\log\lambda] = \psi(a) - \log b .
 
     Elementwise: every entry of ``shape``/``rate`` is an independent factor.
 
@@ -49,11 +49,11 @@ class Gamma(ExpFamFactor):
         return cls(eta[0] + 1.0, -eta[1])
 
     def mean(self) -> Tensor:
-        """:math:`E[\\lambda] = a / b`."""
+        r""":math:`E[\lambda] = a / b`."""
         return self.shape / self.rate
 
     def expected_log(self) -> Tensor:
-        """:math:`E[\\log\\lambda] = \\psi(a) - \\log b`."""
+        r""":math:`E[\log\lambda] = \psi(a) - \log b`."""
         return torch.digamma(self.shape) - torch.log(self.rate)
 
     def expected_stats(self) -> tuple[Tensor, ...]:
@@ -71,27 +71,27 @@ class Gamma(ExpFamFactor):
 
 
 class NormalGamma(ExpFamFactor):
-    """Normal-Gamma factor :math:`q(\\mu,\\lambda) = N(\\mu|m,(\\beta\\lambda)^{-1})\\,\\mathrm{Gam}(\\lambda|a,b)`.
+    r"""Normal-Gamma factor :math:`q(\mu,\lambda) = N(\mu|m,(\beta\lambda)^{-1})\,\mathrm{Gam}(\lambda|a,b)`.
 
     Elementwise over its batch: a diagonal-covariance mixture component is a batch of ``D``
     independent Normal-Gamma factors, one per dimension (Bishop 2006, eq. 2.154).
 
-    In exponential-family form, with :math:`T = (\\lambda\\mu, \\lambda\\mu^2, \\lambda, \\log\\lambda)`:
+    In exponential-family form, with :math:`T = (\lambda\mu, \lambda\mu^2, \lambda, \log\lambda)`:
 
     .. math::
-        \\eta = \\big(\\beta m,\\; -\\tfrac{\\beta}{2},\\; -b - \\tfrac{\\beta m^2}{2},\\;
-                a - \\tfrac12\\big), \\qquad
-        A = \\log\\Gamma(a) - a\\log b - \\tfrac12\\log\\beta, \\qquad
-        \\log h = -\\tfrac12\\log 2\\pi,
+        \eta = \big(\beta m,\; -\tfrac{\beta}{2},\; -b - \tfrac{\beta m^2}{2},\;
+                a - \tfrac12\big), \qquad
+        A = \log\Gamma(a) - a\log b - \tfrac12\log\beta, \qquad
+        \log h = -\tfrac12\log 2\pi,
 
-    and the moments :math:`E[\\lambda\\mu] = m\\,a/b`,
-    :math:`E[\\lambda\\mu^2] = 1/\\beta + m^2 a/b`, :math:`E[\\lambda] = a/b`,
-    :math:`E[\\log\\lambda] = \\psi(a) - \\log b`.
+    and the moments :math:`E[\lambda\mu] = m\,a/b`,
+    :math:`E[\lambda\mu^2] = 1/\beta + m^2 a/b`, :math:`E[\lambda] = a/b`,
+    :math:`E[\log\lambda] = \psi(a) - \log b`.
 
     Parameters
     ----------
     loc, precision_scale, shape, rate : Tensor
-        :math:`m`, :math:`\\beta > 0`, :math:`a > 0`, :math:`b > 0`; broadcast together.
+        :math:`m`, :math:`\beta > 0`, :math:`a > 0`, :math:`b > 0`; broadcast together.
 
     Examples
     --------
@@ -114,7 +114,7 @@ class NormalGamma(ExpFamFactor):
 
     @property
     def precision(self) -> Gamma:
-        """The marginal factor :math:`q(\\lambda) = \\mathrm{Gam}(a, b)`."""
+        r"""The marginal factor :math:`q(\lambda) = \mathrm{Gam}(a, b)`."""
         return Gamma(self.shape, self.rate)
 
     @property
@@ -141,12 +141,12 @@ class NormalGamma(ExpFamFactor):
         return torch.full_like(self.loc, -0.5 * math.log(2 * math.pi))
 
     def expected_mahalanobis(self, x: Tensor) -> Tensor:
-        """:math:`E[\\lambda (x-\\mu)^2] = 1/\\beta + (a/b)(x-m)^2`, broadcast over ``x``.
+        r""":math:`E[\lambda (x-\mu)^2] = 1/\beta + (a/b)(x-m)^2`, broadcast over ``x``.
 
         The diagonal counterpart of Bishop (2006, eq. 10.64).
         """
         return 1.0 / self.precision_scale + self.shape / self.rate * (x - self.loc) ** 2
 
     def marginal_loc_variance(self) -> Tensor:
-        """:math:`\\mathrm{Var}[\\mu] = b / (\\beta (a - 1))` (a Student-t marginal), for ``a > 1``."""
+        r""":math:`\mathrm{Var}[\mu] = b / (\beta (a - 1))` (a Student-t marginal), for ``a > 1``."""
         return self.rate / (self.precision_scale * (self.shape - 1.0))

@@ -15,16 +15,16 @@ __all__ = ["NormalWishart", "Wishart", "expected_logdet", "log_wishart_normalize
 
 
 def _logdet_tril(tril: Tensor) -> Tensor:
-    """:math:`\\log|L L^T|` from a lower Cholesky factor."""
+    r""":math:`\log|L L^T|` from a lower Cholesky factor."""
     return 2.0 * torch.log(torch.diagonal(tril, dim1=-2, dim2=-1)).sum(-1)
 
 
 def log_wishart_normalizer(scale_tril: Tensor, df: Tensor) -> Tensor:
-    """Wishart log-normalizer :math:`-\\log B(W,\\nu)` (Bishop 2006, eq. B.79).
+    r"""Wishart log-normalizer :math:`-\log B(W,\nu)` (Bishop 2006, eq. B.79).
 
     .. math::
-        -\\log B(W, \\nu) = \\frac{\\nu}{2}\\log|W| + \\frac{\\nu D}{2}\\log 2
-            + \\log\\Gamma_D\\!\\left(\\frac{\\nu}{2}\\right).
+        -\log B(W, \nu) = \frac{\nu}{2}\log|W| + \frac{\nu D}{2}\log 2
+            + \log\Gamma_D\!\left(\frac{\nu}{2}\right).
 
     Shapes: ``scale_tril`` is ``(..., D, D)`` (Cholesky of W), ``df`` is ``(...)``.
     """
@@ -34,11 +34,11 @@ def log_wishart_normalizer(scale_tril: Tensor, df: Tensor) -> Tensor:
 
 
 def expected_logdet(scale_tril: Tensor, df: Tensor) -> Tensor:
-    """:math:`E[\\log|\\Lambda|]` under :math:`\\mathcal{W}(\\Lambda|W,\\nu)` (Bishop 2006, eq. 10.65).
+    r""":math:`E[\log|\Lambda|]` under :math:`\mathcal{W}(\Lambda|W,\nu)` (Bishop 2006, eq. 10.65).
 
     .. math::
-        E[\\log|\\Lambda|] = \\sum_{i=1}^{D}\\psi\\!\\left(\\frac{\\nu+1-i}{2}\\right)
-            + D\\log 2 + \\log|W| .
+        E[\log|\Lambda|] = \sum_{i=1}^{D}\psi\!\left(\frac{\nu+1-i}{2}\right)
+            + D\log 2 + \log|W| .
     """
     d = scale_tril.shape[-1]
     i = torch.arange(1, d + 1, dtype=df.dtype, device=df.device)
@@ -47,18 +47,18 @@ def expected_logdet(scale_tril: Tensor, df: Tensor) -> Tensor:
 
 
 class Wishart(ExpFamFactor):
-    """Wishart factor :math:`q(\\Lambda) = \\mathcal{W}(\\Lambda\\,|\\,W, \\nu)` over precisions.
+    r"""Wishart factor :math:`q(\Lambda) = \mathcal{W}(\Lambda\,|\,W, \nu)` over precisions.
 
-    :math:`\\eta = (-\\tfrac12 W^{-1}, \\tfrac12(\\nu - D - 1))`, :math:`T = (\\Lambda, \\log|\\Lambda|)`,
-    :math:`A = -\\log B(W,\\nu)` (:func:`log_wishart_normalizer`), :math:`E[\\Lambda] = \\nu W`
-    and :math:`E[\\log|\\Lambda|]` from :func:`expected_logdet`.
+    :math:`\eta = (-\tfrac12 W^{-1}, \tfrac12(\nu - D - 1))`, :math:`T = (\Lambda, \log|\Lambda|)`,
+    :math:`A = -\log B(W,\nu)` (:func:`log_wishart_normalizer`), :math:`E[\Lambda] = \nu W`
+    and :math:`E[\log|\Lambda|]` from :func:`expected_logdet`.
 
     Parameters
     ----------
     scale_tril : Tensor
         Lower Cholesky factor of the scale matrix :math:`W`, shape ``batch_shape + (D, D)``.
     df : Tensor
-        Degrees of freedom :math:`\\nu > D - 1`, shape ``batch_shape``.
+        Degrees of freedom :math:`\nu > D - 1`, shape ``batch_shape``.
 
     Examples
     --------
@@ -105,11 +105,11 @@ class Wishart(ExpFamFactor):
         return cls(tril, 2.0 * eta[1] + d + 1.0)
 
     def mean(self) -> Tensor:
-        """:math:`E[\\Lambda] = \\nu W` (Bishop 2006, eq. B.80)."""
+        r""":math:`E[\Lambda] = \nu W` (Bishop 2006, eq. B.80)."""
         return self.df[..., None, None] * self.scale
 
     def expected_logdet(self) -> Tensor:
-        """:math:`E[\\log|\\Lambda|]` (Bishop 2006, eq. 10.65)."""
+        r""":math:`E[\log|\Lambda|]` (Bishop 2006, eq. 10.65)."""
         return expected_logdet(self.scale_tril, self.df)
 
     def expected_stats(self) -> tuple[Tensor, ...]:
@@ -127,32 +127,32 @@ class Wishart(ExpFamFactor):
 
 
 class NormalWishart(ExpFamFactor):
-    """Normal-Wishart factor :math:`q(\\mu,\\Lambda) = N(\\mu|m,(\\beta\\Lambda)^{-1})\\,\\mathcal{W}(\\Lambda|W,\\nu)`.
+    r"""Normal-Wishart factor :math:`q(\mu,\Lambda) = N(\mu|m,(\beta\Lambda)^{-1})\,\mathcal{W}(\Lambda|W,\nu)`.
 
     The conjugate prior and mean-field posterior of a full-covariance Gaussian component
     (Bishop 2006, eqs. 2.157, 10.59). With
-    :math:`T = (\\Lambda\\mu, \\mu^T\\Lambda\\mu, \\Lambda, \\log|\\Lambda|)`:
+    :math:`T = (\Lambda\mu, \mu^T\Lambda\mu, \Lambda, \log|\Lambda|)`:
 
     .. math::
-        \\eta = \\big(\\beta m,\\; -\\tfrac{\\beta}{2},\\;
-                -\\tfrac12 (W^{-1} + \\beta m m^T),\\; \\tfrac12(\\nu - D)\\big),\\qquad
-        A = -\\tfrac{D}{2}\\log\\beta - \\log B(W,\\nu),\\qquad
-        \\log h = -\\tfrac{D}{2}\\log 2\\pi,
+        \eta = \big(\beta m,\; -\tfrac{\beta}{2},\;
+                -\tfrac12 (W^{-1} + \beta m m^T),\; \tfrac12(\nu - D)\big),\qquad
+        A = -\tfrac{D}{2}\log\beta - \log B(W,\nu),\qquad
+        \log h = -\tfrac{D}{2}\log 2\pi,
 
-    with moments :math:`E[\\Lambda\\mu] = \\nu W m`,
-    :math:`E[\\mu^T\\Lambda\\mu] = D/\\beta + \\nu\\, m^T W m`, :math:`E[\\Lambda] = \\nu W` and
-    :math:`E[\\log|\\Lambda|]` (eq. 10.65).
+    with moments :math:`E[\Lambda\mu] = \nu W m`,
+    :math:`E[\mu^T\Lambda\mu] = D/\beta + \nu\, m^T W m`, :math:`E[\Lambda] = \nu W` and
+    :math:`E[\log|\Lambda|]` (eq. 10.65).
 
     Parameters
     ----------
     loc : Tensor
         :math:`m`, shape ``batch_shape + (D,)``.
     precision_scale : Tensor
-        :math:`\\beta > 0`, shape ``batch_shape``.
+        :math:`\beta > 0`, shape ``batch_shape``.
     scale_tril : Tensor
         Cholesky factor of :math:`W`, shape ``batch_shape + (D, D)``.
     df : Tensor
-        :math:`\\nu > D - 1`, shape ``batch_shape``.
+        :math:`\nu > D - 1`, shape ``batch_shape``.
 
     Examples
     --------
@@ -183,7 +183,7 @@ class NormalWishart(ExpFamFactor):
 
     @property
     def precision(self) -> Wishart:
-        """The marginal factor :math:`q(\\Lambda) = \\mathcal{W}(W, \\nu)`."""
+        r"""The marginal factor :math:`q(\Lambda) = \mathcal{W}(W, \nu)`."""
         return Wishart(self.scale_tril, self.df)
 
     @property
@@ -225,12 +225,12 @@ class NormalWishart(ExpFamFactor):
         return torch.full_like(self.df, -0.5 * self.dim * math.log(2 * math.pi))
 
     def expected_mahalanobis(self, x: Tensor) -> Tensor:
-        """:math:`E[(x_n-\\mu_k)^T\\Lambda_k(x_n-\\mu_k)] = D/\\beta_k + \\nu_k (x_n-m_k)^T W_k (x_n-m_k)`.
+        r""":math:`E[(x_n-\mu_k)^T\Lambda_k(x_n-\mu_k)] = D/\beta_k + \nu_k (x_n-m_k)^T W_k (x_n-m_k)`.
 
         Bishop (2006, eq. 10.64). For ``x`` of shape ``(N, D)`` it returns
         ``(N,) + batch_shape`` (``(N, K)`` for a plate of ``K`` components), with one GEMM of
         shape ``(N, D) @ (D, K·D)`` through the Cholesky factors :math:`W_k = L_k L_k^T`:
-        :math:`(x-m_k)^T W_k (x-m_k) = \\lVert L_k^T x - L_k^T m_k \\rVert^2`, where ``K`` is
+        :math:`(x-m_k)^T W_k (x-m_k) = \lVert L_k^T x - L_k^T m_k \rVert^2`, where ``K`` is
         the number of factors in the batch. Memory is ``N·K·D``; callers chunk ``x`` when that
         does not fit.
         """

@@ -1,8 +1,15 @@
 """pyro-vi: fast, exact-where-possible, trustworthy variational inference for Pyro models."""
 
+from pyro_vi.arviz import (
+    FitInfo,
+    NoObservedSitesWarning,
+    inference_data_from_result,
+    to_inference_data,
+)
 from pyro_vi.bundled import load_old_faithful
 from pyro_vi.cavi import CAVIResult, CAVIRun, ConjugateModel, Local, cavi
 from pyro_vi.datasets import ImageData, Minibatches, load_digits, load_mnist
+from pyro_vi.diagnose import Diagnosis, diagnose
 from pyro_vi.errors import ConvergenceWarning, ELBODecreaseError, NumericalError
 from pyro_vi.factors import (
     Categorical,
@@ -14,6 +21,8 @@ from pyro_vi.factors import (
     Wishart,
     blend,
 )
+from pyro_vi.mcmc import MCMCComparison, compare_to_mcmc, match_components
+from pyro_vi.psis import PSISResult, psis_diagnostic
 from pyro_vi.vae_eval import LogLikEstimate, elbo_per_image, iw_log_likelihood
 
 __version__ = "0.1.0"
@@ -24,31 +33,42 @@ __all__ = [
     "Categorical",
     "ConjugateModel",
     "ConvergenceWarning",
+    "Diagnosis",
     "Dirichlet",
     "ELBODecreaseError",
     "ExpFamFactor",
+    "FitInfo",
     "Gamma",
     "GaussianMixture",
     "ImageData",
     "Local",
     "LogLikEstimate",
+    "MCMCComparison",
     "Minibatches",
+    "NoObservedSitesWarning",
     "NormalGamma",
     "NormalWishart",
     "NumericalError",
+    "PSISResult",
     "VAE",
     "VAEConfig",
     "Wishart",
     "__version__",
     "blend",
     "cavi",
+    "compare_to_mcmc",
+    "diagnose",
     "elbo_per_image",
+    "inference_data_from_result",
     "iw_log_likelihood",
     "load_digits",
     "load_mnist",
     "load_old_faithful",
     "load_vae",
+    "match_components",
+    "psis_diagnostic",
     "save_vae",
+    "to_inference_data",
 ]
 
 from pyro_vi.models.gmm import GaussianMixture  # noqa: E402  (models build on the engine above)

@@ -123,6 +123,10 @@ def inspect_model(model: Callable[..., Any], *args: Any, **kwargs: Any) -> Model
         if site["type"] != "sample" or not _is_data_site(site):
             continue
         for f in site["cond_indep_stack"]:
+            full = getattr(f, "full_size", None)
+            if full is not None and full != f.size:
+                raise ValueError(f"plate {f.name!r} subsamples {f.size} of {full}: subsampled "
+                                 "plates are not supported, pass the full data")
             if f.vectorized:
                 if plates.get(f.name, f.size) != f.size:
                     raise ValueError(f"plate {f.name!r} has sizes {plates[f.name]} and {f.size}")

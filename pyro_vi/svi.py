@@ -161,9 +161,12 @@ def fit_svi(model: Callable[..., Any], guide: Callable[..., Any], *args: Any,
     re-iterable), step :math:`t` takes the next batch and the iterable is re-iterated at the
     end of each epoch. A tuple/list batch is unpacked into positional arguments before
     ``args``, a mapping is merged into ``kwargs``. The model must scale its likelihood by
-    :math:`N/|B|` so the minibatch loss is unbiased for the full-data loss (Hoffman et al. 2013,
-    eq. 12): declare ``pyro.plate("data", size=N, subsample=idx)`` (or ``subsample_size=``) and
-    Pyro applies the factor.
+    :math:`N/|B|` so that the minibatch loss is unbiased for the full-data loss (Hoffman et al.
+    2013, §2): declare ``pyro.plate("data", size=N, subsample=idx)`` and Pyro applies the
+    factor. E.g. with ``DataLoader(TensorDataset(x, torch.arange(N)), batch_size=B,
+    shuffle=True)`` each batch is ``[x_b, idx_b]`` and the call is
+    ``model(x_b, idx_b, *args)``. On resume the epoch is rebuilt and the batches already used
+    are skipped (see :mod:`pyro_vi.batches`).
 
     Parameters
     ----------
@@ -206,11 +209,14 @@ def fit_svi(model: Callable[..., Any], guide: Callable[..., Any], *args: Any,
     .. warning::
         The stopping rule compares noisy Monte-Carlo losses: with a high-variance estimator
         ``tol`` may never be met (raise ``window`` or ``tol``) or be met by chance early (raise
-        ``patience``). Resume reproduces an uninterrupted run bitwise on CPU only if the model,
-        guide and data are those of the first run, the optimizer is fresh, and the batch
-        iterable is deterministic given the global RNG state when it is iterated (the default
-        ``DataLoader``, with or without ``shuffle``; not one with random per-item transforms or
-        its own unseeded generator). Ctrl-C during a step may leave that step half applied.
+        ``patience``). Exceptions other than Ctrl-C propagate; a resume continues from the last
+        checkpoint, not from the crash or Ctrl-C point. Resume reproduces an uninterrupted run
+        bitwise on CPU only with the first run's model, guide and data, a fresh optimizer, and
+        a batch iterable that is deterministic given the global RNG state when it is iterated
+        (a ``DataLoader`` with or without ``shuffle``; not one with random per-item transforms
+        or its own unseeded generator). Ctrl-C during a step may leave that step half applied.
+        Same-seed runs are bitwise equal only from an equal param store and a fresh guide
+        (autoguides keep their parameters).
 
     References
     ----------
@@ -272,7 +278,7 @@ def fit_svi(model: Callable[..., Any], guide: Callable[..., Any], *args: Any,
                 "rng": get_rng_state(), "cursor": cursor.state(), "rule": vars(rule).copy(),
                 "history": {"step": steps, "loss": losses, "seconds": seconds}}
 
-    show = sys.stderr.isatty() if progress is None else progress
+    show = _stderr_is_terminal() if progress is None else progress
     bar = tqdm(total=num_steps, initial=step, desc="SVI", file=sys.stderr, disable=not show,
                dynamic_ncols=True)
     reason = "converged" if converged else "max_steps"
@@ -333,6 +339,11 @@ def _prime(elbo: ELBO, model: Callable[..., Any], guide: Callable[..., Any],
     for _, p in pyro.get_param_store().named_parameters():
         if p.grad is not None:
             p.grad = torch.zeros_like(p.grad)
+
+
+def _stderr_is_terminal() -> bool:
+    isatty = getattr(sys.stderr, "isatty", None)  # sys.stderr may be None (pythonw) or a stub
+    return bool(isatty()) if callable(isatty) else False
 
 
 def _params() -> dict[str, torch.Tensor]:

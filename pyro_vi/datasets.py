@@ -279,10 +279,10 @@ def load_mnist(*, cache: str | Path | None = None, download: bool = True) -> Ima
                           download=download)
         arrays[name.split("-idx")[0]] = read_idx(path)
     for part in ("train", "t10k"):
-        images, labels = arrays[f"{part}-images"], arrays[f"{part}-labels"]
-        if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
-            raise ValueError(f"{directory}/{part}-*: images {images.shape} and labels "
-                             f"{labels.shape} do not match")
+        imgs, labs = arrays[f"{part}-images"], arrays[f"{part}-labels"]
+        if imgs.ndim != 3 or labs.ndim != 1 or len(imgs) != len(labs):
+            raise ValueError(f"{directory}/{part}-*: images {imgs.shape} and labels "
+                             f"{labs.shape} do not match")
 
     def images(key: str) -> Tensor:
         a = arrays[key]

@@ -13,8 +13,8 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 import pandas as pd
-import pyro.optim
 from pyro.infer import ELBO, RenyiELBO, Trace_ELBO
+from pyro.optim import Adam  # type: ignore[attr-defined]  # made at import time
 
 from pyro_vi.models.vae import VAE
 from pyro_vi.svi import SVIResult, fit_svi
@@ -145,7 +145,7 @@ def fit_vae(vae: VAE, x_train: Any, *, x_test: Any = None, epochs: int = 10,
         return False
 
     clock["start"] = time.perf_counter()
-    result = fit_svi(vae.model, vae.guide, elbo=estimator, optim=pyro.optim.Adam({"lr": lr}),
+    result = fit_svi(vae.model, vae.guide, elbo=estimator, optim=Adam({"lr": lr}),
                      num_steps=epochs * per_epoch, batches=batches, tol=0.0, seed=seed,
                      progress=progress, callback=callback, **kwargs)
     return VAEFit(svi=result, curves=pd.DataFrame(rows))

@@ -193,3 +193,18 @@ def test_load_names_missing_and_foreign_files(tmp_path):
     torch.save({"weights": torch.zeros(2)}, tmp_path / "other.pt")
     with pytest.raises(ValueError, match="other.pt is not a VAE saved by"):
         load_vae(tmp_path / "other.pt")
+
+
+def test_learned_gaussian_scale_is_a_trained_parameter():
+    vae = VAE(VAEConfig(input_dim=4, hidden=(3,), likelihood="gaussian", binarize=None))
+    assert "vae_decoder$$$log_scale" in pyro.get_param_store().keys()
+    x = vae.prepare(0.1 * torch.randn(8, 4, generator=torch.Generator().manual_seed(0)))
+    svi = pyro.infer.SVI(vae.model, vae.guide, pyro.optim.Adam({"lr": 0.1}), Trace_ELBO())
+    for _ in range(5):
+        svi.step(x)
+    # data with sd 0.1 against an initial scale of 1: the likelihood pulls log_scale down
+    assert vae.decoder.log_scale.detach().item() < -0.3
+    fixed = VAE(VAEConfig(input_dim=4, hidden=(3,), likelihood="gaussian", binarize=None,
+                          scale=0.2), name="fixed")
+    assert fixed.decoder.log_scale is None
+    assert fixed.decoder.scale() == 0.2

@@ -84,3 +84,29 @@ def test_make_elbo_and_fit_vae_reject_bad_options(digits):
         fit_vae(vae, digits.x_train, lr=-1.0)
     with pytest.raises(ValueError, match=r"x: values must lie in \[0, 1\]"):
         fit_vae(vae, digits.x_train * 16, epochs=1)
+
+
+def test_checkpointed_vae_training_resumes_bitwise(digits, tmp_path):
+    # fit_svi restores the param store in place, and Minibatches(seed=None) draws its
+    # permutations and dynamic binarizations from the global RNG, so a VAE stopped after 6
+    # steps and resumed in a fresh process state continues exactly as an uninterrupted run.
+    from pyro.optim import Adam
+
+    from pyro_vi.svi import fit_svi
+
+    x = digits.x_train[:120]
+
+    def run(num_steps, checkpoint=None, resume=False):
+        pyro.clear_param_store()
+        vae = VAE(VAEConfig(input_dim=64, latent_dim=2, hidden=(16,), seed=0))
+        fit = fit_svi(vae.model, vae.guide, batches=vae.batches(x, batch_size=50),
+                      num_steps=num_steps, tol=0.0, seed=4, optim=Adam({"lr": 1e-2}),
+                      checkpoint=checkpoint, resume=resume, progress=False, num_data=120)
+        return fit.history["loss"].tolist(), vae.encoder.net[0].weight.detach().clone()
+
+    full_losses, full_weight = run(12)
+    ckpt = tmp_path / "vae.ckpt"
+    run(6, checkpoint=ckpt)
+    losses, weight = run(12, checkpoint=ckpt, resume=True)
+    assert losses == full_losses
+    assert torch.equal(weight, full_weight)

@@ -65,6 +65,7 @@ __all__ = [
     "UnivariateNormal",
     "VAE",
     "VAEConfig",
+    "VAEFit",
     "Wishart",
     "__version__",
     "blend",
@@ -73,6 +74,7 @@ __all__ = [
     "compare_to_mcmc",
     "diagnose",
     "elbo_per_image",
+    "fit_vae",
     "inference_data_from_result",
     "iw_log_likelihood",
     "load_digits",
@@ -96,3 +98,4 @@ from pyro_vi.models.hierarchical import HierarchicalNormal  # noqa: E402
 from pyro_vi.models.linreg import BayesianLinearRegression  # noqa: E402
 from pyro_vi.models.normal import UnivariateNormal  # noqa: E402
 from pyro_vi.models.vae import VAE, VAEConfig, load_vae, save_vae  # noqa: E402
+from pyro_vi.vae_training import VAEFit, fit_vae  # noqa: E402  (needs models.vae)

@@ -70,6 +70,8 @@ class GuideDraws:
         The model's sites and plates.
     marginalised : tuple of str
         Discrete latent sites the guide does not sample, summed out in ``log_p``.
+    vectorised : bool
+        Whether the draws ran batched under an outer plate (else one at a time).
     """
 
     values: dict[str, Tensor]
@@ -78,6 +80,7 @@ class GuideDraws:
     log_lik: dict[str, Tensor]
     structure: ModelStructure
     marginalised: tuple[str, ...]
+    vectorised: bool = True
 
     @property
     def log_ratio(self) -> Tensor:
@@ -342,7 +345,8 @@ def draw_from_guide(model: Callable[..., Any], guide: Callable[..., Any], *args:
     log_q = torch.cat([c[2] for c in chunks]).double()
     _check_finite(log_p, log_q)
     log_lik = {k: torch.cat([c[3][k] for c in chunks]) for k in chunks[0][3]}
-    return GuideDraws(values, log_p, log_q, log_lik, structure, marginalised)
+    vectorised = num_samples == 1 or chunk_size > 1
+    return GuideDraws(values, log_p, log_q, log_lik, structure, marginalised, vectorised)
 
 
 def _check_finite(log_p: Tensor, log_q: Tensor) -> None:

@@ -54,7 +54,6 @@ def logistic_data(n: int = 60, seed: int = 0) -> tuple[torch.Tensor, torch.Tenso
 
 def logistic_model(x: torch.Tensor, y: torch.Tensor) -> None:
     b0 = pyro.sample("intercept", dist.Normal(torch.zeros((), dtype=F64), 5.0))
-    b0 = b0.unsqueeze(-1)  # (..., 1): broadcasts against the data plate
     with pyro.plate("feature", x.shape[1]):
         beta = pyro.sample("beta", dist.Normal(torch.zeros((), dtype=F64), 5.0))
     with pyro.plate("data", x.shape[0]):

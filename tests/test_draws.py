@@ -27,7 +27,7 @@ def mixture(x, *, vectorisable=True):
     with pyro.plate("components", 2):
         loc = pyro.sample("loc", dist.Normal(torch.zeros((), dtype=F64), 5.0))
     with pyro.plate("data", len(x)):
-        z = pyro.sample("z", dist.Categorical(w.unsqueeze(-2)), infer={"enumerate": "parallel"})
+        z = pyro.sample("z", dist.Categorical(w), infer={"enumerate": "parallel"})
         mu = Vindex(loc.unsqueeze(-2))[..., z] if vectorisable else loc[z]
         pyro.sample("obs", dist.Normal(mu, 1.0), obs=x)
 
@@ -75,6 +75,7 @@ def test_enumerated_guide_scores_are_exact(vectorisable):
         mixture(x, vectorisable=vectorisable)
 
     d = draw_from_guide(model, guide_globals, X, num_samples=6, seed=0, pointwise=True)
+    assert d.vectorised == vectorisable  # loc[z] does not broadcast: one draw at a time
     assert d.marginalised == ("z",)
     assert set(d.values) == {"w", "loc"}
     for s in range(6):
@@ -88,6 +89,7 @@ def test_enumerated_guide_scores_are_exact(vectorisable):
 def test_mean_field_guide_scores_are_exact(marginalise_local):
     d = draw_from_guide(mixture, guide_mean_field, X, num_samples=6, seed=1, pointwise=True,
                         marginalise_local=marginalise_local)
+    assert d.vectorised
     assert d.values["z"].shape == (6, 5)
     assert d.values["z"].dtype == torch.long
     log_qz = -5 * math.log(2)

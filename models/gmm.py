@@ -30,7 +30,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from pyro_vi.cavi import Local
+from pyro_vi.cavi import DEFAULT_CHUNK_BYTES, Local
 from pyro_vi.factors import Dirichlet, NormalGamma, NormalWishart
 from pyro_vi.init import initial_responsibilities
 from pyro_vi.linalg import inverse_cholesky
@@ -273,7 +273,10 @@ class GaussianMixture(GMMPyroMixin):
                                  f"{self.n_components}), non-negative, rows summing to 1")
         else:
             r = initial_responsibilities(data, self.n_components, method=init, generator=generator)
-        return self._stats(data, r)
+        # in row chunks, as local_pass does: one pass over all rows would build an N·K·D temporary
+        rows = max(1024, DEFAULT_CHUNK_BYTES // max(1, self.local_bytes_per_point(data)))
+        parts = [self._stats(data[i:i + rows], r[i:i + rows]) for i in range(0, data.shape[0], rows)]
+        return tuple(torch.stack(s).sum(0) for s in zip(*parts, strict=True))
 
     def _stats(self, x: Tensor, r: Tensor) -> tuple[Tensor, ...]:
         r""":math:`N_k, \sum_n r_{nk}(x_n - m_0), \sum_n r_{nk}(x_n-m_0)(x_n-m_0)^T` (Bishop 10.51–10.53).

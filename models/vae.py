@@ -192,6 +192,8 @@ class VAE(nn.Module):
         self.config = config
         self.name = name
         self.device = torch.device(config.device)
+        if self.device.type == "cuda" and not torch.cuda.is_available():
+            raise ValueError(f"VAEConfig.device={config.device!r}, but CUDA is not available")
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(config.seed)
             self.encoder = Encoder(config)

@@ -154,6 +154,12 @@ def test_weights_are_float32_on_the_configured_device_and_seeded():
     assert a.prepare(torch.rand(2, 4)).device == torch.device("cpu")
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error without CUDA")
+def test_cuda_without_a_gpu_is_a_clear_error():
+    with pytest.raises(ValueError, match="device='cuda', but CUDA is not available"):
+        VAE(VAEConfig(input_dim=4, device="cuda"))
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_cuda_device_runs_model_guide_and_evaluation():  # pragma: no cover - GPU machines only
     from pyro_vi.vae_eval import iw_log_likelihood

@@ -40,7 +40,14 @@ from pyro import poutine
 from pyro.infer import Predictive
 from torch import Tensor
 
-from pyro_vi.draws import GuideDraws, check_num_samples, draw_from_guide, seeded
+from pyro_vi.draws import (
+    GuideDraws,
+    check_num_samples,
+    draw_from_guide,
+    result_model,
+    result_params,
+    seeded,
+)
 from pyro_vi.sites import ModelStructure, inspect_model
 
 __all__ = [
@@ -349,25 +356,6 @@ def to_inference_data(model: Callable[..., Any], guide: Callable[..., Any] | Non
                   num_samples=num_samples, seed=seed, coords=coords, dims=dims, infos=infos)
 
 
-def _pyro_model(result: Any, model: Callable[..., Any] | None) -> Callable[..., Any]:
-    """Find the Pyro model of a result: ``result.model``, or its ``.model`` method (CAVI)."""
-    if model is not None:
-        return model
-    m = getattr(result, "model", None)
-    if m is not None and not callable(m) and callable(getattr(m, "model", None)):
-        return m.model  # type: ignore[no-any-return]
-    if m is None or not callable(m):
-        raise ValueError(f"{type(result).__name__} carries no Pyro model: pass model=...")
-    return m  # type: ignore[no-any-return]
-
-
-def _result_params(result: Any) -> Mapping[str, Tensor] | None:
-    params = getattr(result, "params", None)
-    if isinstance(params, Mapping) and all(isinstance(v, Tensor) for v in params.values()):
-        return params
-    return None
-
-
 def inference_data_from_result(result: Any, *args: Any, model: Callable[..., Any] | None = None,
                                num_samples: int = 1000, seed: int | None = None,
                                coords: Mapping[str, Any] | None = None,
@@ -388,8 +376,8 @@ def inference_data_from_result(result: Any, *args: Any, model: Callable[..., Any
     results = list(result) if isinstance(result, (list, tuple)) else [result]
     if not results:
         raise ValueError("result is an empty sequence")
-    pyro_model = _pyro_model(results[0], model)
-    chains = [(r.guide, _result_params(r)) for r in results]
+    pyro_model = result_model(results[0], model)
+    chains = [(r.guide, result_params(r)) for r in results]
     infos = [fit_info_from_result(r) for r in results]
     return _build(pyro_model, chains, args, kwargs, num_samples=num_samples, seed=seed,
                   coords=coords, dims=dims, infos=infos)

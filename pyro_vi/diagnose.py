@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from pyro_vi.draws import result_model, result_params
 from pyro_vi.mcmc import MCMCComparison, compare_to_mcmc
 from pyro_vi.psis import PSISResult, psis_diagnostic
 
@@ -155,9 +156,7 @@ def _unpack(fit: Any, model: Callable[..., Any] | None) -> tuple[Any, Any, Any, 
         return fit[0], fit[1], None, None
     if not hasattr(fit, "guide"):
         raise TypeError(f"fit must be a fit result or a (model, guide) pair, got {type(fit)}")
-    from pyro_vi.arviz import _pyro_model, _result_params
-
-    return _pyro_model(fit, model), fit.guide, _result_params(fit), fit
+    return result_model(fit, model), fit.guide, result_params(fit), fit
 
 
 def _report(fit: Any, converged: bool | None, trend: ElboTrend | None, psis: PSISResult,
@@ -302,6 +301,7 @@ def logistic_model(x: Any, y: Any) -> None:
 def _fit(ns: argparse.Namespace) -> tuple[Any, tuple[Any, ...], dict[str, Any]]:
     """Fit the chosen built-in example; return (result, model args, NUTS options)."""
     import pyro
+    from pyro.optim import Adam  # type: ignore[attr-defined]  # made at import time
 
     if ns.model == "logistic":
         from pyro.infer.autoguide import AutoNormal
@@ -310,10 +310,9 @@ def _fit(ns: argparse.Namespace) -> tuple[Any, tuple[Any, ...], dict[str, Any]]:
 
         x, y = _logistic_data(ns.n, ns.seed)
         pyro.clear_param_store()
-        result = fit_svi(logistic_model, AutoNormal(logistic_model), x, y,
-                         optim=pyro.optim.Adam({"lr": 0.05}), num_steps=ns.steps, seed=ns.seed,
-                         progress=False)
-        return result, (x, y), {}
+        svi = fit_svi(logistic_model, AutoNormal(logistic_model), x, y, optim=Adam({"lr": 0.05}),
+                      num_steps=ns.steps, seed=ns.seed, progress=False)
+        return svi, (x, y), {}
     from pyro_vi.cavi import cavi
     from pyro_vi.mcmc import match_components
     from pyro_vi.models.gmm import GaussianMixture
@@ -327,9 +326,9 @@ def _fit(ns: argparse.Namespace) -> tuple[Any, tuple[Any, ...], dict[str, Any]]:
 
         x = torch.as_tensor(np.loadtxt(ns.data, delimiter=",", skiprows=1, ndmin=2),
                             dtype=torch.float64)
-    result = cavi(GaussianMixture(ns.components), x, seed=ns.seed, max_iter=ns.steps)
+    fit = cavi(GaussianMixture(ns.components), x, seed=ns.seed, max_iter=ns.steps)
     align = match_components("loc", ["weights", "loc", "precision"])
-    return result, (x,), {"align": align, "jit_compile": True}
+    return fit, (x,), {"align": align, "jit_compile": True}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -43,9 +43,10 @@ from pyro.poutine.util import prune_subsample_sites
 from torch import Tensor
 
 from pyro_vi.errors import NumericalError
-from pyro_vi.sites import ModelStructure, check_guide, inspect_model
+from pyro_vi.sites import ModelStructure, check_guide, inspect_model, node, sample_sites
 
-__all__ = ["GuideDraws", "check_num_samples", "draw_from_guide", "seeded"]
+__all__ = ["GuideDraws", "check_num_samples", "draw_from_guide", "result_model", "result_params",
+           "seeded"]
 
 _DRAWS = "_pyro_vi_draws"
 
@@ -122,6 +123,26 @@ def seeded(seed: int | None) -> Iterator[None]:
         random.setstate(states[2])
 
 
+def result_model(result: Any, model: Callable[..., Any] | None) -> Callable[..., Any]:
+    """Find the Pyro model of a result: ``result.model``, or its ``.model`` method (CAVI)."""
+    if model is not None:
+        return model
+    m = getattr(result, "model", None)
+    if m is not None and not callable(m) and callable(getattr(m, "model", None)):
+        return m.model  # type: ignore[no-any-return]
+    if m is None or not callable(m):
+        raise ValueError(f"{type(result).__name__} carries no Pyro model: pass model=...")
+    return m  # type: ignore[no-any-return]
+
+
+def result_params(result: Any) -> Mapping[str, Tensor] | None:
+    """Return a result's ``params`` if it is a mapping of tensors (an SVI fit), else None."""
+    params = getattr(result, "params", None)
+    if isinstance(params, Mapping) and all(isinstance(v, Tensor) for v in params.values()):
+        return params
+    return None
+
+
 def _param_scope(guide: Callable[..., Any], params: Mapping[str, Any] | None,
                  args: Any, kwargs: Any) -> Any:
     """Open a fresh param store holding ``params`` (constrained values) for the block."""
@@ -150,11 +171,10 @@ def _param_scope(guide: Callable[..., Any], params: Mapping[str, Any] | None,
 def _nesting(trace: poutine.Trace) -> int:
     """Batch rank left free for an outer draws plate: plates and unplated batch dims alike."""
     nest = 0
-    for site in trace.nodes.values():
-        if site["type"] == "sample":
-            rank = site["value"].dim() - len(site["fn"].event_shape)
-            dims = [-f.dim for f in site["cond_indep_stack"] if f.vectorized]
-            nest = max(nest, rank, *dims)
+    for site in sample_sites(trace):
+        rank = site["value"].dim() - len(site["fn"].event_shape)
+        dims = [-f.dim for f in site["cond_indep_stack"] if f.vectorized]
+        nest = max(nest, rank, *dims)
     return nest
 
 
@@ -168,7 +188,7 @@ def _per_draw(log_prob: Tensor, n: int, nest: int) -> Tensor:
 def _log_joint(trace: poutine.Trace, n: int, nest: int) -> Tensor:
     r"""Per-draw :math:`\log p`, contracting enumerated dims (Pyro's HMC does the same)."""
     trace.compute_log_prob()
-    sites = [s for s in trace.nodes.values() if s["type"] == "sample"]
+    sites = sample_sites(trace)
     if not any("_enumerate_dim" in s["infer"] for s in sites):
         return sum((_per_draw(s["log_prob"], n, nest) for s in sites), torch.zeros(n))
     trace.pack_tensors()
@@ -194,12 +214,12 @@ def _pointwise(trace: poutine.Trace, structure: ModelStructure, n: int,
     by broadcasting their log-probabilities and a ``logsumexp`` over the enumeration dims.
     """
     trace.compute_log_prob()
-    enumerated = [s for s in trace.nodes.values() if s["type"] == "sample"
-                  and "_enumerate_dim" in s["infer"] and not s["is_observed"]]
+    enumerated = [s for s in sample_sites(trace)
+                  if "_enumerate_dim" in s["infer"] and not s["is_observed"]]
     out = {}
     for name in structure.observed:
         info = structure.sites[name]
-        total, covered = trace.nodes[name]["log_prob"], set()
+        total, covered = node(trace, name)["log_prob"], set()
         for s in enumerated:
             if structure.sites[s["name"]].plates <= info.plates:
                 total = total + s["log_prob"]
@@ -226,9 +246,10 @@ def _draw_chunk(model: Callable[..., Any], guide: Callable[..., Any], structure:
         with plate:
             guide_tr = prune_subsample_sites(poutine.trace(guide).get_trace(*args, **kwargs))
         guide_tr.compute_log_prob()
-        log_q = sum((_per_draw(s["log_prob"], n, nest) for s in guide_tr.nodes.values()
-                     if s["type"] == "sample" and s["name"] not in drop), torch.zeros(n))
-        raw = {k: guide_tr.nodes[k]["value"] for k in structure.latent if k in guide_tr.nodes}
+        log_q = sum((_per_draw(s["log_prob"], n, nest) for s in sample_sites(guide_tr)
+                     if s["name"] not in drop), torch.zeros(n))
+        raw: dict[str, Tensor] = {k: node(guide_tr, k)["value"] for k in structure.latent
+                                  if k in guide_tr.nodes}
 
         def run(keep: Mapping[str, Tensor]) -> poutine.Trace:
             m = poutine.enum(config_enumerate(poutine.condition(model, data=dict(keep)),

@@ -29,7 +29,7 @@ from torch.distributions import biject_to, constraints
 from torch.distributions.transforms import Transform
 
 from pyro_vi.draws import check_num_samples, draw_from_guide, seeded
-from pyro_vi.sites import inspect_model
+from pyro_vi.sites import inspect_model, node
 
 __all__ = ["MCMCComparison", "PositiveDefiniteVectorTransform", "compare_to_mcmc",
            "match_components"]
@@ -332,7 +332,7 @@ def compare_to_mcmc(model: Callable[..., Any], guide: Callable[..., Any], *args:
     with torch.no_grad(), poutine.block():
         prior = poutine.trace(model).get_trace(*args, **kwargs)
     for name in continuous:
-        transforms[name] = _transform(prior.nodes[name]["fn"].support, structure.sites[name].shape)
+        transforms[name] = _transform(node(prior, name)["fn"].support, structure.sites[name].shape)
     kernel = NUTS(config_enumerate(model, default="parallel"),
                   max_plate_nesting=structure.max_plate_nesting, transforms=transforms,
                   jit_compile=jit_compile, ignore_jit_warnings=True)

@@ -18,7 +18,17 @@ from pyro import poutine
 from pyro.poutine.util import prune_subsample_sites
 from torch import Tensor
 
-__all__ = ["ModelStructure", "SiteInfo", "check_guide", "inspect_model"]
+__all__ = ["ModelStructure", "SiteInfo", "check_guide", "inspect_model", "node", "sample_sites"]
+
+
+def sample_sites(trace: poutine.Trace) -> list[Any]:
+    """The sample-site messages of a trace, in order (typed loosely: Pyro's are TypedDicts)."""
+    return [s for s in trace.nodes.values() if s["type"] == "sample"]
+
+
+def node(trace: poutine.Trace, name: str) -> Any:
+    """The message of site ``name`` (typed loosely, see :func:`sample_sites`)."""
+    return trace.nodes[name]
 
 
 @dataclass(frozen=True)
@@ -119,8 +129,9 @@ def inspect_model(model: Callable[..., Any], *args: Any, **kwargs: Any) -> Model
     plates: dict[str, int] = {}
     nesting = 0
     observed: dict[str, Tensor] = {}
-    for name, site in trace.nodes.items():
-        if site["type"] != "sample" or not _is_data_site(site):
+    for site in sample_sites(trace):
+        name = site["name"]
+        if not _is_data_site(site):
             continue
         for f in site["cond_indep_stack"]:
             full = getattr(f, "full_size", None)
@@ -151,14 +162,14 @@ def check_guide(structure: ModelStructure, trace: poutine.Trace) -> tuple[str, .
                 )
             missing.append(name)
             continue
-        shape = tuple(trace.nodes[name]["value"].shape)
+        shape = tuple(node(trace, name)["value"].shape)
         if shape != info.shape:
             plates = ", ".join(f"{p}={structure.plates[p]}" for p in sorted(info.plates))
             raise ValueError(
                 f"guide site {name!r} has shape {shape} but the model's site has shape "
                 f"{info.shape} (model plates: {plates or 'none'}); do the plate sizes match?"
             )
-        for f in trace.nodes[name]["cond_indep_stack"]:
+        for f in node(trace, name)["cond_indep_stack"]:
             size = structure.plates.get(f.name)
             if f.vectorized and size is not None and size != f.size:
                 raise ValueError(

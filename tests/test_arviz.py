@@ -44,7 +44,7 @@ from pyro_vi import (
 )
 from pyro_vi.svi import fit_svi
 
-S = 400  # draws per chain
+S = 300  # draws per chain
 
 
 @pytest.fixture(scope="module")
@@ -257,3 +257,20 @@ def test_guide_and_guides_are_exclusive():
         to_inference_data(normal_model, exact_guide, normal_data(), guides=[exact_guide])
     with pytest.raises(ValueError, match="pass a guide"):
         to_inference_data(normal_model, None, normal_data())
+
+
+def test_gmm_svi_result_exports_with_its_own_params():
+    from pyro.infer import TraceEnum_ELBO
+
+    x = gmm_data()
+    gmm = GaussianMixture(2).resolve(x)
+    fit = fit_svi(gmm.model, gmm.guide_enum, x, elbo=TraceEnum_ELBO(max_plate_nesting=1),
+                  num_steps=30, seed=0, progress=False)
+    pyro.clear_param_store()  # the export must read fit.params, not the global store
+    idata = inference_data_from_result(fit, x, num_samples=S, seed=0)
+    assert "z" not in idata.posterior
+    loc = idata.posterior["loc"].values.reshape(S, 2, 2)
+    # E_q[mu_k] = the 'gmm.loc' parameter (Normal-Wishart mean); 5 MC standard errors
+    np.testing.assert_array_less(np.abs(loc.mean(0) - fit.params["gmm.loc"].numpy()),
+                                 5 * loc.std(0) / math.sqrt(S))
+    assert np.isfinite(idata.log_likelihood["obs"].values).all()

@@ -60,42 +60,52 @@ class FiniteGuard:
 
     def __init__(self, elbo: ELBO):
         self.elbo = elbo
-        #: Unconstrained values at which the last finite step was evaluated, by param name.
-        self.kept: dict[str, torch.Tensor] = {}
+        # Values at which the last finite step was evaluated: names, buffers, and the ids of the
+        # live tensors they mirror (a new or replaced param triggers a rebuild).
+        self._names: tuple[str, ...] = ()
+        self._ids: tuple[int, ...] = ()
+        self._kept: list[torch.Tensor] = []
 
     def __call__(self, model: Callable[..., Any], guide: Callable[..., Any], *args: Any,
                  **kwargs: Any) -> Any:
-        """Run the ELBO's ``loss_and_grads``; raise :class:`NonFiniteStep` on NaN/inf."""
+        """Run the ELBO's ``loss_and_grads``, then :meth:`check` the result."""
         loss = self.elbo.loss_and_grads(model, guide, *args, **kwargs)
-        grads = [p.grad for _, p in pyro.get_param_store().named_parameters()
-                 if p.grad is not None]
-        finite = math.isfinite(float(loss))
-        if finite and grads:
-            # The sum of all entries is finite iff none is NaN/inf, barring overflow of a huge
-            # sum, which the exact per-site check below then clears.
-            finite = math.isfinite(float(sum(g.sum() for g in grads)))
-        if not finite:
-            bad = [name for name, p in pyro.get_param_store().named_parameters()
-                   if p.grad is not None and not bool(torch.isfinite(p.grad).all())]
-            if bad or not math.isfinite(float(loss)):
-                raise NonFiniteStep(float(loss), bad)
-        self._keep()
+        self.check(float(loss))
         return loss
 
-    def _keep(self) -> None:
+    def check(self, loss: float) -> None:
+        """Raise :class:`NonFiniteStep` on a non-finite loss or gradient, else keep the params."""
+        items = list(pyro.get_param_store().named_parameters())
+        params = [p for _, p in items]
+        grads = [p.grad for p in params if p.grad is not None]
+        finite = math.isfinite(loss)
+        if finite and grads:
+            # The sum of the gradient norms is finite iff no entry is NaN/inf, barring overflow
+            # of a huge norm, which the exact per-site check below then clears.
+            finite = math.isfinite(float(sum(torch._foreach_norm(grads))))
+        if not finite:
+            bad = [name for name, p in items
+                   if p.grad is not None and not bool(torch.isfinite(p.grad).all())]
+            if bad or not math.isfinite(loss):
+                raise NonFiniteStep(loss, bad)
+        self._keep(items, params)
+
+    def _keep(self, items: list[tuple[str, torch.Tensor]], params: list[torch.Tensor]) -> None:
+        ids = tuple(map(id, params))
         with torch.no_grad():
-            for name, p in pyro.get_param_store().named_parameters():
-                buf = self.kept.get(name)
-                if buf is None or buf.shape != p.shape or buf.dtype != p.dtype:
-                    self.kept[name] = p.detach().clone()
-                else:
-                    buf.copy_(p)
+            if ids != self._ids:
+                self._names = tuple(name for name, _ in items)
+                self._ids = ids
+                self._kept = [p.detach().clone() for p in params]
+            elif params:
+                torch._foreach_copy_(self._kept, params)
 
     def restore(self) -> None:
         """Write the kept values back into the param store, in place."""
+        kept = dict(zip(self._names, self._kept, strict=True))
         with torch.no_grad():
             for name, p in pyro.get_param_store().named_parameters():
-                buf = self.kept.get(name)
+                buf = kept.get(name)
                 if buf is not None and buf.shape == p.shape:
                     p.copy_(buf)
 

@@ -111,7 +111,10 @@ class CAVIResult:
     model : ConjugateModel
         The prepared model (priors resolved), needed to interpret ``params``.
     runs : tuple of CAVIRun
-        Every restart, best first is *not* implied: in the order they ran.
+        Every restart, in the order they ran.
+    data : Any
+        The prepared data the fit used (a reference, not a copy), so that
+        :meth:`to_inference_data` and :meth:`diagnose` need no arguments.
     """
 
     params: Any
@@ -121,6 +124,37 @@ class CAVIResult:
     history: pd.DataFrame
     model: Any
     runs: tuple[CAVIRun, ...] = field(default_factory=tuple)
+    data: Any = field(default=None, repr=False, compare=False)
+
+    def _args(self, args: tuple[Any, ...]) -> tuple[Any, ...]:
+        if args:
+            return args
+        if self.data is None:
+            raise ValueError("this result carries no data: pass the model's data arguments")
+        return self.data if isinstance(self.data, tuple) else (self.data,)
+
+    def restart_results(self) -> list[CAVIResult]:
+        """One result per restart (for one ArviZ chain per independent fit)."""
+        return [CAVIResult(params=r.params, elbo=r.elbo, n_iter=r.n_iter, converged=r.converged,
+                           history=r.history, model=self.model, runs=(r,), data=self.data)
+                for r in self.runs]
+
+    def to_inference_data(self, *args: Any, restarts: bool = False, **kwargs: Any) -> Any:
+        """ArviZ ``InferenceData`` of this fit (see :func:`pyro_vi.to_inference_data`).
+
+        ``restarts=True`` makes every restart of ``n_init`` its own chain, so between-fit
+        disagreement shows in ``az.summary``'s ``r_hat``.
+        """
+        from pyro_vi.arviz import inference_data_from_result
+
+        target: Any = self.restart_results() if restarts else self
+        return inference_data_from_result(target, *self._args(args), **kwargs)
+
+    def diagnose(self, *args: Any, **kwargs: Any) -> Any:
+        """Plain-text trust report (see :func:`pyro_vi.diagnose`)."""
+        from pyro_vi.diagnose import diagnose
+
+        return diagnose(self, *self._args(args), **kwargs)
 
     @property
     def guide(self) -> Callable[..., Any]:
@@ -364,5 +398,5 @@ def cavi(
             "raise max_iter or tol", ConvergenceWarning, stacklevel=2)
     return CAVIResult(params=best.params, elbo=best.elbo, n_iter=best.n_iter,
                       converged=best.converged, history=best.history, model=model,
-                      runs=tuple(runs))
+                      runs=tuple(runs), data=data)
 

@@ -353,3 +353,23 @@ def test_float32_fit_is_not_mistaken_for_an_elbo_decrease(faithful):
         fit64 = cavi(GaussianMixture(6, weight_concentration=1e-3), faithful, seed=seed)
         # same optimum; float32 evaluation plus an earlier stop: agree to ~1e-6 relative
         assert fit32.elbo == pytest.approx(fit64.elbo, rel=1e-5)
+
+
+def test_result_exports_to_arviz_with_one_chain_per_restart():
+    from pyro_vi import GaussianMixture, load_old_faithful
+
+    x = load_old_faithful(standardize=True)
+    fit = cavi(GaussianMixture(2), x, n_init=3, seed=0)
+    assert fit.data is not None
+    idata = fit.to_inference_data(num_samples=20, restarts=True)
+    assert idata.posterior.sizes["chain"] == 3
+    assert idata.posterior.sizes["draw"] == 20
+    assert "obs" in idata.log_likelihood
+    single = fit.to_inference_data(num_samples=20)
+    assert single.posterior.sizes["chain"] == 1
+    # the fit's ELBO history, final ELBO, method and convergence flag travel along
+    stats = single.sample_stats
+    assert float(stats.final_elbo[0]) == pytest.approx(fit.elbo, rel=1e-12)
+    assert stats.elbo.shape == (1, len(fit.history))
+    assert bool(stats.converged[0]) is fit.converged
+    assert stats.attrs["inference_method"] == "CAVI"

@@ -24,6 +24,7 @@ from typing import Any
 
 import pyro
 import torch
+from pyro.params.param_store import StateDict
 
 __all__ = ["load_checkpoint", "restore_param_store", "save_checkpoint"]
 
@@ -78,7 +79,7 @@ def restore_param_store(state: dict[str, Any]) -> None:
     """
     store = pyro.get_param_store()
     live = dict(store.named_parameters())
-    missing: dict[str, Any] = {"params": {}, "constraints": {}}
+    missing: StateDict = {"params": {}, "constraints": {}}
     with torch.no_grad():
         for name, saved in state["params"].items():
             current = live.get(name)

@@ -72,7 +72,8 @@ def _guess_max_plate_nesting(model: Callable[..., Any], guide: Callable[..., Any
     dims = [frame.dim
             for trace in (prune_subsample_sites(model_trace), prune_subsample_sites(guide_trace))
             for site in trace.nodes.values() if site["type"] == "sample"
-            for frame in site["cond_indep_stack"] if frame.vectorized]
+            for frame in site["cond_indep_stack"]
+            if frame.vectorized and frame.dim is not None]
     return -min(dims) if dims else 0
 
 

@@ -59,7 +59,7 @@ class FiniteGuard:
     """``loss_and_grads`` for :class:`~pyro.infer.SVI` that vetoes non-finite steps."""
 
     def __init__(self, elbo: ELBO):
-        self.elbo = elbo
+        self.elbo: Any = elbo  # ELBO subclasses define loss_and_grads; the base does not
         # Values at which the last finite step was evaluated: names, buffers, and the ids of the
         # live tensors they mirror (a new or replaced param triggers a rebuild).
         self._names: tuple[str, ...] = ()
@@ -129,7 +129,8 @@ def _rerun(model: Callable[..., Any], guide: Callable[..., Any], args: tuple[Any
                 params.append(name)
             elif site["type"] == "sample" and name not in bad:
                 try:
-                    ok = bool(torch.isfinite(site["fn"].log_prob(site["value"])).all())
+                    fn: Any = site["fn"]
+                    ok = bool(torch.isfinite(fn.log_prob(site["value"])).all())
                 except Exception:  # out of support under validation
                     ok = False
                 if not ok:

@@ -14,7 +14,7 @@ import os
 import sys
 import time
 import warnings
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sized
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -107,7 +107,7 @@ def _validate(model: Any, guide: Any, elbo: Any, optim: Any, num_steps: Any, bat
         _check_int(name, value, low)
     if isinstance(tol, bool) or not isinstance(tol, numbers.Real):
         raise TypeError(f"tol must be a real number, got {type(tol).__name__}")
-    if not (tol >= 0 and math.isfinite(tol)):
+    if not (float(tol) >= 0 and math.isfinite(tol)):
         raise ValueError(f"tol must be finite and >= 0, got {tol}")
     if seed is not None:
         _check_int("seed", seed, 0)
@@ -119,7 +119,7 @@ def _validate(model: Any, guide: Any, elbo: Any, optim: Any, num_steps: Any, bat
         if iter(batches) is batches:
             raise TypeError("batches must be re-iterable (a list, a DataLoader), not a one-shot "
                             "iterator or generator: it is iterated again at every epoch")
-        if hasattr(batches, "__len__") and len(batches) == 0:
+        if isinstance(batches, Sized) and len(batches) == 0:
             raise ValueError("batches is empty")
     if checkpoint is not None and not isinstance(checkpoint, str | os.PathLike):
         raise TypeError(f"checkpoint must be a path, got {type(checkpoint).__name__}")
@@ -247,9 +247,10 @@ def fit_svi(model: Callable[..., Any], guide: Callable[..., Any], *args: Any,
     _validate(model, guide, elbo, optim, num_steps, batches, tol, window, patience, seed,
               progress, checkpoint, checkpoint_every, resume, callback)
     elbo = Trace_ELBO() if elbo is None else elbo
-    optim = pyro.optim.Adam({"lr": 0.01}) if optim is None else optim
+    loss_fn: Any = elbo  # pyro.infer.ELBO declares neither .loss nor .loss_and_grads
+    optim = pyro.optim.Adam({"lr": 0.01}) if optim is None else optim  # type: ignore[attr-defined]
     guard = FiniteGuard(elbo)
-    svi = SVI(model, guide, optim, loss=elbo.loss, loss_and_grads=guard)
+    svi = SVI(model, guide, optim, loss=loss_fn.loss, loss_and_grads=guard)
     rule = WindowRule(float(tol), window, patience)
     cursor = BatchCursor(batches, track_rng=checkpoint is not None)
     steps: list[int] = []
@@ -323,7 +324,7 @@ def fit_svi(model: Callable[..., Any], guide: Callable[..., Any], *args: Any,
     return _result(steps, losses, seconds, window, converged, reason, model, guide)
 
 
-def _prime(elbo: ELBO, model: Callable[..., Any], guide: Callable[..., Any],
+def _prime(elbo: Any, model: Callable[..., Any], guide: Callable[..., Any],
            batches: Iterable[Any] | None, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
     """Run one throw-away ``loss_and_grads`` before a resume restores the RNG state.
 

@@ -9,8 +9,10 @@ RNG state (torch, python, numpy; :func:`pyro.util.get_rng_state`) from the momen
 epoch's ``iter()`` was called. :meth:`BatchCursor.restore` sets that state, calls ``iter()``
 again and skips ``offset`` batches. A shuffling ``torch.utils.data.DataLoader`` without its own
 generator draws its permutation from the global torch RNG inside ``iter()``, so it replays the
-same order. This needs a loader that is deterministic given that RNG state: no per-item random
-transforms, no unseeded private generator. The caller restores the step's RNG state afterwards.
+same order. The caller then restores the step's RNG state, so randomness a loader draws from
+the global RNG while yielding a batch (random transforms, dynamic binarization) is replayed too.
+What breaks the replay is randomness from a private generator (one seeded once per process
+rather than per ``iter()``) or from background prefetching whose order depends on timing.
 """
 
 from __future__ import annotations

@@ -212,9 +212,9 @@ def fit_svi(model: Callable[..., Any], guide: Callable[..., Any], *args: Any,
         ``patience``). Exceptions other than Ctrl-C propagate; a resume continues from the last
         checkpoint, not from the crash or Ctrl-C point. Resume reproduces an uninterrupted run
         bitwise on CPU only with the first run's model, guide and data, a fresh optimizer, and
-        a batch iterable that is deterministic given the global RNG state when it is iterated
-        (a ``DataLoader`` with or without ``shuffle``; not one with random per-item transforms
-        or its own unseeded generator). Ctrl-C during a step may leave that step half applied.
+        a batch iterable whose randomness comes from the global RNG (a ``DataLoader`` with or
+        without ``shuffle``; not one with its own generator seeded once per process). Ctrl-C
+        during a step may leave that step half applied.
         Same-seed runs are bitwise equal only from an equal param store and a fresh guide
         (autoguides keep their parameters).
 

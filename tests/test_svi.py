@@ -457,6 +457,41 @@ def test_resuming_a_converged_run_takes_no_step(tmp_path):
     assert again.history.equals(done.history)
 
 
+class NoisyBatches:
+    """Re-iterable: a fresh global-RNG permutation per epoch and fresh noise in every batch."""
+
+    def __init__(self, x, batch_size):
+        self.x, self.batch_size = x, batch_size
+
+    def __iter__(self):
+        order = torch.randperm(len(self.x))
+        for i in range(0, len(self.x), self.batch_size):
+            idx = order[i:i + self.batch_size]
+            yield self.x[idx] + 0.1 * torch.randn(len(idx)), idx
+
+
+def test_resume_replays_randomness_drawn_while_batching(tmp_path):
+    x, n = data(), 20
+
+    def run(path, crash_at=None, resume=False):
+        def crash(step, loss):
+            if step == crash_at:
+                raise RuntimeError("crash")
+
+        pyro.clear_param_store()
+        return fit_svi(mb_model, AutoNormal(mb_model), n, batches=NoisyBatches(x, 6), seed=4,
+                       num_steps=30, checkpoint=path, checkpoint_every=9, resume=resume,
+                       callback=crash, progress=False)
+
+    full = run(tmp_path / "a.pt")
+    with pytest.raises(RuntimeError, match="crash"):
+        run(tmp_path / "b.pt", crash_at=20)  # checkpoint at 18 = epoch 5, offset 2 of 4
+    assert load_checkpoint(tmp_path / "b.pt")["cursor"]["offset"] == 2
+    resumed = run(tmp_path / "b.pt", resume=True)
+    assert resumed.history["loss"].equals(full.history["loss"])
+    assert all(torch.equal(full.params[k], resumed.params[k]) for k in full.params)
+
+
 def test_checkpoint_contents_and_atomic_write(tmp_path, monkeypatch):
     path = tmp_path / "ck.pt"
     fit = loader_run(path, 12)

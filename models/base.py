@@ -38,12 +38,13 @@ def as_vector(x: Any, name: str, *, dtype: torch.dtype = torch.float64,
               device: torch.device | str | None = None, integer: bool = False) -> Tensor:
     """Check that ``x`` is a finite, non-empty 1-D numeric array; return a ``dtype`` tensor.
 
-    With ``integer=True`` every entry must be a whole number (any numeric dtype is accepted).
+    With ``integer=True`` every entry must be a whole number (any numeric dtype is accepted;
+    booleans count as 0/1).
     Raises ``TypeError`` for non-numeric input and ``ValueError`` naming ``name`` otherwise.
     """
     t = x if isinstance(x, Tensor) else torch.as_tensor(np.asarray(x))
-    if t.dtype == torch.bool or t.is_complex() or not (t.is_floating_point() or t.dtype in (
-            torch.int8, torch.int16, torch.int32, torch.int64, torch.uint8)):
+    if t.is_complex() or not (t.is_floating_point() or t.dtype in (
+            torch.bool, torch.int8, torch.int16, torch.int32, torch.int64, torch.uint8)):
         raise TypeError(f"{name} must hold real numbers, got dtype {t.dtype}")
     if t.dim() != 1 or t.shape[0] == 0:
         raise ValueError(f"{name} must be a non-empty 1-D array, got shape {tuple(t.shape)}")

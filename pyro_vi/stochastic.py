@@ -61,7 +61,7 @@ def blend_params(old: Any, new: Any, rho: float) -> Any:
     >>> blend_params(old, new, 0.5).rate.rate
     tensor(2., dtype=torch.float64)
     """
-    if not dataclasses.is_dataclass(old) or type(old) is not type(new):
+    if not dataclasses.is_dataclass(old) or isinstance(old, type) or type(old) is not type(new):
         raise TypeError(f"params must be one dataclass type, got {type(old).__name__} and "
                         f"{type(new).__name__}")
     out = {}
@@ -74,7 +74,7 @@ def blend_params(old: Any, new: Any, rho: float) -> Any:
         else:
             raise TypeError(f"params field {f.name!r} is not an ExpFamFactor and changed in the "
                             "global step; stochastic VI can only step factors")
-    return type(old)(**out)
+    return dataclasses.replace(old, **out)
 
 
 def _rows(data: Any) -> int:

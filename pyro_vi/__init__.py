@@ -10,6 +10,7 @@ from pyro_vi.bundled import load_old_faithful
 from pyro_vi.cavi import CAVIResult, CAVIRun, ConjugateModel, Local, cavi
 from pyro_vi.datasets import ImageData, Minibatches, load_digits, load_mnist
 from pyro_vi.diagnose import Diagnosis, diagnose
+from pyro_vi.elbo import ELBOEstimate, elbo_estimate
 from pyro_vi.errors import ConvergenceWarning, ELBODecreaseError, NumericalError
 from pyro_vi.factors import (
     Beta,
@@ -27,6 +28,7 @@ from pyro_vi.factors import (
 from pyro_vi.mcmc import MCMCComparison, compare_to_mcmc, match_components
 from pyro_vi.psis import PSISResult, psis_diagnostic
 from pyro_vi.stochastic import blend_params, svi_cavi
+from pyro_vi.svi import NonFiniteLossError, SVIResult, fit_svi
 from pyro_vi.vae_eval import LogLikEstimate, elbo_per_image, iw_log_likelihood
 
 __version__ = "0.1.0"
@@ -44,6 +46,7 @@ __all__ = [
     "Dirichlet",
     "DirichletCategorical",
     "ELBODecreaseError",
+    "ELBOEstimate",
     "ExpFamFactor",
     "FitInfo",
     "Gamma",
@@ -57,11 +60,13 @@ __all__ = [
     "Minibatches",
     "MultivariateNormal",
     "NoObservedSitesWarning",
+    "NonFiniteLossError",
     "Normal",
     "NormalGamma",
     "NormalWishart",
     "NumericalError",
     "PSISResult",
+    "SVIResult",
     "UnivariateNormal",
     "VAE",
     "VAEConfig",
@@ -73,7 +78,9 @@ __all__ = [
     "cavi",
     "compare_to_mcmc",
     "diagnose",
+    "elbo_estimate",
     "elbo_per_image",
+    "fit_svi",
     "fit_vae",
     "inference_data_from_result",
     "iw_log_likelihood",

@@ -83,6 +83,22 @@ class SVIResult:
                 f"converged={self.converged}, final_elbo={self.final_elbo:.6g}, "
                 f"params={sorted(self.params)})")
 
+    def to_inference_data(self, *args: Any, **kwargs: Any) -> Any:
+        """ArviZ ``InferenceData`` of this fit; ``*args`` are the model's data arguments.
+
+        The guide runs in a scoped param store holding exactly :attr:`params`, so the export
+        is right even after the global store moved on (see :func:`pyro_vi.to_inference_data`).
+        """
+        from pyro_vi.arviz import inference_data_from_result
+
+        return inference_data_from_result(self, *args, **kwargs)
+
+    def diagnose(self, *args: Any, **kwargs: Any) -> Any:
+        """Plain-text trust report (see :func:`pyro_vi.diagnose`); ``*args`` are the data."""
+        from pyro_vi.diagnose import diagnose
+
+        return diagnose(self, *args, **kwargs)
+
 
 def _check_int(name: str, value: Any, minimum: int) -> None:
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):

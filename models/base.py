@@ -23,7 +23,14 @@ from torch import Tensor
 from pyro_vi.cavi import local_pass
 from pyro_vi.factors import ExpFamFactor
 
-__all__ = ["ConjugateModelBase", "FittedGuide", "as_vector", "check_positive", "detach_params"]
+__all__ = ["ConjugateModelBase", "FittedGuide", "as_vector", "check_finite", "check_positive", "detach_params"]
+
+
+def check_finite(name: str, value: Any) -> float:
+    """Return ``value`` as a float after checking it is a finite real number (else ValueError)."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise ValueError(f"{name} must be a finite number, got {value!r}")
+    return float(value)
 
 
 def check_positive(name: str, value: Any) -> float:
@@ -94,6 +101,13 @@ class ConjugateModelBase:
 
     #: Plates nested inside the model (the data plate); Pyro's ELBOs need it for particles.
     max_plate_nesting = 1
+
+    dtype: torch.dtype = torch.float64
+    device: torch.device | str | None = None
+
+    def _t(self, v: float) -> Tensor:
+        """A scalar tensor in the model's dtype and device."""
+        return torch.tensor(v, dtype=self.dtype, device=self.device)
 
     def sample_guide(self, params: Any, *data: Any) -> dict[str, Tensor]:  # pragma: no cover
         """Sample the guide's sites from ``params``."""

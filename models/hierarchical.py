@@ -34,7 +34,7 @@ from torch import Tensor
 
 from pyro_vi.cavi import Local
 from pyro_vi.factors import Gamma, Normal
-from pyro_vi.models.base import ConjugateModelBase, as_vector, check_positive
+from pyro_vi.models.base import ConjugateModelBase, as_vector, check_finite, check_positive
 
 __all__ = ["HierarchicalNormal", "HierarchicalParams"]
 
@@ -81,17 +81,11 @@ class HierarchicalNormal(ConjugateModelBase):
     def __init__(self, *, mean_prior: float, mean_scale: float, precision_shape: float,
                  precision_rate: float, dtype: torch.dtype = torch.float64,
                  device: torch.device | str | None = None) -> None:
-        if isinstance(mean_prior, bool) or not isinstance(mean_prior, int | float) \
-                or not math.isfinite(mean_prior):
-            raise ValueError(f"mean_prior must be a finite number, got {mean_prior!r}")
-        self.m0 = float(mean_prior)
+        self.m0 = check_finite("mean_prior", mean_prior)
         self.s0 = check_positive("mean_scale", mean_scale)
         self.a0 = check_positive("precision_shape", precision_shape)
         self.b0 = check_positive("precision_rate", precision_rate)
         self.dtype, self.device = dtype, device
-
-    def _t(self, v: float) -> Tensor:
-        return torch.tensor(v, dtype=self.dtype, device=self.device)
 
     def prior(self) -> HierarchicalParams:
         r"""Return the priors :math:`N(m_0, s_0^2)`, :math:`\mathrm{Gam}(a_0, b_0)` as factors."""

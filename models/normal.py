@@ -28,7 +28,7 @@ from torch import Tensor
 
 from pyro_vi.cavi import Local
 from pyro_vi.factors import Gamma, Normal
-from pyro_vi.models.base import ConjugateModelBase, as_vector, check_positive
+from pyro_vi.models.base import ConjugateModelBase, as_vector, check_finite, check_positive
 
 __all__ = ["NormalParams", "UnivariateNormal"]
 
@@ -73,17 +73,11 @@ class UnivariateNormal(ConjugateModelBase):
                  precision_shape: float = 1.0, precision_rate: float = 1.0,
                  dtype: torch.dtype = torch.float64,
                  device: torch.device | str | None = None) -> None:
-        if isinstance(mean_prior, bool) or not isinstance(mean_prior, int | float) \
-                or not math.isfinite(mean_prior):
-            raise ValueError(f"mean_prior must be a finite number, got {mean_prior!r}")
-        self.mean_prior = float(mean_prior)
+        self.mean_prior = check_finite("mean_prior", mean_prior)
         self.mean_precision = check_positive("mean_precision", mean_precision)
         self.precision_shape = check_positive("precision_shape", precision_shape)
         self.precision_rate = check_positive("precision_rate", precision_rate)
         self.dtype, self.device = dtype, device
-
-    def _t(self, v: float) -> Tensor:
-        return torch.tensor(v, dtype=self.dtype, device=self.device)
 
     def prior_precision(self) -> Gamma:
         r""":math:`p(\tau) = \mathrm{Gam}(a_0, b_0)`."""

@@ -273,10 +273,15 @@ class GaussianMixture(GMMPyroMixin):
                                  f"{self.n_components}), non-negative, rows summing to 1")
         else:
             r = initial_responsibilities(data, self.n_components, method=init, generator=generator)
-        # in row chunks, as local_pass does: one pass over all rows would build an N·K·D temporary
+        # in row chunks, as local_pass does: one pass over all rows would build an N·K·D temporary.
+        # Running sums, not a list of per-chunk results: small tensors kept alive between the
+        # chunks' large temporaries fragmented glibc's heap (RSS grew by a temporary per chunk).
         rows = max(1024, DEFAULT_CHUNK_BYTES // max(1, self.local_bytes_per_point(data)))
-        parts = [self._stats(data[i:i + rows], r[i:i + rows]) for i in range(0, data.shape[0], rows)]
-        return tuple(torch.stack(s).sum(0) for s in zip(*parts, strict=True))
+        total = self._stats(data[:rows], r[:rows])
+        for i in range(rows, data.shape[0], rows):
+            part = self._stats(data[i:i + rows], r[i:i + rows])
+            total = tuple(a + b for a, b in zip(total, part, strict=True))
+        return total
 
     def _stats(self, x: Tensor, r: Tensor) -> tuple[Tensor, ...]:
         r""":math:`N_k, \sum_n r_{nk}(x_n - m_0), \sum_n r_{nk}(x_n-m_0)(x_n-m_0)^T` (Bishop 10.51–10.53).

@@ -10,7 +10,7 @@ __all__ = ["initial_responsibilities", "kmeans_plusplus"]
 
 def _sq_dist(x: Tensor, centers: Tensor) -> Tensor:
     """Squared Euclidean distances, shape ``(N, C)``, without an ``N×C×D`` intermediate."""
-    d = (x * x).sum(-1, keepdim=True) - 2.0 * x @ centers.T + (centers * centers).sum(-1)
+    d = torch.linalg.vecdot(x, x).unsqueeze(-1) - 2.0 * x @ centers.T + (centers * centers).sum(-1)
     return d.clamp_min_(0.0)
 
 
@@ -80,7 +80,8 @@ def initial_responsibilities(
     if method == "kmeans++":
         centers = kmeans_plusplus(x, n_components, generator=generator)
         nearest = _sq_dist(x, centers).argmin(-1)
-        return torch.nn.functional.one_hot(nearest, n_components).to(x.dtype)
+        # scatter into the float array: one_hot(...).to(dtype) holds an int64 copy too
+        return torch.zeros(n, n_components, dtype=x.dtype, device=x.device).scatter_(1, nearest[:, None], 1.0)
     if method == "random":
         r = torch.rand(n, n_components, generator=generator, dtype=torch.float64).to(x)
         return r / r.sum(-1, keepdim=True)

@@ -151,7 +151,7 @@ def figure(traces: pd.DataFrame, optimum: float) -> Figure:
     return fig
 
 
-def main(argv: Sequence[str] | None = None) -> pd.DataFrame:
+def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_common_args(parser)
     parser.add_argument("--n", type=int, default=None, help="data points (default 1e6)")
@@ -200,7 +200,7 @@ def main(argv: Sequence[str] | None = None) -> pd.DataFrame:
     if should_update_readme(args):
         update_readme(NAME, md + machine_line(info))
     print(md)
-    return runs
+    return 0
 
 
 if __name__ == "__main__":

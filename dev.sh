@@ -4,7 +4,7 @@
 # torch 2.13.0), and reinstalls only when pyproject.toml or constraints.txt changed.
 #
 #   bash dev.sh demo    # the main job: CAVI vs SVI on the bundled Old Faithful data
-#   bash dev.sh test    # the whole test suite (what CI runs)
+#   bash dev.sh test    # the whole test suite: ruff, mypy, pytest (what CI runs)
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -40,6 +40,7 @@ case "$cmd" in
         setup
         export MPLBACKEND=Agg
         "$VENV/bin/ruff" check .
+        "$VENV/bin/mypy"
         "$VENV/bin/ruff" format --check . >/dev/null || echo "[dev.sh] note: ruff format would reformat some files" >&2
         exec "$VENV/bin/python" -m pytest -n 2 "$@"
         ;;

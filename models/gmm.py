@@ -244,16 +244,20 @@ class GaussianMixture(GMMPyroMixin):
         r"""The prior as factors of the guide's families: :math:`p(\pi)`, :math:`p(\mu,\Lambda)`."""
         p = self._prior()
         k, d = self.n_components, p.mean_prior.shape[0]
-        t = dict(dtype=p.mean_prior.dtype, device=p.mean_prior.device)
-        weights = Dirichlet(torch.full((k,), p.weight_concentration, **t))
+        ref = p.mean_prior
+
+        def full(shape: tuple[int, ...], value: float) -> Tensor:
+            return torch.full(shape, value, dtype=ref.dtype, device=ref.device)
+
+        weights = Dirichlet(full((k,), p.weight_concentration))
         if self.covariance == "full":
             tril = inverse_cholesky(p.covariance_prior, where="GMM prior: covariance_prior")
             comps: NormalWishart | NormalGamma = NormalWishart(
-                p.mean_prior.expand(k, d), torch.full((k,), p.mean_precision, **t),
-                tril.expand(k, d, d), torch.full((k,), p.degrees_of_freedom, **t))
+                p.mean_prior.expand(k, d), full((k,), p.mean_precision),
+                tril.expand(k, d, d), full((k,), p.degrees_of_freedom))
         else:
-            comps = NormalGamma(p.mean_prior.expand(k, d), torch.full((k, d), p.mean_precision, **t),
-                                torch.full((k, d), 0.5 * p.degrees_of_freedom, **t),
+            comps = NormalGamma(p.mean_prior.expand(k, d), full((k, d), p.mean_precision),
+                                full((k, d), 0.5 * p.degrees_of_freedom),
                                 (0.5 * p.covariance_prior).expand(k, d))
         return GMMParams(weights, comps)
 

@@ -189,7 +189,7 @@ class GMMPyroMixin:
             comps = NormalGamma(loc, beta, shape, rate)
         resp = None
         if with_resp:
-            resp = pyro.param(f"{n}.resp", lambda: r0, constraint=constraints.simplex)
+            resp = pyro.param(f"{n}.resp", lambda: r0, constraint=constraints.simplex)  # type: ignore[arg-type,return-value]
         return GMMParams(Dirichlet(alpha), comps), resp
 
     def guide(self, x: Tensor) -> dict[str, Tensor]:

@@ -24,6 +24,7 @@ from typing import Any
 import pandas as pd
 import pyro
 from pyro.infer import Trace_ELBO, TraceEnum_ELBO
+from pyro.infer.elbo import ELBO
 
 from pyro_vi.models.gmm import GaussianMixture, GMMParams
 from pyro_vi.svi import SVIResult, fit_svi
@@ -136,6 +137,7 @@ def fit_gmm_svi(
     if steps < 1 or rate <= 0:
         raise ValueError(f"num_steps must be >= 1 and lr > 0, got {steps} and {rate}")
     optim = pyro.optim.ClippedAdam({"lr": rate, "lrd": lr_decay ** (1.0 / steps)})
+    elbo: ELBO
     if method == "enum":
         guide, elbo = gmm.guide_enum, TraceEnum_ELBO(max_plate_nesting=1)
     else:

@@ -82,7 +82,7 @@ class FiniteGuard:
         if finite and grads:
             # The sum of the gradient norms is finite iff no entry is NaN/inf, barring overflow
             # of a huge norm, which the exact per-site check below then clears.
-            finite = math.isfinite(float(sum(torch._foreach_norm(grads))))
+            finite = math.isfinite(float(torch.stack(torch._foreach_norm(grads)).sum()))
         if not finite:
             bad = [name for name, p in items
                    if p.grad is not None and not bool(torch.isfinite(p.grad).all())]

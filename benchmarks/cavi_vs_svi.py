@@ -62,7 +62,12 @@ matplotlib.use("Agg")
 NAME = "cavi_vs_svi"
 REL_TOL = 1e-3  #: "within 0.1 % of the best ELBO"
 WEIGHT_CONCENTRATION = 0.01  #: α0: a sparse Dirichlet, so surplus components can empty out
-METHODS = ("CAVI", "sklearn", "SVI enum", "SVI trace")
+METHODS = ("CAVI", "CAVI x10", "sklearn", "SVI enum", "SVI trace")
+RESTARTS = 10  #: restarts of the "CAVI x10" method
+#: Adam step sizes (ClippedAdam, decayed geometrically to a tenth over the run). Enum: fit_gmm_svi's
+#: default. Trace: fit_gmm_svi's default 0.05 (and 0.02) drift *away* from the start (Old Faithful
+#: -486 -> -573, iris -528 -> -617 in 600 steps); 0.005 was the best of 0.001, 0.005, 0.02, 0.05.
+SVI_LR = {"enum": SVI_DEFAULTS["enum"]["lr"], "trace": 0.005}
 
 
 @dataclass(frozen=True)
@@ -162,6 +167,32 @@ def run_cavi(gmm: GaussianMixture, x: torch.Tensor, seed: int, budget: Budget) -
                "" if fit.converged else "not converged")
 
 
+def run_cavi_restarts(gmm: GaussianMixture, x: torch.Tensor, seed: int, budget: Budget) -> Run:
+    """Best of ``RESTARTS`` CAVI runs (seeds ``RESTARTS·seed + i``), as an anytime trace.
+
+    The restarts run one after another; the trace is the best ELBO so far against the cumulative
+    time, including each restart's k-means++ initialisation (spread evenly over the restarts).
+    """
+    t0 = time.perf_counter()
+    fit = cavi(gmm, x, seed=RESTARTS * seed, n_init=RESTARTS, max_iter=budget.cavi_iter,
+               tol=budget.cavi_tol, warn=False)
+    total = time.perf_counter() - t0
+    init = max(0.0, total - sum(r.history.seconds.iloc[-1] for r in fit.runs)) / RESTARTS
+    steps, seconds, elbo = [], [], []
+    t_off, s_off, best = 0.0, 0, -math.inf
+    for i, r in enumerate(fit.runs):
+        h = r.history
+        t_off += init if i else 0.0
+        steps.append(s_off + h.iteration.to_numpy())
+        seconds.append(t_off + h.seconds.to_numpy())
+        elbo.append(np.maximum(best, h.elbo.to_numpy()))
+        t_off += float(h.seconds.iloc[-1])
+        s_off += int(h.iteration.iloc[-1])
+        best = max(best, float(h.elbo.max()))
+    return Run(f"CAVI x{RESTARTS}", np.concatenate(steps), np.concatenate(seconds), np.concatenate(elbo),
+               fit.params, "" if fit.converged else "not converged")
+
+
 def sklearn_estimator(gmm: GaussianMixture, *, max_iter: int = 100, tol: float = 1e-3):
     """A ``BayesianGaussianMixture`` with ``gmm``'s (resolved) priors and covariance type, reg_covar=0.
 
@@ -247,8 +278,8 @@ def run_svi(gmm: GaussianMixture, x: torch.Tensor, seed: int, method: str, *, st
     seeded.svi_init = functools.partial(type(gmm).svi_init, seeded, seed=seed)  # type: ignore[method-assign]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # Pyro's enumeration warnings on valid code
-        fit = fit_gmm_svi(seeded, x, method=method, num_steps=steps, seed=seed, eval_every=eval_every,
-                          tol=0.0)
+        fit = fit_gmm_svi(seeded, x, method=method, num_steps=steps, lr=SVI_LR[method], seed=seed,
+                          eval_every=eval_every, tol=0.0)
     tr = fit.trace
     return Run(f"SVI {method}", tr.step.to_numpy(), tr.seconds.to_numpy(), tr.elbo.to_numpy(), fit.params)
 
@@ -282,7 +313,7 @@ def run_all(datasets: Sequence[DataSet], budget: Budget, *, verbose: bool = True
     for ds in datasets:
         gmm = GaussianMixture(ds.k_fit, weight_concentration=WEIGHT_CONCENTRATION).resolve(ds.x_train)
         for seed in budget.seeds:
-            runs = [run_cavi(gmm, ds.x_train, seed, budget),
+            runs = [run_cavi(gmm, ds.x_train, seed, budget), run_cavi_restarts(gmm, ds.x_train, seed, budget),
                     run_sklearn(gmm, ds.x_train, seed, max_iter=budget.cavi_iter, tol=budget.sklearn_tol)]
             runs += [run_svi(gmm, ds.x_train, seed, m, steps=budget.steps(ds.name), eval_every=budget.eval_every)
                      for m in ("enum", "trace")]
@@ -317,29 +348,37 @@ def summary_table(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def speedups(df: pd.DataFrame) -> pd.DataFrame:
-    """CAVI's time to 0.1 % against the best SVI variant's and sklearn's, per data set.
+    """CAVI's time to 0.1 % (one start, and best of the restarts) against the best SVI variant's and sklearn's.
 
-    A method that never reached the target within its budget contributes its total time: the
-    ratio is then a lower bound, marked ``>``. Seeds where CAVI itself missed the target (stuck at
-    a worse local optimum than another method found) are counted, not used.
+    A method that never reached the target within its budget contributes its total time, so the
+    ratio is a lower bound, marked ``>``. Seeds where the CAVI variant itself missed the target
+    (stuck at a worse local optimum than another method found) are counted in "reached", not used
+    in the ratio.
     """
     out = []
     for data, g in df.groupby("data", sort=False):
         piv = g.pivot(index="seed", columns="method", values="seconds_to_target")
         tot = g.pivot(index="seed", columns="method", values="total_seconds")
-        cavi_t = piv["CAVI"]
-        ok = cavi_t.notna()
-        row: dict[str, object] = {"data": data, "CAVI reached": f"{int(ok.sum())}/{len(cavi_t)}",
-                                  "CAVI s to 0.1%": median_range(cavi_t[ok])}
         svi = [m for m in piv.columns if m.startswith("SVI")]
-        best_svi = min(svi, key=lambda m: piv[m].fillna(np.inf).median())
-        for label, m in (("best SVI", best_svi), ("sklearn", "sklearn")):
-            t = piv[m].fillna(tot[m])
-            bound = piv[m][ok].isna().any()
-            ratio = (t[ok] / cavi_t[ok]).median() if ok.any() else math.nan
-            row[f"{label} s to 0.1%"] = ("> " if piv[m].isna().all() else "") + median_range(t)
-            row[f"{label} / CAVI"] = ("> " if bound else "") + (f"{ratio:.3g}" if math.isfinite(ratio) else "—")
+        gap = g.pivot(index="seed", columns="method", values="gap_pct")
+        # fewest misses, then fastest to the target, then closest to it
+        best_svi = min(svi, key=lambda m: (piv[m].isna().sum(), piv[m].fillna(np.inf).median(), gap[m].median()))
+        row: dict[str, object] = {"data": data}
+        for cav, label in (("CAVI", "CAVI"), (f"CAVI x{RESTARTS}", f"x{RESTARTS}")):
+            ok = piv[cav].notna()
+            row[f"{label} reached"] = f"{int(ok.sum())}/{len(ok)}"
+            row[f"{label} s to 0.1%"] = median_range(piv[cav][ok])
+            for other, name in ((best_svi, "SVI"), ("sklearn", "sklearn")):
+                if label != "CAVI" and other == "sklearn":
+                    continue
+                t = piv[other].fillna(tot[other])
+                ratio = (t[ok] / piv[cav][ok]).median() if ok.any() else math.nan
+                mark = "> " if piv[other][ok].isna().any() else ""
+                row[f"{name} / {label}"] = mark + (f"{ratio:.3g}" if math.isfinite(ratio) else "—")
+        t = piv[best_svi]
         row["best SVI"] = best_svi
+        row["SVI reached"] = f"{int(t.notna().sum())}/{len(t)}"
+        row["SVI s to 0.1% (or total)"] = median_range(t.fillna(tot[best_svi]))
         out.append(row)
     return pd.DataFrame(out)
 
@@ -350,7 +389,7 @@ def plot(traces: pd.DataFrame) -> Figure:
     cols = min(4, len(names))
     rows_ = math.ceil(len(names) / cols)
     fig = Figure(figsize=(4.2 * cols, 3.4 * rows_))
-    colors = dict(zip(METHODS, ("C0", "C2", "C1", "C3"), strict=True))
+    colors = dict(zip(METHODS, ("C0", "C9", "C2", "C1", "C3"), strict=True))
     for i, name in enumerate(names):
         ax = fig.add_subplot(rows_, cols, i + 1)
         t = traces[traces.data == name]
@@ -372,12 +411,12 @@ def plot(traces: pd.DataFrame) -> Figure:
 
 def settings_text(budget: Budget, datasets: Sequence[DataSet]) -> str:
     steps = ", ".join(f"{k}: {v}" for k, v in budget.svi_steps.items())
-    svi = "; ".join(f"{m}: ClippedAdam lr {SVI_DEFAULTS[m]['lr']} decayed geometrically to a tenth"
-                    for m in ("enum", "trace"))
+    svi = "; ".join(f"{m}: ClippedAdam lr {SVI_LR[m]} decayed geometrically to a tenth" for m in ("enum", "trace"))
     return (f"Seeds {list(budget.seeds)}; K fitted = 2·K_true ({', '.join(f'{d.name}: {d.k_fit}' for d in datasets)}); "
             f"α0 = {WEIGHT_CONCENTRATION}, other priors sklearn's defaults (data mean, data covariance, "
             f"β0 = 1, ν0 = D); 80/20 train/test split. CAVI: tol {budget.cavi_tol} (relative), "
-            f"≤ {budget.cavi_iter} sweeps. sklearn: tol {budget.sklearn_tol} (absolute, its own rule). "
+            f"≤ {budget.cavi_iter} sweeps; CAVI x{RESTARTS}: best of {RESTARTS} k-means++ starts, run one after "
+            f"another. sklearn: tol {budget.sklearn_tol} (absolute, its own rule). "
             f"SVI steps ({steps}); {svi}; one particle; analytic ELBO every {budget.eval_every} steps "
             "(evaluation time excluded).\n")
 

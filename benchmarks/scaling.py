@@ -36,6 +36,7 @@ import numpy as np
 import pandas as pd
 import torch
 from matplotlib.figure import Figure
+from matplotlib.ticker import NullFormatter
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import (  # noqa: E402
@@ -247,6 +248,13 @@ def plot(df: pd.DataFrame) -> Figure:
         ax.plot(t[var], t.sklearn_cpu_s, "s--", label="sklearn")
         fixed = {"N": "D=8, K=8", "K": f"N={t.N.iloc[0]:.0e}, D=8", "D": f"N={t.N.iloc[0]:.0e}, K=8"}[sweep]
         ax.set(xscale="log", yscale="log", xlabel=var, title=f"{cov}: {fixed}")
+        if var != "N":
+            ax.set_xscale("log", base=2)
+            ax.set_xticks(t[var].tolist(), [str(v) for v in t[var]])
+        ax.xaxis.set_minor_formatter(NullFormatter())
+        span = t[["cavi_cpu_s", "sklearn_cpu_s"]].to_numpy()
+        if span.max() / span.min() > 10:  # major ticks suffice; within one decade keep the minor labels
+            ax.yaxis.set_minor_formatter(NullFormatter())
         if i == 0:
             ax.set_ylabel("CPU seconds per sweep")
             ax.legend(fontsize=8)
@@ -311,7 +319,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         for sweep, n, d, k, cov in configs:
             r = rounds + (1 if sweep == "target" else 0)
             row = {"sweep": sweep, **time_config(n, d, k, cov, sweeps=sweeps, rounds=r)}
-            if sweep == "N":
+            if sweep == "N" and not args.quick:  # quick: one subprocess (the memory check) is enough
                 row.update(measure_memory(n, d, k, cov))
             rows.append(row)
             print(f"  {sweep}: N={n} D={d} K={k} {cov}: CAVI {row['cavi_cpu_s']:.3g} s, sklearn "

@@ -112,6 +112,8 @@ class GMMPyroMixin:
 
     name = "gmm"
     max_plate_nesting = MAX_PLATE_NESTING
+    #: Seed of the k-means++ start of the SVI guides' parameters (see :meth:`svi_init`).
+    svi_seed = 0
 
     def _resolved(self, x: Tensor) -> GaussianMixture:
         gmm: GaussianMixture = self  # type: ignore[assignment]
@@ -156,7 +158,7 @@ class GMMPyroMixin:
         n = self.name
         init: tuple[GMMParams, Tensor] | None = None
         if f"{n}.alpha" not in store or (with_resp and f"{n}.resp" not in store):
-            init = gmm.svi_init(x)
+            init = gmm.svi_init(x, seed=self.svi_seed)
         p0, r0 = init if init is not None else (None, None)
 
         prior = gmm._prior()  # type: ignore[attr-defined]

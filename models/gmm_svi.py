@@ -26,19 +26,20 @@ import pyro
 from pyro.infer import Trace_ELBO, TraceEnum_ELBO
 from pyro.infer.elbo import ELBO
 
-from pyro_vi.models.gmm import GaussianMixture, GMMParams
+from pyro_vi.models.gmm import GaussianMixture, GMMParams, replace_model
 from pyro_vi.svi import SVIResult, fit_svi
 
 __all__ = ["SVI_DEFAULTS", "GMMSVIFit", "fit_gmm_svi"]
 
 #: Learning rate and step budget per method. Measured on Old Faithful (K=6, alpha0=1e-3; CAVI
 #: optimum -441.0): "enum" reaches about -446 in 2000 steps; "trace" wanders between -518 and -551 whatever
-#: the budget, because the score-function gradient of 272 Categorical q(z_n) is too noisy, and a
-#: larger rate (0.05) collapses every component onto one broad ellipse. See
+#: the budget, because the score-function gradient of 272 Categorical q(z_n) is too noisy; rates of
+#: 0.02 and above drive the ELBO down from the start and 0.05 collapses every component onto one
+#: broad ellipse (benchmarks/cavi_vs_svi.py picked 0.005 as the best of 0.001-0.05). See
 #: benchmarks/cavi_vs_svi.py for the gaps on other data sets.
 SVI_DEFAULTS: dict[str, dict[str, float]] = {
     "enum": {"lr": 0.1, "num_steps": 2000},
-    "trace": {"lr": 0.01, "num_steps": 800},
+    "trace": {"lr": 0.005, "num_steps": 800},
 }
 
 
@@ -95,7 +96,7 @@ def fit_gmm_svi(
     lr_decay : float
         Final learning rate as a fraction of ``lr`` (geometric decay, ``ClippedAdam``'s ``lrd``).
     seed : int
-        Seeds the initialisation and the Monte-Carlo draws.
+        Seeds the k-means++ start of the parameters and the Monte-Carlo draws.
     eval_every : int
         Steps between analytic-ELBO evaluations recorded in ``trace``.
     progress : bool or None
@@ -131,6 +132,8 @@ def fit_gmm_svi(
     if eval_every < 1:
         raise ValueError(f"eval_every must be >= 1, got {eval_every}")
     gmm, x = gmm.prepare(x)
+    gmm = replace_model(gmm)  # a copy, so the seed set here leaves the caller's model alone
+    gmm.svi_seed = seed
     defaults = SVI_DEFAULTS[method]
     steps = int(num_steps if num_steps is not None else defaults["num_steps"])
     rate = float(lr if lr is not None else defaults["lr"])

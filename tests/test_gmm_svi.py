@@ -80,3 +80,14 @@ def test_fit_gmm_svi_rejects_bad_options():
     with pytest.raises(ValueError, match="NaN"):
         fit_gmm_svi(GaussianMixture(3), torch.full((5, 2), float("nan"), dtype=torch.float64))
     assert set(SVI_DEFAULTS) == {"enum", "trace"}
+
+
+def test_seed_sets_the_kmeanspp_start():
+    x = _separated()
+    gmm = GaussianMixture(3)
+    a = fit_gmm_svi(gmm, x, num_steps=1, seed=1, tol=0.0).trace.elbo.iloc[0]
+    b = fit_gmm_svi(gmm, x, num_steps=1, seed=1, tol=0.0).trace.elbo.iloc[0]
+    assert a == b
+    starts = {fit_gmm_svi(gmm, x, num_steps=1, seed=s, tol=0.0).trace.elbo.iloc[0] for s in range(6)}
+    assert len(starts) > 1  # k-means++ seeds differ across seeds (3 clusters, 6 draws)
+    assert gmm.svi_seed == 0  # the caller's model is untouched

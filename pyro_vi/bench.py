@@ -9,7 +9,7 @@ the script's ``main(argv)`` unchanged (``--quick``, ``--out DIR``, ``--threads N
 Examples
 --------
 >>> sorted(SCRIPTS)
-['gmm', 'scaling', 'stochastic', 'svi-overhead', 'vae']
+['gmm', 'scaling', 'stochastic', 'svi-overhead', 'time-to-optimum', 'vae']
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ SCRIPTS: dict[str, str] = {
     "vae": "vae_throughput.py",
     "svi-overhead": "svi_overhead.py",
     "stochastic": "stochastic_vs_batch.py",
+    "time-to-optimum": "time_to_optimum.py",
 }
 
 #: environment variable naming the benchmarks folder

@@ -17,7 +17,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("pyro_vi.demo", "CAVI vs SVI on the bundled Old Faithful data (the main job)"),
     "vae": ("pyro_vi.vae_cli", "train and evaluate a VAE (digits or MNIST)"),
     "diagnose": ("pyro_vi.diagnose", "fit a model and print a plain-text trust report"),
-    "bench": ("pyro_vi.bench", "run a benchmark script: gmm | scaling | vae | svi-overhead | stochastic"),
+    "bench": ("pyro_vi.bench", "run a benchmark: gmm|scaling|vae|svi-overhead|stochastic|time-to-optimum"),
 }
 
 

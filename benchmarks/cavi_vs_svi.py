@@ -413,7 +413,8 @@ def settings_text(budget: Budget, datasets: Sequence[DataSet]) -> str:
             f"β0 = 1, ν0 = D); 80/20 train/test split. CAVI: tol {budget.cavi_tol} (relative), "
             f"≤ {budget.cavi_iter} sweeps; CAVI x{RESTARTS}: best of {RESTARTS} k-means++ starts, run one after "
             f"another. sklearn: tol {budget.sklearn_tol} (absolute, its own rule). "
-            f"SVI steps ({steps}); {svi}; one particle; analytic ELBO every {budget.eval_every} steps "
+            f"SVI steps ({steps}); {svi}; {SVI_DEFAULTS['enum']['num_particles']:g} vectorized particles; "
+            f"analytic ELBO every {budget.eval_every} steps "
             "(evaluation time excluded).\n")
 
 

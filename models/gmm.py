@@ -15,7 +15,7 @@ each Gaussian by a product of univariate ones, so with ``D = 1`` both models coi
 
 Mean-field guide: :math:`q(\pi)\prod_k q(\mu_k, \Lambda_k)\prod_n q(z_n)`, with
 Dirichlet, Normal-Wishart (or Normal-Gamma) and Categorical factors.
-The Pyro side (``model``, ``guide``, ``guide_enum``, ``fitted_guide``) lives in
+The Pyro side (``model``, ``guide``, ``guide_optimal_z``, ``guide_enum``, ``fitted_guide``) lives in
 :mod:`pyro_vi.models.gmm_pyro`; this module holds the priors, the closed-form CAVI updates, the
 analytic ELBO and the posterior summaries.
 """

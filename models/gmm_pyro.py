@@ -20,6 +20,10 @@ The SVI guide's variational parameters are ``pyro.param`` sites named ``"{name}.
 ``"{name}.loc"``, ``"{name}.beta"``, ``"{name}.scale_tril"`` and ``"{name}.df"`` (diag:
 ``"{name}.shape"``, ``"{name}.rate"``), and ``"{name}.resp"`` for :math:`q(z)`; they are
 initialised the way CAVI starts (seeded k-means++, one global step, optimal responsibilities).
+
+Three guides share those global sites: ``guide`` (free :math:`q(z_n)` parameters),
+``guide_optimal_z`` (:math:`q(z_n)` recomputed in closed form from the current globals at every
+call) and ``guide_enum`` (no :math:`q(z)`, for enumeration).
 """
 
 from __future__ import annotations
@@ -132,9 +136,12 @@ class GMMPyroMixin:
         with pyro.plate("data", x.shape[0], dim=-1):
             z = pyro.sample("z", dist.Categorical(out["weights"]), infer={"enumerate": "parallel"})
             if gmm.covariance == "full":
+                # Factor the K precisions once, then gather per point: MultivariateNormal given
+                # a precision matrix per point would factor N copies (and backpropagate them).
+                tril = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(prec)))
                 loc_z = Vindex(loc.unsqueeze(-3))[..., z, :]
-                prec_z = Vindex(prec.unsqueeze(-4))[..., z, :, :]
-                obs_d: Any = dist.MultivariateNormal(loc_z, precision_matrix=prec_z)
+                tril_z = Vindex(tril.unsqueeze(-4))[..., z, :, :]
+                obs_d: Any = dist.MultivariateNormal(loc_z, scale_tril=tril_z)
             else:
                 loc_z = Vindex(loc.unsqueeze(-3))[..., z, :]
                 prec_z = Vindex(prec.unsqueeze(-3))[..., z, :]
@@ -197,6 +204,32 @@ class GMMPyroMixin:
     def guide(self, x: Tensor) -> dict[str, Tensor]:
         r"""Mean-field guide :math:`q(\pi)\prod_k q(\mu_k,\Lambda_k)\prod_n q(z_n)` with ``pyro.param``s."""
         params, resp = self._param_sites(x, with_resp=True)
+        return sample_latents(params, resp)
+
+    def guide_optimal_z(self, x: Tensor) -> dict[str, Tensor]:
+        r"""Mean-field guide whose :math:`q(z_n)` is the coordinate-ascent optimum given the globals.
+
+        The global factors :math:`q(\pi)\prod_k q(\mu_k,\Lambda_k)` are ``pyro.param`` sites, as in
+        :meth:`guide`; :math:`q(z_n)` is the Categorical with the optimal responsibilities
+        :math:`r_{nk}\propto\rho_{nk}` at the *current* global parameters (Bishop 2006,
+        eqs. 10.46-10.49) — the local step of :func:`pyro_vi.cavi`, taken inside every SVI step
+        (local step, then a step on the globals: the scheme of stochastic VI, Hoffman et al. 2013).
+
+        The responsibilities are computed without gradient. That loses nothing: writing
+        :math:`L(\theta, r)` for the ELBO, :math:`r^*(\theta)` maximizes it over the simplex, so
+        :math:`\partial L/\partial r` is normal to the simplex there and
+        :math:`\tfrac{d}{d\theta} L(\theta, r^*(\theta)) = \partial_\theta L(\theta, r)|_{r=r^*}`
+        (the envelope theorem). Under :class:`~pyro.infer.Trace_ELBO`, z is still a sampled,
+        non-reparameterizable site, but its score-function term carries no gradient; every
+        gradient is a reparameterized one through :math:`\pi, \mu, \Lambda`, with z drawn from
+        :math:`q(z)`. That is what makes this guide converge where the free-:math:`q(z)`
+        :meth:`guide` does not (see :mod:`pyro_vi.models.gmm_svi`).
+
+        Works on any ``x`` (a minibatch, new data): ``(N, D)``; :math:`q(z)` is ``(N, K)``.
+        """
+        params, _ = self._param_sites(x, with_resp=False)
+        with torch.no_grad():
+            resp = self._resolved(x).responsibilities(x, params)
         return sample_latents(params, resp)
 
     def guide_enum(self, x: Tensor) -> dict[str, Tensor]:

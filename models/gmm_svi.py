@@ -1,19 +1,25 @@
 """The Bayesian GMM under SVI, with defaults that need no tuning, scored on the analytic ELBO.
 
-Two routes, both through :func:`pyro_vi.fit_svi`:
+Three routes, all through :func:`pyro_vi.fit_svi`:
 
-* ``method="trace"``: :class:`pyro.infer.Trace_ELBO` with the full mean-field guide
-  (``gmm.guide``); :math:`q(z_n)` is Categorical, so Pyro uses score-function gradients for z.
+* ``method="trace"``: :class:`pyro.infer.Trace_ELBO` with the mean-field guide
+  ``gmm.guide_optimal_z``: the globals are ``pyro.param`` sites and :math:`q(z_n)` is the
+  Categorical with the closed-form optimal responsibilities at the current globals (Bishop 2006,
+  eq. 10.49), recomputed at every step. z is sampled, so Pyro builds its score-function term, but
+  that term carries no gradient (the envelope theorem; see the guide's docstring).
+* ``method="trace-free"``: :class:`pyro.infer.Trace_ELBO` with ``gmm.guide``, whose
+  :math:`q(z_n)` are free ``pyro.param`` sites learned from score-function gradients. Kept to
+  show why the default route is the one above: it does not converge (see :data:`SVI_DEFAULTS`).
 * ``method="enum"``: :class:`pyro.infer.TraceEnum_ELBO` with ``gmm.guide_enum`` (no
   :math:`q(z)`): z is summed out exactly and the responsibilities are recovered afterwards
   from the fitted globals (Bishop 2006, eq. 10.49).
 
 Defaults (documented in :data:`SVI_DEFAULTS`): parameters start where CAVI starts (seeded
 k-means++ responsibilities, one global step), :class:`pyro.optim.ClippedAdam` with the learning
-rate decayed geometrically to a tenth over the run, one particle. Every ``eval_every`` steps the
-analytic mean-field ELBO (:meth:`GaussianMixture.elbo`, with optimal q(z)) is evaluated at the
-current global parameters; the time it takes is excluded from the reported seconds, which do
-include the initialisation (as CAVI's history does).
+rate decayed geometrically to a tenth over the run, 8 vectorized particles. Every ``eval_every``
+steps the analytic mean-field ELBO (:meth:`GaussianMixture.elbo`, with optimal q(z)) is evaluated
+at the current global parameters; the time it takes is excluded from the reported seconds, which
+do include the initialisation (as CAVI's history does).
 """
 
 from __future__ import annotations
@@ -30,20 +36,32 @@ from pyro.infer.elbo import ELBO
 from pyro_vi.models.gmm import GaussianMixture, GMMParams, replace_model
 from pyro_vi.svi import SVIResult, fit_svi
 
-__all__ = ["SVI_DEFAULTS", "GMMSVIFit", "fit_gmm_svi"]
+__all__ = ["GUIDES", "SVI_DEFAULTS", "GMMSVIFit", "fit_gmm_svi"]
 
 #: Learning rate, step budget and vectorized particles per method, measured on Old Faithful (K=6,
-#: alpha0=1e-3; CAVI optimum -441.02) and standardized iris:
-#: "enum" with 8 particles reaches -441.44 on Old Faithful in 2000 steps (within 0.1 %; one
-#: particle stopped at -446) and beats single-start CAVI on iris. "trace" stalls near -518
-#: whatever the budget (8 or 16 particles, lr 0.001-0.05, a larger lr for q(z), or
-#: TraceGraph_ELBO with a decaying baseline: -492 at best): the score-function gradient of 272
-#: free Categorical q(z_n) is too noisy for q(z) to follow the globals. Rates of 0.02 and above
-#: drive its ELBO down from the start; benchmarks/cavi_vs_svi.py picked 0.005 as the best.
+#: alpha0=1e-3; CAVI optimum -441.02) and standardized iris (K=6; single-start CAVI ends at
+#: -467 to -492, the best of 20 starts at -442.8):
+#:
+#: * "trace" (q(z) at its optimum) ends at -441.36 and -441.22 on Old Faithful (seeds 0 and 1,
+#:   1500 steps at lr 0.1; within 0.1 %) and at -462.2 and -467.6 on iris. lr 0.05 was slower
+#:   (-444.5 on Old Faithful after 800 steps); lr 0.2 ended 0.12 % short on Old Faithful (iris
+#:   -454); lr 0.2 decayed to a hundredth reached -441.17 but only -467 to -475 on iris.
+#: * "enum" reaches -441.40 on Old Faithful in 2000 steps (within 0.1 %) and -453.5 on iris.
+#: * "trace-free" (free q(z_n), score-function gradients) stalls near -518 on Old Faithful
+#:   whatever the budget: 8, 128 and 512 particles gave -518.5, -517.7 and -511.9 after 800
+#:   steps; lr 0.001-0.05, a larger lr for q(z), a less saturated start for q(z) and
+#:   TraceGraph_ELBO with a decaying baseline did no better (-492 at best). The k-means++ start
+#:   puts q(z_n) within 1e-6 of one-hot, and the score-function gradient of 272 free
+#:   Categoricals is too noisy and too small there for q(z) to follow the globals. Its rate is the
+#:   best of that sweep.
 SVI_DEFAULTS: dict[str, dict[str, float]] = {
+    "trace": {"lr": 0.1, "num_steps": 1500, "num_particles": 8},
     "enum": {"lr": 0.1, "num_steps": 2000, "num_particles": 8},
-    "trace": {"lr": 0.005, "num_steps": 800, "num_particles": 8},
+    "trace-free": {"lr": 0.005, "num_steps": 800, "num_particles": 8},
 }
+
+#: The guide each method trains (a method name of :class:`GaussianMixture`).
+GUIDES = {"trace": "guide_optimal_z", "trace-free": "guide", "enum": "guide_enum"}
 
 
 @dataclass(frozen=True)
@@ -61,7 +79,7 @@ class GMMSVIFit:
     trace : pandas.DataFrame
         Columns ``step``, ``seconds`` (fitting time only), ``elbo`` (analytic).
     method : str
-        ``"trace"`` or ``"enum"``.
+        ``"trace"``, ``"trace-free"`` or ``"enum"``.
     """
 
     svi: SVIResult
@@ -93,8 +111,9 @@ def fit_gmm_svi(
         Priors may be left at their defaults; they are resolved from ``x``.
     x : array (N, D)
         Data (validated like :func:`pyro_vi.cavi` does).
-    method : {"enum", "trace"}, keyword-only
-        ``TraceEnum_ELBO`` with z summed out, or ``Trace_ELBO`` with q(z).
+    method : {"enum", "trace", "trace-free"}, keyword-only
+        ``TraceEnum_ELBO`` with z summed out; ``Trace_ELBO`` with q(z) at its closed-form optimum
+        given the globals; ``Trace_ELBO`` with free q(z) parameters (see the module docstring).
     num_steps, lr : optional
         Step budget and initial learning rate (defaults: :data:`SVI_DEFAULTS`).
     lr_decay : float
@@ -149,11 +168,8 @@ def fit_gmm_svi(
                          f"{particles} and {rate}")
     vec = {"num_particles": particles, "vectorize_particles": particles > 1, "max_plate_nesting": 1}
     optim = pyro.optim.ClippedAdam({"lr": rate, "lrd": lr_decay ** (1.0 / steps)})
-    elbo: ELBO
-    if method == "enum":
-        guide, elbo = gmm.guide_enum, TraceEnum_ELBO(**vec)
-    else:
-        guide, elbo = gmm.guide, Trace_ELBO(**vec)
+    guide = getattr(gmm, GUIDES[method])
+    elbo: ELBO = TraceEnum_ELBO(**vec) if method == "enum" else Trace_ELBO(**vec)
     pyro.clear_param_store()
     pyro.set_rng_seed(seed)
     rows: list[tuple[int, float, float]] = []

@@ -23,6 +23,16 @@ def test_demo_writes_table_and_figures(tmp_path, capsys):
     assert (table.elbo <= cavi_row.elbo + 1e-6 * abs(cavi_row.elbo)).all()
     assert cavi_row.n_effective == 2  # Bishop (2006) Fig. 10.6
     assert math.isfinite(cavi_row.elbo)
+    assert list(table.method) == ["CAVI", "SVI Trace_ELBO", "SVI TraceEnum_ELBO"]
+
+
+def test_demo_free_trace_adds_a_row(tmp_path, capsys):
+    assert cli.main(["demo", "--out", str(tmp_path), "--steps", "5", "--no-progress", "--free-trace"]) == 0
+    import pandas as pd
+
+    table = pd.read_csv(tmp_path / "summary.csv")
+    assert list(table.method)[-1] == "SVI Trace_ELBO, free q(z)"
+    assert table.iterations.iloc[-1] == 5
 
 
 def test_cli_help_lists_commands(capsys):

@@ -134,20 +134,18 @@ def test_trace_elbo_of_fitted_guide_equals_analytic_elbo(covariance, x):
 
 # --------------------------------------------------------------------- the SVI guides
 @pytest.mark.parametrize("covariance", COVARIANCES)
-@pytest.mark.parametrize("enumerate_z", [False, True])
-def test_svi_guides_run_under_svi(covariance, enumerate_z, x):
+@pytest.mark.parametrize("kind", ["guide", "guide_optimal_z", "guide_enum"])
+def test_svi_guides_run_under_svi(covariance, kind, x):
     gmm = GaussianMixture(3, covariance=covariance)
-    if enumerate_z:
-        guide, loss = gmm.guide_enum, TraceEnum_ELBO(max_plate_nesting=1)
-    else:
-        guide, loss = gmm.guide, Trace_ELBO()
+    guide = getattr(gmm, kind)
+    loss = TraceEnum_ELBO(max_plate_nesting=1) if kind == "guide_enum" else Trace_ELBO()
     svi = SVI(gmm.model, guide, pyro.optim.Adam({"lr": 0.01}), loss)
     losses = [svi.step(x) for _ in range(5)]
     assert np.isfinite(losses).all()
     names = set(pyro.get_param_store().keys())
     assert names
     assert all(name.startswith("gmm.") for name in names)
-    assert ("gmm.resp" in names) is not enumerate_z  # q(z) only in the non-enumerated guide
+    assert ("gmm.resp" in names) is (kind == "guide")  # free q(z) parameters only in `guide`
     # the trained guide also serves Predictive
     s = Predictive(gmm.model, guide=guide, num_samples=2)(x)
     assert s["obs"].shape == (2, *x.shape)

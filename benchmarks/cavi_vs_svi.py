@@ -4,7 +4,10 @@ Methods (same priors, same k-means++ start for a given seed):
 
 * ``CAVI`` — :func:`pyro_vi.cavi`;
 * ``SVI enum`` — ``TraceEnum_ELBO`` with ``gmm.guide_enum`` (z summed out);
-* ``SVI trace`` — ``Trace_ELBO`` with the mean-field ``gmm.guide`` (score-function gradients for z);
+* ``SVI trace`` — ``Trace_ELBO`` with the mean-field ``gmm.guide_optimal_z`` (q(z) at its
+  closed-form optimum given the current globals);
+* ``SVI trace-free`` — ``Trace_ELBO`` with the mean-field ``gmm.guide`` (free q(z) parameters,
+  score-function gradients for z);
 * ``sklearn`` — ``BayesianGaussianMixture(weight_concentration_prior_type="dirichlet_distribution",
   reg_covar=0)`` started from the same responsibilities; its loop (E-step, M-step, lower bound)
   is replayed step by step so that its parameters can be scored after every iteration.
@@ -61,13 +64,13 @@ matplotlib.use("Agg")
 NAME = "cavi_vs_svi"
 REL_TOL = 1e-3  #: "within 0.1 % of the best ELBO"
 WEIGHT_CONCENTRATION = 0.01  #: α0: a sparse Dirichlet, so surplus components can empty out
-METHODS = ("CAVI", "CAVI x10", "sklearn", "SVI enum", "SVI trace")
+METHODS = ("CAVI", "CAVI x10", "sklearn", "SVI enum", "SVI trace", "SVI trace-free")
 RESTARTS = 10  #: restarts of the "CAVI x10" method
-#: Adam step sizes (ClippedAdam, decayed geometrically to a tenth over the run). Enum: fit_gmm_svi's
-#: default. Trace: fit_gmm_svi's default 0.05 (and 0.02) drift *away* from the start (Old Faithful
-#: -486 -> -573, iris -528 -> -617 in 600 steps); 0.005 was the best of 0.001, 0.005, 0.02, 0.05.
-SVI_LR = {"enum": SVI_DEFAULTS["enum"]["lr"], "trace": 0.005}
-
+SVI_METHODS = ("enum", "trace", "trace-free")
+#: Adam step sizes (ClippedAdam, decayed geometrically to a tenth over the run): fit_gmm_svi's
+#: defaults. For trace-free, 0.005 was the best of 0.001, 0.005, 0.02, 0.05 (0.05 and 0.02 drift
+#: *away* from the start: Old Faithful -486 -> -573, iris -528 -> -617 in 600 steps).
+SVI_LR = {m: SVI_DEFAULTS[m]["lr"] for m in SVI_METHODS}
 
 @dataclass(frozen=True)
 class DataSet:
@@ -312,7 +315,7 @@ def run_all(datasets: Sequence[DataSet], budget: Budget, *, verbose: bool = True
             runs = [run_cavi(gmm, ds.x_train, seed, budget), run_cavi_restarts(gmm, ds.x_train, seed, budget),
                     run_sklearn(gmm, ds.x_train, seed, max_iter=budget.cavi_iter, tol=budget.sklearn_tol)]
             runs += [run_svi(gmm, ds.x_train, seed, m, steps=budget.steps(ds.name), eval_every=budget.eval_every)
-                     for m in ("enum", "trace")]
+                     for m in SVI_METHODS]
             best = max(float(np.max(r.elbo)) for r in runs)
             for r in runs:
                 rows.append({"data": ds.name, "seed": seed, "method": r.method, **score(r, ds, gmm, best)})
@@ -385,7 +388,7 @@ def plot(traces: pd.DataFrame) -> Figure:
     cols = min(4, len(names))
     rows_ = math.ceil(len(names) / cols)
     fig = Figure(figsize=(4.2 * cols, 3.4 * rows_))
-    colors = dict(zip(METHODS, ("C0", "C9", "C2", "C1", "C3"), strict=True))
+    colors = dict(zip(METHODS, ("C0", "C9", "C2", "C1", "C3", "C7"), strict=True))
     for i, name in enumerate(names):
         ax = fig.add_subplot(rows_, cols, i + 1)
         t = traces[traces.data == name]
@@ -407,7 +410,7 @@ def plot(traces: pd.DataFrame) -> Figure:
 
 def settings_text(budget: Budget, datasets: Sequence[DataSet]) -> str:
     steps = ", ".join(f"{k}: {v}" for k, v in budget.svi_steps.items())
-    svi = "; ".join(f"{m}: ClippedAdam lr {SVI_LR[m]} decayed geometrically to a tenth" for m in ("enum", "trace"))
+    svi = "; ".join(f"{m}: ClippedAdam lr {SVI_LR[m]} decayed geometrically to a tenth" for m in SVI_METHODS)
     return (f"Seeds {list(budget.seeds)}; K fitted = 2·K_true ({', '.join(f'{d.name}: {d.k_fit}' for d in datasets)}); "
             f"α0 = {WEIGHT_CONCENTRATION}, other priors sklearn's defaults (data mean, data covariance, "
             f"β0 = 1, ν0 = D); 80/20 train/test split. CAVI: tol {budget.cavi_tol} (relative), "

@@ -72,6 +72,7 @@ SVI_METHODS = ("enum", "trace", "trace-free")
 #: *away* from the start: Old Faithful -486 -> -573, iris -528 -> -617 in 600 steps).
 SVI_LR = {m: SVI_DEFAULTS[m]["lr"] for m in SVI_METHODS}
 
+
 @dataclass(frozen=True)
 class DataSet:
     """A train/test split with (optional) true labels of the training rows."""

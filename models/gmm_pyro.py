@@ -38,6 +38,7 @@ from pyro.ops.indexing import Vindex
 from torch import Tensor
 
 from pyro_vi.factors import Dirichlet, NormalGamma, NormalWishart
+from pyro_vi.linalg import inverse_cholesky
 
 if TYPE_CHECKING:
     from pyro_vi.models.gmm import GaussianMixture, GMMParams
@@ -138,7 +139,7 @@ class GMMPyroMixin:
             if gmm.covariance == "full":
                 # Factor the K precisions once, then gather per point: MultivariateNormal given
                 # a precision matrix per point would factor N copies (and backpropagate them).
-                tril = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(prec)))
+                tril = inverse_cholesky(prec, where="GMM model: component precision")
                 loc_z = Vindex(loc.unsqueeze(-3))[..., z, :]
                 tril_z = Vindex(tril.unsqueeze(-4))[..., z, :, :]
                 obs_d: Any = dist.MultivariateNormal(loc_z, scale_tril=tril_z)

@@ -42,11 +42,11 @@ __all__ = ["GUIDES", "SVI_DEFAULTS", "GMMSVIFit", "fit_gmm_svi"]
 #: alpha0=1e-3; CAVI optimum -441.02) and standardized iris (K=6; single-start CAVI ends at
 #: -467 to -492, the best of 20 starts at -442.8):
 #:
-#: * "trace" (q(z) at its optimum) ends at -441.36 and -441.22 on Old Faithful (seeds 0 and 1,
+#: * "trace" (q(z) at its optimum) ends at -441.38 and -441.22 on Old Faithful (seeds 0 and 1,
 #:   1500 steps at lr 0.1; within 0.1 %) and at -462.2 and -467.6 on iris. lr 0.05 was slower
 #:   (-444.5 on Old Faithful after 800 steps); lr 0.2 ended 0.12 % short on Old Faithful (iris
 #:   -454); lr 0.2 decayed to a hundredth reached -441.17 but only -467 to -475 on iris.
-#: * "enum" reaches -441.40 on Old Faithful in 2000 steps (within 0.1 %) and -453.5 on iris.
+#: * "enum" reaches -441.37 on Old Faithful in 2000 steps (within 0.1 %) and -453.5 on iris.
 #: * "trace-free" (free q(z_n), score-function gradients) stalls near -518 on Old Faithful
 #:   whatever the budget: 8, 128 and 512 particles gave -518.5, -517.7 and -511.9 after 800
 #:   steps; lr 0.001-0.05, a larger lr for q(z), a less saturated start for q(z) and

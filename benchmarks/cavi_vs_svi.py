@@ -2,7 +2,7 @@
 
 Methods (same priors, same k-means++ start for a given seed):
 
-* ``CAVI`` — :func:`pyro_vi.cavi`;
+* ``CAVI`` — :func:`pyro_vi.cavi.engine`;
 * ``SVI enum`` — ``TraceEnum_ELBO`` with ``gmm.guide_enum`` (z summed out);
 * ``SVI trace`` — ``Trace_ELBO`` with the mean-field ``gmm.guide_optimal_z`` (q(z) at its
   closed-form optimum given the current globals);
@@ -54,10 +54,10 @@ from _common import (  # noqa: E402
 
 from pyro_vi import cavi, load_old_faithful  # noqa: E402
 from pyro_vi.factors import Dirichlet, NormalWishart  # noqa: E402
-from pyro_vi.init import initial_responsibilities  # noqa: E402
 from pyro_vi.linalg import inverse_cholesky  # noqa: E402
-from pyro_vi.models.gmm import GaussianMixture, GMMParams  # noqa: E402
-from pyro_vi.models.gmm_svi import SVI_DEFAULTS, fit_gmm_svi  # noqa: E402
+from pyro_vi.models.gmm.kmeans import initial_responsibilities  # noqa: E402
+from pyro_vi.models.gmm.model import GaussianMixture, GMMParams  # noqa: E402
+from pyro_vi.models.gmm.svi import SVI_DEFAULTS, fit_gmm_svi  # noqa: E402
 
 matplotlib.use("Agg")
 
@@ -229,7 +229,7 @@ def sklearn_params(est) -> GMMParams:
 
 
 def initial_resp(x: torch.Tensor, k: int, seed: int) -> torch.Tensor:
-    """The responsibilities :func:`pyro_vi.cavi` starts from with ``seed`` (k-means++)."""
+    """The responsibilities :func:`pyro_vi.cavi.engine` starts from with ``seed`` (k-means++)."""
     return initial_responsibilities(x, k, method="kmeans++", generator=torch.Generator().manual_seed(seed))
 
 
@@ -275,7 +275,7 @@ def run_sklearn(gmm: GaussianMixture, x: torch.Tensor, seed: int, *, max_iter: i
 
 def run_svi(gmm: GaussianMixture, x: torch.Tensor, seed: int, method: str, *, steps: int,
             eval_every: int) -> Run:
-    """:func:`pyro_vi.models.gmm_svi.fit_gmm_svi` started from the k-means++ seed ``seed``."""
+    """:func:`pyro_vi.models.gmm.svi.fit_gmm_svi` started from the k-means++ seed ``seed``."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # Pyro's enumeration warnings on valid code
         fit = fit_gmm_svi(gmm, x, method=method, num_steps=steps, lr=SVI_LR[method], seed=seed,

@@ -13,7 +13,7 @@
   second, next to a float64 ``torch`` matmul (1024×1024) timed in the same round.
 * **Memory:** the peak resident set size (``VmHWM`` from ``/proc/self/status``, which sees torch's
   allocations — ``tracemalloc`` does not) of a fresh subprocess that builds the data and runs
-  :func:`pyro_vi.cavi` with default options; the high-water mark is reset after the data is built.
+  :func:`pyro_vi.cavi.engine` with default options; the high-water mark is reset after the data is built.
 
 Run ``python benchmarks/scaling.py`` (or ``pyro-vi bench scaling``); ``--quick`` is a smoke test.
 """
@@ -55,8 +55,8 @@ from _common import (  # noqa: E402
 from cavi_vs_svi import initial_resp, sklearn_estimator, sklearn_params  # noqa: E402
 
 from pyro_vi import cavi  # noqa: E402
-from pyro_vi.cavi import DEFAULT_CHUNK_BYTES, local_pass  # noqa: E402
-from pyro_vi.models.gmm import GaussianMixture  # noqa: E402
+from pyro_vi.cavi.engine import DEFAULT_CHUNK_BYTES, local_pass  # noqa: E402
+from pyro_vi.models.gmm.model import GaussianMixture  # noqa: E402
 
 matplotlib.use("Agg")
 
@@ -106,7 +106,7 @@ def matmul_gflops(size: int = 1024, repeat: int = 3) -> tuple[float, float]:
 
 def cavi_sweeps(gmm: GaussianMixture, x: torch.Tensor, sweeps: int, *,
                 chunk_size: int | None = None) -> list[tuple[float, float]]:
-    """(CPU s, wall s) of each of ``sweeps`` CAVI sweeps, exactly the loop body of :func:`pyro_vi.cavi`."""
+    """(CPU s, wall s) of each of ``sweeps`` CAVI sweeps, exactly the loop body of :func:`pyro_vi.cavi.engine`."""
     model, data = gmm.prepare(x)
     stats = model.init_stats(data, init="kmeans++", generator=torch.Generator().manual_seed(0))
     params = model.global_step(stats, None)
@@ -211,7 +211,7 @@ def memory_child(n: int, d: int, k: int, covariance: str) -> None:
 
 
 def measure_memory(n: int, d: int, k: int, covariance: str) -> dict[str, float]:
-    """Peak RSS of :func:`pyro_vi.cavi` (init + 2 sweeps) on N×D data, in a fresh subprocess."""
+    """Peak RSS of :func:`pyro_vi.cavi.engine` (init + 2 sweeps) on N×D data, in a fresh subprocess."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     cmd = [sys.executable, str(Path(__file__).resolve()), "--memory-child", str(n), str(d), str(k), covariance]
     res = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)

@@ -2,7 +2,7 @@
 
 One synthetic mixture (N = 10^6 points, D = 4, K = 5, seeded) is fitted by
 
-* ``batch`` — :func:`pyro_vi.cavi` (k-means++ on the full data, full local step per sweep);
+* ``batch`` — :func:`pyro_vi.cavi.engine` (k-means++ on the full data, full local step per sweep);
 * ``svi B=…`` — :func:`pyro_vi.svi_cavi` (k-means++ on one minibatch, natural-gradient steps
   with ρ_t = (t + 1)^-0.7, Hoffman et al. 2013) for each batch size.
 

@@ -40,7 +40,7 @@ from pyro.infer import SVI, Trace_ELBO  # noqa: E402
 from pyro.infer.autoguide import AutoNormal  # noqa: E402
 
 from pyro_vi import fit_svi  # noqa: E402
-from pyro_vi.finite import FiniteGuard  # noqa: E402
+from pyro_vi.svi.guard import FiniteGuard  # noqa: E402
 
 METHODS = ("bare", "fit_svi", "fit_svi+bar")
 

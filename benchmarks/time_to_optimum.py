@@ -3,10 +3,10 @@
 Two data sets: the bundled Old Faithful (standardized; K = 6, α0 = 1e-3, as in the demo) and a
 synthetic, partly overlapping mixture with N = 10^4, D = 8, K = 8 (seeded). Methods:
 
-* CAVI (:func:`pyro_vi.cavi`, best of 3 k-means++ starts, the restarts inside the clock);
+* CAVI (:func:`pyro_vi.cavi.engine`, best of 3 k-means++ starts, the restarts inside the clock);
 * SVI with ``TraceEnum_ELBO`` (``enum``), with ``Trace_ELBO`` and q(z) at its optimum given
   the globals (``trace``), and with ``Trace_ELBO`` and free q(z) (``trace-free``), all through
-  :func:`pyro_vi.models.gmm_svi.fit_gmm_svi` with the library's defaults. ``--steps`` steps for
+  :func:`pyro_vi.models.gmm.svi.fit_gmm_svi` with the library's defaults. ``--steps`` steps for
   enum, three quarters of them for trace (the defaults' ratio, 2000 : 1500) and a quarter for
   trace-free, which never gets near the target and costs most per step.
 
@@ -44,7 +44,7 @@ from _common import (  # noqa: E402
 )
 
 from pyro_vi import GaussianMixture, cavi, load_old_faithful  # noqa: E402
-from pyro_vi.models.gmm_svi import fit_gmm_svi  # noqa: E402
+from pyro_vi.models.gmm.svi import fit_gmm_svi  # noqa: E402
 
 matplotlib.use("Agg")
 

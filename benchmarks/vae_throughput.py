@@ -32,11 +32,11 @@ import torch
 from matplotlib.figure import Figure
 from pyro.infer import SVI, JitTrace_ELBO, Trace_ELBO
 
-from pyro_vi.datasets import load_digits
-from pyro_vi.models.vae import VAE, VAEConfig
-from pyro_vi.svi import fit_svi
-from pyro_vi.vae_eval import elbo_per_image, iw_log_likelihood
-from pyro_vi.vae_training import fit_vae
+from pyro_vi.data.images import load_digits
+from pyro_vi.models.vae.evaluate import elbo_per_image, iw_log_likelihood
+from pyro_vi.models.vae.model import VAE, VAEConfig
+from pyro_vi.models.vae.train import fit_vae
+from pyro_vi.svi.runner import fit_svi
 
 matplotlib.use("Agg")
 

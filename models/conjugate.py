@@ -8,7 +8,7 @@ The guide is one factor of the prior's family, so its optimum *is* the exact pos
 exact log evidence :math:`\log p(x)`. CAVI reaches it in one sweep.
 
 Every model accepts its data as a tensor (or a tuple of tensors) along the data dimension, so
-:func:`pyro_vi.cavi` can chunk it; the analytic ELBO includes the base measures
+:func:`pyro_vi.cavi.engine` can chunk it; the analytic ELBO includes the base measures
 (:math:`\log\binom{n}{k}`, :math:`-\log x!`, multinomial coefficients) so it is on the same scale
 as Pyro's ``Trace_ELBO``.
 """
@@ -24,9 +24,9 @@ import torch
 from pyro.distributions import constraints
 from torch import Tensor
 
-from pyro_vi.cavi import Local
+from pyro_vi.cavi.engine import Local
+from pyro_vi.cavi.model import ConjugateModelBase, as_vector, check_positive
 from pyro_vi.factors import Beta, Dirichlet, ExpFamFactor, Gamma
-from pyro_vi.models.base import ConjugateModelBase, as_vector, check_positive
 
 __all__ = ["BetaBernoulli", "BetaParams", "DirichletCategorical", "DirichletParams",
            "GammaParams", "GammaPoisson"]

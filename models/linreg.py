@@ -30,10 +30,10 @@ import torch
 from pyro.distributions import constraints
 from torch import Tensor
 
-from pyro_vi.cavi import Local
+from pyro_vi.cavi.engine import Local
+from pyro_vi.cavi.model import ConjugateModelBase, as_vector, check_positive
 from pyro_vi.factors import Gamma, MultivariateNormal
-from pyro_vi.models.base import ConjugateModelBase, as_vector, check_positive
-from pyro_vi.models.gmm import validate_points
+from pyro_vi.models.gmm.model import validate_points
 
 __all__ = ["BayesianLinearRegression", "LinRegParams", "LinRegPrediction"]
 

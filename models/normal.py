@@ -26,9 +26,9 @@ import torch
 from pyro.distributions import constraints
 from torch import Tensor
 
-from pyro_vi.cavi import Local
+from pyro_vi.cavi.engine import Local
+from pyro_vi.cavi.model import ConjugateModelBase, as_vector, check_finite, check_positive
 from pyro_vi.factors import Gamma, Normal
-from pyro_vi.models.base import ConjugateModelBase, as_vector, check_finite, check_positive
 
 __all__ = ["NormalParams", "UnivariateNormal"]
 

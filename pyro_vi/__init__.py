@@ -1,55 +1,45 @@
-"""pyro-vi: fast, exact-where-possible, trustworthy variational inference for Pyro models."""
+"""pyro-vi: fast, exact-where-possible, trustworthy variational inference for Pyro models.
 
-from pyro_vi.arviz import (
+The flat public API: entry points, result records and errors. Helpers stay in their packages
+(exponential-family factors in :mod:`pyro_vi.factors`, the model contract in
+:mod:`pyro_vi.cavi.model`, the SVI runtime's parts in :mod:`pyro_vi.svi`).
+"""
+
+from pyro_vi.cavi.engine import CAVIResult, CAVIRun, ConjugateModel, Local, cavi
+from pyro_vi.cavi.stochastic import blend_params, svi_cavi
+from pyro_vi.data import ImageData, Minibatches, load_digits, load_mnist, load_old_faithful
+from pyro_vi.diagnostics import (
+    Diagnosis,
+    ELBOEstimate,
     FitInfo,
+    MCMCComparison,
     NoObservedSitesWarning,
+    PSISResult,
+    compare_to_mcmc,
+    diagnose,
+    elbo_estimate,
     inference_data_from_result,
+    match_components,
+    psis_diagnostic,
     to_inference_data,
 )
-from pyro_vi.bundled import load_old_faithful
-from pyro_vi.cavi import CAVIResult, CAVIRun, ConjugateModel, Local, cavi
-from pyro_vi.datasets import ImageData, Minibatches, load_digits, load_mnist
-from pyro_vi.diagnose import Diagnosis, diagnose
-from pyro_vi.elbo import ELBOEstimate, elbo_estimate
 from pyro_vi.errors import ConvergenceWarning, ELBODecreaseError, NumericalError
-from pyro_vi.factors import (
-    Beta,
-    Categorical,
-    Dirichlet,
-    ExpFamFactor,
-    Gamma,
-    MultivariateNormal,
-    Normal,
-    NormalGamma,
-    NormalWishart,
-    Wishart,
-    blend,
-)
-from pyro_vi.mcmc import MCMCComparison, compare_to_mcmc, match_components
-from pyro_vi.psis import PSISResult, psis_diagnostic
-from pyro_vi.stochastic import blend_params, svi_cavi
 from pyro_vi.svi import NonFiniteLossError, SVIResult, fit_svi
-from pyro_vi.vae_eval import LogLikEstimate, elbo_per_image, iw_log_likelihood
 
 __version__ = "0.1.0"
 
 __all__ = [
     "BayesianLinearRegression",
-    "Beta",
     "BetaBernoulli",
     "CAVIResult",
     "CAVIRun",
-    "Categorical",
     "ConjugateModel",
     "ConvergenceWarning",
     "Diagnosis",
-    "Dirichlet",
     "DirichletCategorical",
     "ELBODecreaseError",
     "ELBOEstimate",
-    "ExpFamFactor",
     "FitInfo",
-    "Gamma",
     "GammaPoisson",
     "GaussianMixture",
     "HierarchicalNormal",
@@ -58,12 +48,8 @@ __all__ = [
     "LogLikEstimate",
     "MCMCComparison",
     "Minibatches",
-    "MultivariateNormal",
     "NoObservedSitesWarning",
     "NonFiniteLossError",
-    "Normal",
-    "NormalGamma",
-    "NormalWishart",
     "NumericalError",
     "PSISResult",
     "SVIResult",
@@ -71,9 +57,7 @@ __all__ = [
     "VAE",
     "VAEConfig",
     "VAEFit",
-    "Wishart",
     "__version__",
-    "blend",
     "blend_params",
     "cavi",
     "compare_to_mcmc",
@@ -95,14 +79,12 @@ __all__ = [
     "to_inference_data",
 ]
 
-from pyro_vi.models.conjugate import (  # noqa: E402
-    BetaBernoulli,
-    DirichletCategorical,
-    GammaPoisson,
-)
-from pyro_vi.models.gmm import GaussianMixture  # noqa: E402  (models build on the engine above)
+# The models build on the engine above; the engine never imports them.
+from pyro_vi.models.conjugate import BetaBernoulli, DirichletCategorical, GammaPoisson  # noqa: E402
+from pyro_vi.models.gmm import GaussianMixture  # noqa: E402
 from pyro_vi.models.hierarchical import HierarchicalNormal  # noqa: E402
 from pyro_vi.models.linreg import BayesianLinearRegression  # noqa: E402
 from pyro_vi.models.normal import UnivariateNormal  # noqa: E402
 from pyro_vi.models.vae import VAE, VAEConfig, load_vae, save_vae  # noqa: E402
-from pyro_vi.vae_training import VAEFit, fit_vae  # noqa: E402  (needs models.vae)
+from pyro_vi.models.vae.evaluate import LogLikEstimate, elbo_per_image, iw_log_likelihood  # noqa: E402
+from pyro_vi.models.vae.train import VAEFit, fit_vae  # noqa: E402

@@ -12,7 +12,7 @@ import math
 
 import torch
 
-from pyro_vi.models.vae import VAE, VAEConfig
+from pyro_vi.models.vae.model import VAE, VAEConfig
 
 D, L, S = 5, 2, 0.5
 

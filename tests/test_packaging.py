@@ -13,9 +13,9 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_editable_install_maps_models_into_the_package(tmp_path):
-    import pyro_vi.models.gmm
+    import pyro_vi.models.gmm.model
 
-    assert Path(pyro_vi.models.gmm.__file__).resolve() == ROOT / "models" / "gmm.py"
+    assert Path(pyro_vi.models.gmm.model.__file__).resolve() == ROOT / "models" / "gmm" / "model.py"
     # Outside the source tree (so the checkout itself is not on sys.path), the installed
     # package must not make a top-level `models` importable.
     code = "import importlib.util as u, pyro_vi.models as m; print(u.find_spec('models'), m.__name__)"
@@ -36,9 +36,9 @@ def test_wheel_holds_pyro_vi_models_and_no_top_level_models(tmp_path):
     tops = {n.split("/")[0] for n in names}
     assert "models" not in tops
     assert tops <= {"pyro_vi", next(t for t in tops if t.endswith(".dist-info"))}
-    for must in ("pyro_vi/models/gmm.py", "pyro_vi/models/__init__.py",
+    for must in ("pyro_vi/models/gmm/model.py", "pyro_vi/models/__init__.py",
                  "pyro_vi/data/old_faithful.csv", "pyro_vi/factors/wishart.py", "pyro_vi/py.typed"):
         assert must in names, must
     entry = [n for n in names if n.endswith("entry_points.txt")]
     assert entry
-    assert "pyro-vi = pyro_vi.cli:main" in zipfile.ZipFile(wheel).read(entry[0]).decode()
+    assert "pyro-vi = pyro_vi.cli.main:main" in zipfile.ZipFile(wheel).read(entry[0]).decode()

@@ -1,0 +1,433 @@
+r"""The Bayesian Gaussian mixture of Bishop (2006, §10.2), as CAVI protocol and Pyro pair.
+
+Model (``covariance="full"``; Bishop eqs. 10.37–10.40):
+
+.. math::
+    \pi \sim \mathrm{Dir}(\alpha_0),\quad
+    \Lambda_k \sim \mathcal{W}(W_0, \nu_0),\quad
+    \mu_k \mid \Lambda_k \sim N(m_0, (\beta_0\Lambda_k)^{-1}),\quad
+    z_n \sim \mathrm{Cat}(\pi),\quad
+    x_n \mid z_n = k \sim N(\mu_k, \Lambda_k^{-1}).
+
+``covariance="diag"`` replaces each Wishart by ``D`` independent Gammas,
+:math:`\lambda_{kd} \sim \mathrm{Gam}(\nu_0/2, 1/(2 W_{0,dd}))` — the ``D = 1`` Wishart — and
+each Gaussian by a product of univariate ones, so with ``D = 1`` both models coincide.
+
+Mean-field guide: :math:`q(\pi)\prod_k q(\mu_k, \Lambda_k)\prod_n q(z_n)`, with
+Dirichlet, Normal-Wishart (or Normal-Gamma) and Categorical factors.
+The Pyro side (``model``, ``guide``, ``guide_optimal_z``, ``guide_enum``, ``fitted_guide``) lives in
+:mod:`pyro_vi.models.gmm.guides`; this module holds the priors, the closed-form CAVI updates, the
+analytic ELBO and the posterior summaries.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from pyro_vi.cavi.engine import DEFAULT_CHUNK_BYTES, Local
+from pyro_vi.factors import Dirichlet, NormalGamma, NormalWishart
+from pyro_vi.linalg import inverse_cholesky
+from pyro_vi.models.gmm.guides import GMMPyroMixin
+from pyro_vi.models.gmm.kmeans import initial_responsibilities
+
+if TYPE_CHECKING:
+    from pyro_vi.models.gmm.summary import GMMSummary
+
+__all__ = ["GMMParams", "GMMPrior", "GaussianMixture", "validate_points"]
+
+_LOG_2PI = math.log(2.0 * math.pi)
+
+
+@dataclass(frozen=True)
+class GMMPrior:
+    r"""Concrete priors of a :class:`GaussianMixture` (all float64 on the data's device).
+
+    ``covariance_prior`` is :math:`W_0^{-1}` (the prior guess of a covariance, scaled by
+    :math:`\nu_0`): a ``(D, D)`` SPD matrix for ``"full"``, a ``(D,)`` vector of variances for
+    ``"diag"`` (then :math:`a_0 = \nu_0/2`, :math:`b_{0d} = \mathrm{cov}_d/2`).
+    """
+
+    weight_concentration: float
+    mean_prior: Tensor
+    mean_precision: float
+    covariance_prior: Tensor
+    degrees_of_freedom: float
+
+
+@dataclass(frozen=True)
+class GMMParams:
+    """Variational parameters of the mixture's global factors.
+
+    ``weights``: :class:`~pyro_vi.factors.Dirichlet` over K; ``components``: a
+    :class:`~pyro_vi.factors.NormalWishart` with batch ``(K,)`` (full) or a
+    :class:`~pyro_vi.factors.NormalGamma` with batch ``(K, D)`` (diag).
+    """
+
+    weights: Dirichlet
+    components: NormalWishart | NormalGamma
+
+
+def validate_points(x: Any, *, name: str = "x", dtype: torch.dtype = torch.float64,
+                    device: torch.device | str | None = None, min_rows: int = 1) -> Tensor:
+    """Check that ``x`` is a finite floating ``(N, D)`` array; return it as a tensor.
+
+    Raises ``TypeError`` for non-floating dtypes and ``ValueError`` (naming ``name``) for a
+    wrong number of dimensions, an empty array, fewer than ``min_rows`` rows, NaN or inf.
+    """
+    if isinstance(x, Tensor):
+        t = x
+    else:
+        arr = np.asarray(x)
+        if arr.dtype == object:
+            raise TypeError(f"{name} must be a numeric array, got dtype object")
+        t = torch.as_tensor(arr)
+    if not (t.is_floating_point()):
+        raise TypeError(f"{name} must hold floating-point numbers, got dtype {t.dtype}; "
+                        f"convert it explicitly, e.g. {name}.double()")
+    if t.dim() != 2:
+        raise ValueError(f"{name} must be 2-D with shape (N, D), got shape {tuple(t.shape)}")
+    if t.shape[0] == 0 or t.shape[1] == 0:
+        raise ValueError(f"{name} is empty (shape {tuple(t.shape)})")
+    if t.shape[0] < min_rows:
+        raise ValueError(f"{name} has N={t.shape[0]} rows, fewer than the {min_rows} needed")
+    finite = torch.isfinite(t)
+    if not finite.all():
+        row = int((~finite).any(-1).nonzero()[0])
+        raise ValueError(f"{name} holds NaN or inf (first at row {row})")
+    return t.to(dtype=dtype, device=device)
+
+
+class GaussianMixture(GMMPyroMixin):
+    r"""Bayesian Gaussian mixture with a mean-field guide, fitted by CAVI or SVI.
+
+    Parameters
+    ----------
+    n_components : int
+        K >= 1.
+    covariance : {"full", "diag"}, keyword-only
+        Normal-Wishart or per-dimension Normal-Gamma components.
+    weight_concentration : float, optional
+        :math:`\alpha_0 > 0`. Default ``1/K``.
+    mean_prior : array (D,), optional
+        :math:`m_0`. Default: the data mean.
+    mean_precision : float
+        :math:`\beta_0 > 0`. Default 1.
+    covariance_prior : array (D, D) or (D,), optional
+        :math:`W_0^{-1}`. Default: the empirical covariance of the data when it is positive
+        definite, else the diagonal of variances with zeros replaced by 1 ("diag": the
+        variances).
+    degrees_of_freedom : float, optional
+        :math:`\nu_0 > D - 1`. Default ``D``.
+    dtype, device
+        Where the fit runs (float64 on the CPU by default).
+
+    These defaults are scikit-learn's ``BayesianGaussianMixture`` defaults.
+
+    Examples
+    --------
+    >>> from pyro_vi import cavi, load_old_faithful
+    >>> gmm = GaussianMixture(6, weight_concentration=1e-3)
+    >>> fit = cavi(gmm, load_old_faithful(standardize=True), seed=0, max_iter=1000)
+    >>> fit.model.summary(fit.params).n_effective
+    2
+    """
+
+    def __init__(
+        self,
+        n_components: int,
+        *,
+        covariance: str = "full",
+        weight_concentration: float | None = None,
+        mean_prior: Any = None,
+        mean_precision: float = 1.0,
+        covariance_prior: Any = None,
+        degrees_of_freedom: float | None = None,
+        dtype: torch.dtype = torch.float64,
+        device: torch.device | str | None = None,
+    ) -> None:
+        if isinstance(n_components, bool) or not isinstance(n_components, int) or n_components < 1:
+            raise ValueError(f"n_components must be an int >= 1, got {n_components!r}")
+        if covariance not in ("full", "diag"):
+            raise ValueError(f"covariance must be 'full' or 'diag', got {covariance!r}")
+        for name, v in (("weight_concentration", weight_concentration),
+                        ("mean_precision", mean_precision),
+                        ("degrees_of_freedom", degrees_of_freedom)):
+            if v is not None and not (isinstance(v, int | float) and math.isfinite(v) and v > 0):
+                raise ValueError(f"{name} must be a finite number > 0, got {v!r}")
+        if not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
+            raise TypeError(f"dtype must be a floating torch.dtype, got {dtype!r}")
+        self.n_components = n_components
+        self.covariance = covariance
+        self.dtype = dtype
+        self.device = torch.device(device) if device is not None else None
+        self._spec = dict(weight_concentration=weight_concentration, mean_prior=mean_prior,
+                          mean_precision=mean_precision, covariance_prior=covariance_prior,
+                          degrees_of_freedom=degrees_of_freedom)
+        self.prior: GMMPrior | None = None
+
+    def __repr__(self) -> str:
+        return (f"GaussianMixture(n_components={self.n_components}, "
+                f"covariance={self.covariance!r}, prior={'resolved' if self.prior else 'auto'})")
+
+    # ----------------------------------------------------------------------------- priors
+    def resolve(self, x: Any) -> GaussianMixture:
+        """A copy with every prior concrete (data-dependent defaults taken from ``x``).
+
+        Raises ``ValueError`` for a non-PD covariance prior, ``ν0 <= D - 1`` or a mean prior
+        of the wrong shape.
+        """
+        x = validate_points(x, dtype=self.dtype, device=self.device)
+        if self.prior is not None:
+            if self.prior.mean_prior.shape[0] != x.shape[1]:
+                raise ValueError(f"x has D={x.shape[1]} columns but the prior was resolved "
+                                 f"for D={self.prior.mean_prior.shape[0]}")
+            return self
+        d = x.shape[1]
+        s = self._spec
+        as_t = dict(dtype=self.dtype, device=x.device)
+        alpha0 = s["weight_concentration"] or 1.0 / self.n_components
+        nu0 = float(s["degrees_of_freedom"] or d)
+        if nu0 <= d - 1:
+            raise ValueError(f"degrees_of_freedom must exceed D - 1 = {d - 1}, got {nu0}")
+        m0 = x.mean(0) if s["mean_prior"] is None else torch.as_tensor(s["mean_prior"], **as_t)
+        if m0.shape != (d,) or not torch.isfinite(m0).all():
+            raise ValueError(f"mean_prior must be a finite vector of shape ({d},), "
+                             f"got shape {tuple(m0.shape)}")
+        cov = s["covariance_prior"]
+        cov = self._default_covariance(x) if cov is None else torch.as_tensor(cov, **as_t)
+        cov = self._check_covariance_prior(cov, d)
+        prior = GMMPrior(float(alpha0), m0, float(s["mean_precision"]), cov, nu0)
+        new = replace_model(self)
+        new.prior = prior
+        return new
+
+    def _default_covariance(self, x: Tensor) -> Tensor:
+        var = x.var(0, unbiased=True) if x.shape[0] > 1 else torch.zeros_like(x[0])
+        var = torch.where(var > 0, var, torch.ones_like(var))
+        if self.covariance == "diag":
+            return var
+        if x.shape[0] > x.shape[1]:
+            cov = torch.cov(x.T).reshape(x.shape[1], x.shape[1])
+            if torch.linalg.cholesky_ex(cov)[1] == 0 and torch.linalg.eigvalsh(cov)[0] > 1e-10 * var.max():
+                return cov
+        return torch.diag(var)
+
+    def _check_covariance_prior(self, cov: Tensor, d: int) -> Tensor:
+        if self.covariance == "diag":
+            if cov.shape == (d, d):
+                cov = torch.diagonal(cov).clone()
+            if cov.shape != (d,) or not torch.isfinite(cov).all() or (cov <= 0).any():
+                raise ValueError(f"covariance_prior for 'diag' must be {d} positive variances "
+                                 f"(or a ({d}, {d}) matrix with a positive diagonal)")
+            return cov
+        if cov.shape != (d, d) or not torch.isfinite(cov).all():
+            raise ValueError(f"covariance_prior must be a finite ({d}, {d}) matrix, "
+                             f"got shape {tuple(cov.shape)}")
+        if not torch.allclose(cov, cov.T, rtol=1e-10, atol=1e-12):
+            raise ValueError("covariance_prior must be symmetric")
+        if torch.linalg.cholesky_ex(cov)[1] != 0:
+            raise ValueError("covariance_prior must be positive definite")
+        return cov
+
+    def _prior(self) -> GMMPrior:
+        if self.prior is None:
+            raise RuntimeError("priors are not resolved: call gmm.resolve(x) or use cavi()")
+        return self.prior
+
+    def prior_factors(self) -> GMMParams:
+        r"""The prior as factors of the guide's families: :math:`p(\pi)`, :math:`p(\mu,\Lambda)`."""
+        p = self._prior()
+        k, d = self.n_components, p.mean_prior.shape[0]
+        ref = p.mean_prior
+
+        def full(shape: tuple[int, ...], value: float) -> Tensor:
+            return torch.full(shape, value, dtype=ref.dtype, device=ref.device)
+
+        weights = Dirichlet(full((k,), p.weight_concentration))
+        if self.covariance == "full":
+            tril = inverse_cholesky(p.covariance_prior, where="GMM prior: covariance_prior")
+            comps: NormalWishart | NormalGamma = NormalWishart(
+                p.mean_prior.expand(k, d), full((k,), p.mean_precision),
+                tril.expand(k, d, d), full((k,), p.degrees_of_freedom))
+        else:
+            comps = NormalGamma(p.mean_prior.expand(k, d), full((k, d), p.mean_precision),
+                                full((k, d), 0.5 * p.degrees_of_freedom),
+                                (0.5 * p.covariance_prior).expand(k, d))
+        return GMMParams(weights, comps)
+
+    # ------------------------------------------------------------------- CAVI protocol
+    def prepare(self, data: Any) -> tuple[GaussianMixture, Tensor]:
+        """Validate ``data`` (``(N, D)``, finite, floating, ``N >= K``) and resolve priors."""
+        x = validate_points(data, dtype=self.dtype, device=self.device, min_rows=self.n_components)
+        return self.resolve(x), x
+
+    def init_stats(self, data: Tensor, *, init: Any, generator: torch.Generator) -> tuple[Tensor, ...]:
+        """Statistics of initial responsibilities (k-means++, random, or an ``(N, K)`` tensor)."""
+        if isinstance(init, Tensor):
+            r = init.to(dtype=data.dtype, device=data.device)
+            if r.shape != (data.shape[0], self.n_components) or not torch.isfinite(r).all() \
+                    or (r < 0).any() or not torch.allclose(r.sum(-1), torch.ones_like(r[:, 0])):
+                raise ValueError(f"init responsibilities must be ({data.shape[0]}, "
+                                 f"{self.n_components}), non-negative, rows summing to 1")
+        else:
+            r = initial_responsibilities(data, self.n_components, method=init, generator=generator)
+        # in row chunks, as local_pass does: one pass over all rows would build an N·K·D temporary.
+        # Running sums, not a list of per-chunk results: small tensors kept alive between the
+        # chunks' large temporaries fragmented glibc's heap (RSS grew by a temporary per chunk).
+        rows = max(1024, DEFAULT_CHUNK_BYTES // max(1, self.local_bytes_per_point(data)))
+        total = self._stats(data[:rows], r[:rows])
+        for i in range(rows, data.shape[0], rows):
+            part = self._stats(data[i:i + rows], r[i:i + rows])
+            total = tuple(a + b for a, b in zip(total, part, strict=True))
+        return total
+
+    def _stats(self, x: Tensor, r: Tensor) -> tuple[Tensor, ...]:
+        r""":math:`N_k, \sum_n r_{nk}(x_n - m_0), \sum_n r_{nk}(x_n-m_0)(x_n-m_0)^T` (Bishop 10.51–10.53).
+
+        Centred on the prior mean :math:`m_0` (a constant), which keeps the scatter matrices
+        well conditioned; diag keeps only the squared deviations.
+        """
+        x0 = x - self._prior().mean_prior
+        n, d = x0.shape
+        k = r.shape[1]
+        nk = r.sum(0)
+        sx = r.T @ x0
+        if self.covariance == "full":
+            weighted = (r.unsqueeze(-1) * x0.unsqueeze(-2)).reshape(n, k * d)
+            sxx = (x0.T @ weighted).reshape(d, k, d).transpose(0, 1)
+        else:
+            sxx = r.T @ (x0 * x0)
+        return nk, sx, sxx
+
+    def log_rho(self, x: Tensor, params: GMMParams) -> Tensor:
+        r"""Unnormalised log-responsibilities, shape ``(N, K)`` (Bishop 2006, eq. 10.46).
+
+        .. math::
+            \log\rho_{nk} = E[\log\pi_k] + \tfrac12 E[\log|\Lambda_k|] - \tfrac{D}{2}\log 2\pi
+                - \tfrac12 E_{\mu_k,\Lambda_k}[(x_n-\mu_k)^T\Lambda_k(x_n-\mu_k)]
+        """
+        comp = params.components
+        d = x.shape[1]
+        if isinstance(comp, NormalWishart):
+            logdet = comp.precision.expected_logdet()
+            maha = comp.expected_mahalanobis(x)
+        else:
+            logdet = comp.precision.expected_log().sum(-1)
+            e_lam = comp.shape / comp.rate  # (K, D)
+            maha = ((x * x) @ e_lam.T - 2.0 * x @ (e_lam * comp.loc).T
+                    + (e_lam * comp.loc**2 + 1.0 / comp.precision_scale).sum(-1))
+        return params.weights.expected_log() + 0.5 * logdet - 0.5 * d * _LOG_2PI - 0.5 * maha
+
+    def responsibilities(self, x: Tensor, params: GMMParams) -> Tensor:
+        r"""Optimal :math:`r_{nk} = \rho_{nk} / \sum_j \rho_{nj}` (Bishop 2006, eq. 10.49), ``(N, K)``."""
+        return torch.softmax(self.log_rho(x, params), -1)
+
+    def local_step(self, data: Tensor, params: GMMParams) -> Local:
+        r"""Responsibilities, their statistics, and :math:`\sum_n \log\sum_k \rho_{nk}`.
+
+        With :math:`q(z)` at its optimum, the data terms of the ELBO (Bishop eqs. 10.71, 10.72,
+        10.75) collapse to :math:`\sum_n \log \sum_k \rho_{nk}`.
+        """
+        log_rho = self.log_rho(data, params)
+        return Local(self._stats(data, torch.softmax(log_rho, -1)), torch.logsumexp(log_rho, -1).sum())
+
+    def global_step(self, stats: tuple[Tensor, ...], params: GMMParams | None) -> GMMParams:
+        r"""Closed-form updates of :math:`q(\pi)` and :math:`q(\mu_k,\Lambda_k)`.
+
+        With statistics centred on :math:`m_0` (:math:`\bar x'_k = \bar x_k - m_0`), the
+        Bishop (2006) updates
+
+        .. math::
+            \alpha_k = \alpha_0 + N_k \;(10.58),\quad \beta_k = \beta_0 + N_k \;(10.60),\quad
+            m_k = (\beta_0 m_0 + N_k\bar x_k)/\beta_k \;(10.61),\\
+            W_k^{-1} = W_0^{-1} + N_k S_k + \tfrac{\beta_0 N_k}{\beta_0+N_k}
+                (\bar x_k - m_0)(\bar x_k - m_0)^T \;(10.62),\quad \nu_k = \nu_0 + N_k \;(10.63)
+
+        read :math:`W_k^{-1} = W_0^{-1} + \sum_n r_{nk} x'_n x'^T_n - \beta_k m'_k m'^T_k`, which
+        stays defined as :math:`N_k \to 0`. The diagonal model uses the per-dimension
+        Normal-Gamma analogue: :math:`a_{k} = a_0 + N_k/2`,
+        :math:`b_{kd} = b_{0d} + \tfrac12(\sum_n r_{nk} x'^2_{nd} - \beta_k m'^2_{kd})`.
+        """
+        p = self._prior()
+        nk, sx, sxx = stats
+        alpha = p.weight_concentration + nk
+        beta = p.mean_precision + nk
+        mc = sx / beta.unsqueeze(-1)
+        loc = p.mean_prior + mc
+        if self.covariance == "full":
+            w_inv = p.covariance_prior + sxx - beta[:, None, None] * (mc.unsqueeze(-1) * mc.unsqueeze(-2))
+            tril = inverse_cholesky(w_inv, where="GMM global step (Bishop eq. 10.62): W_k^-1")
+            comps: NormalWishart | NormalGamma = NormalWishart(loc, beta, tril,
+                                                               p.degrees_of_freedom + nk)
+        else:
+            shape = (0.5 * p.degrees_of_freedom + 0.5 * nk).unsqueeze(-1).expand_as(loc)
+            rate = 0.5 * p.covariance_prior + 0.5 * (sxx - beta.unsqueeze(-1) * mc**2)
+            rate = rate.clamp_min(0.5 * p.covariance_prior * 1e-12)
+            comps = NormalGamma(loc, beta.unsqueeze(-1).expand_as(loc), shape, rate)
+        return GMMParams(Dirichlet(alpha), comps)
+
+    def global_elbo(self, params: GMMParams) -> Tensor:
+        r""":math:`-\mathrm{KL}(q(\pi)\|p(\pi)) - \sum_k \mathrm{KL}(q(\mu_k,\Lambda_k)\|p(\mu_k,\Lambda_k))`.
+
+        Equals Bishop's (2006) eqs. 10.73 + 10.74 − 10.76 − 10.77.
+        """
+        prior = self.prior_factors()
+        return -params.weights.kl(prior.weights) - params.components.kl(prior.components).sum()
+
+    def local_bytes_per_point(self, data: Tensor) -> int:
+        """Bytes of temporaries per data point in :meth:`local_step` (for chunking)."""
+        k, d = self.n_components, data.shape[1]
+        per = 3 * k * d if self.covariance == "full" else 4 * k + 2 * d
+        return per * data.element_size()
+
+    def elbo(self, x: Any, params: GMMParams, *, chunk_size: int | None = None) -> float:
+        """Analytic ELBO (Bishop 2006, eq. 10.70) at ``params`` with optimal :math:`q(z)`."""
+        from pyro_vi.cavi.engine import local_pass
+
+        model, x = self.prepare(x)
+        local = local_pass(model, x, params, chunk_size=chunk_size)
+        return float(local.elbo + model.global_elbo(params))
+
+    # ------------------------------------------------------------------------ summaries
+    def summary(self, params: GMMParams, *, threshold: float = 0.01) -> GMMSummary:
+        """Posterior means and uncertainties of weights, means and covariances."""
+        from pyro_vi.models.gmm.summary import summarize
+
+        return summarize(params, threshold=threshold)
+
+    def log_predictive(self, params: GMMParams, x: Any) -> Tensor:
+        """Posterior predictive log-density per point, ``(N,)`` (Bishop 2006, eqs. 10.80–10.82)."""
+        from pyro_vi.models.gmm.summary import log_predictive_components
+
+        return torch.logsumexp(log_predictive_components(params, self._new_points(params, x)), -1)
+
+    def predict_proba(self, params: GMMParams, x: Any) -> Tensor:
+        r""":math:`p(z = k \mid x, \mathcal{D})` under the Student-t predictive, ``(N, K)``."""
+        from pyro_vi.models.gmm.summary import log_predictive_components
+
+        return torch.softmax(log_predictive_components(params, self._new_points(params, x)), -1)
+
+    def _new_points(self, params: GMMParams, x: Any) -> Tensor:
+        x = validate_points(x, dtype=self.dtype, device=self.device)
+        d = params.components.loc.shape[-1]
+        if x.shape[1] != d:
+            raise ValueError(f"x has D={x.shape[1]} columns but the mixture has D={d}")
+        return x
+
+    def predict(self, params: GMMParams, x: Any) -> Tensor:
+        """Most probable component of each point, ``(N,)`` int64."""
+        return self.predict_proba(params, x).argmax(-1)
+
+
+def replace_model(gmm: GaussianMixture) -> GaussianMixture:
+    """Return a shallow copy of ``gmm``, of its own class (models are immutable once built)."""
+    new = type(gmm).__new__(type(gmm))
+    new.__dict__.update(gmm.__dict__)
+    return new
+

@@ -1,0 +1,1 @@
+"""The ``pyro-vi`` command line: one module per command (demo, diagnose, vae, bench)."""

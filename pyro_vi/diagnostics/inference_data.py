@@ -1,0 +1,383 @@
+r"""ArviZ export of variational fits: the only module that touches ArviZ and xarray.
+
+``az.from_pyro`` accepts only MCMC objects (and ArviZ 1.x has no Pyro converter), so a
+variational posterior — a CAVI or SVI result, or any user guide, autoguides included — has no
+route into ArviZ. :func:`to_inference_data` draws from the guide, scores every draw under the
+model (:mod:`pyro_vi.diagnostics._draws`) and builds an ``arviz.InferenceData`` with the groups
+
+``posterior``
+    every latent site the guide samples (discrete sites as integers), dims named after the
+    ``pyro.plate`` s, one chain per independent fit;
+``posterior_predictive``
+    every observed site, drawn with :class:`pyro.infer.Predictive` from the model with its
+    observations removed (:func:`pyro.poutine.uncondition`);
+``log_likelihood``
+    the pointwise :math:`\log p(x_n \mid \theta)` of every observed site, local discrete
+    latents (a mixture's ``z``) summed out (:func:`pyro_vi.diagnostics._draws.pointwise_log_likelihood`);
+``observed_data`` / ``constant_data``
+    the observed sites' values / the model's other tensor arguments;
+``sample_stats``
+    ``lp`` (:math:`\log p(x, \theta)`), ``log_q`` (:math:`\log q(\theta)`), and per fit the
+    ELBO history (dim ``elbo_iteration``, NaN-padded), final ELBO and convergence flag; the
+    fitting method is in the attrs.
+
+Everything ArviZ-version specific lives here (arviz 0.23's ``InferenceData``); an ArviZ 1.x
+``DataTree`` builder would be added to this module alone.
+"""
+
+from __future__ import annotations
+
+import inspect
+import warnings
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pyro
+import torch
+from pyro import poutine
+from pyro.infer import Predictive
+from torch import Tensor
+
+from pyro_vi.diagnostics._draws import (
+    GuideDraws,
+    check_num_samples,
+    draw_from_guide,
+    result_model,
+    result_params,
+    seeded,
+)
+from pyro_vi.diagnostics._sites import ModelStructure, inspect_model
+
+__all__ = [
+    "FitInfo",
+    "NoObservedSitesWarning",
+    "bulk_ess",
+    "fit_info_from_result",
+    "inference_data_from_result",
+    "psislw",
+    "to_inference_data",
+]
+
+
+class NoObservedSitesWarning(UserWarning):
+    """The model has no observed sites, so there is no log-likelihood (or predictive) group."""
+
+
+@dataclass(frozen=True)
+class FitInfo:
+    """What a fit reports about itself, stored in ``sample_stats`` and the attrs.
+
+    Attributes
+    ----------
+    method : str
+        e.g. ``"CAVI"`` or ``"SVI"``.
+    elbo : sequence of float, optional
+        ELBO history (one value per iteration or step).
+    converged : bool, optional
+        The fit's convergence flag.
+    final_elbo : float, optional
+        The final ELBO (defaults to the history's last value).
+    """
+
+    method: str = "variational"
+    elbo: Sequence[float] | None = None
+    converged: bool | None = None
+    final_elbo: float | None = None
+
+
+def fit_info_from_result(result: Any) -> FitInfo:
+    """Read method, ELBO history, final ELBO and convergence flag off a CAVI/SVI result."""
+    history = getattr(result, "history", None)
+    elbo = None
+    if history is not None and "elbo" in getattr(history, "columns", ()):
+        elbo = [float(v) for v in history["elbo"]]
+    final = getattr(result, "final_elbo", getattr(result, "elbo", None))
+    final = float(final) if isinstance(final, (int, float)) else (elbo[-1] if elbo else None)
+    method = type(result).__name__.removesuffix("Result") or "variational"
+    converged = getattr(result, "converged", None)
+    return FitInfo(method, elbo, None if converged is None else bool(converged), final)
+
+
+def psislw(log_ratios: np.ndarray) -> tuple[np.ndarray, float]:
+    r"""Pareto-smoothed, normalised log weights and :math:`\hat k` of ``(S,)`` log ratios.
+
+    ArviZ's ``psislw`` with ``reff=1`` (independent draws); see :mod:`pyro_vi.diagnostics.psis`.
+    """
+    import arviz as az
+
+    log_weights, khat = az.psislw(np.asarray(log_ratios, dtype=np.float64), reff=1.0)
+    return np.asarray(log_weights), float(khat)
+
+
+def bulk_ess(draws: np.ndarray) -> np.ndarray:
+    """ArviZ bulk effective sample size of ``(chain, draw, *shape)`` draws, per element."""
+    import arviz as az
+
+    c, s = draws.shape[:2]
+    flat = np.asarray(draws, dtype=np.float64).reshape(c, s, -1)
+    ess = [float(az.ess(flat[:, :, i], method="bulk")) for i in range(flat.shape[-1])]
+    return np.array(ess).reshape(draws.shape[2:])
+
+
+def _numpy(t: Tensor, discrete: bool) -> np.ndarray:
+    arr = t.detach().cpu().numpy()
+    return arr.astype(np.int64) if discrete else arr.astype(np.float64)
+
+
+def _dims(name: str, dims: Sequence[str | None], user: Mapping[str, Sequence[str]]) -> list[str]:
+    if name in user:
+        return list(user[name])
+    return [d if d is not None else f"{name}_dim_{i}" for i, d in enumerate(dims)]
+
+
+def _constant_data(model: Callable[..., Any], structure: ModelStructure, args: Sequence[Any],
+                   kwargs: Mapping[str, Any]) -> dict[str, np.ndarray]:
+    """Collect the model's tensor/array arguments that are not an observed site's value."""
+    try:
+        bound = inspect.signature(model).bind(*args, **kwargs).arguments
+    except (TypeError, ValueError):
+        bound = {f"arg{i}": a for i, a in enumerate(args)} | dict(kwargs)
+    observed = list(structure.observed_values.values())
+    out = {}
+    for name, value in bound.items():
+        if isinstance(value, np.ndarray):
+            value = torch.as_tensor(value)
+        if not isinstance(value, Tensor) or name in structure.sites or name in structure.plates:
+            continue
+        if any(value is o or (value.shape == o.shape and torch.equal(value.to(o.dtype), o))
+               for o in observed):
+            continue
+        out[name] = value.detach().cpu().numpy()
+    return out
+
+
+def _posterior_predictive(model: Callable[..., Any], draws: Sequence[GuideDraws],
+                          seed: int | None, args: Sequence[Any],
+                          kwargs: Mapping[str, Any]) -> dict[str, np.ndarray]:
+    """Observed sites re-drawn from the model at every posterior draw, ``(chain, draw, ...)``."""
+    structure = draws[0].structure
+    chains, samples = len(draws), draws[0].log_p.shape[0]
+    flat = {k: torch.cat([d.values[k] for d in draws]) for k in draws[0].values}
+    with seeded(seed), torch.no_grad():
+        pred = Predictive(poutine.uncondition(model), posterior_samples=flat,
+                          return_sites=list(structure.observed))(*args, **kwargs)
+    return {k: _numpy(v.reshape(chains, samples, *structure.sites[k].shape),
+                      structure.sites[k].discrete) for k, v in pred.items()}
+
+
+def _sample_stats(draws: Sequence[GuideDraws], infos: Sequence[FitInfo]) -> dict[str, Any]:
+    """``lp``/``log_q`` per draw; ELBO history, final ELBO and convergence flag per fit."""
+    import xarray as xr
+
+    stats: dict[str, Any] = {
+        "lp": (("chain", "draw"), np.stack([d.log_p.numpy() for d in draws])),
+        "log_q": (("chain", "draw"), np.stack([d.log_q.numpy() for d in draws])),
+    }
+    histories = [np.asarray(i.elbo, dtype=np.float64) for i in infos if i.elbo is not None]
+    if len(histories) == len(infos) and histories:
+        hist = np.full((len(infos), max(len(h) for h in histories)), np.nan)
+        for c, h in enumerate(histories):
+            hist[c, : len(h)] = h
+        stats["elbo"] = (("chain", "elbo_iteration"), hist)
+    if all(i.final_elbo is not None for i in infos):
+        stats["final_elbo"] = (("chain",), np.array([i.final_elbo for i in infos], float))
+    if all(i.converged is not None for i in infos):
+        stats["converged"] = (("chain",), np.array([bool(i.converged) for i in infos]))
+    return {k: xr.Variable(*v) for k, v in stats.items()}
+
+
+def _build(model: Callable[..., Any], chains: Sequence[tuple[Callable[..., Any], Any]],
+           args: Sequence[Any], kwargs: Mapping[str, Any], *, num_samples: int,
+           seed: int | None, coords: Mapping[str, Any] | None,
+           dims: Mapping[str, Sequence[str]] | None, infos: Sequence[FitInfo]) -> Any:
+    import arviz as az
+    import xarray as xr
+
+    num_samples = check_num_samples(num_samples)
+    coords, dims = dict(coords or {}), dict(dims or {})
+    if not callable(model):
+        raise TypeError(f"model must be callable, got {type(model).__name__}")
+    with seeded(seed):
+        pointwise = bool(inspect_model(model, *args, **kwargs).observed)
+    draws: list[GuideDraws] = []
+    for c, (guide, params) in enumerate(chains):
+        d = draw_from_guide(model, guide, *args, num_samples=num_samples,
+                            seed=None if seed is None else seed + c, pointwise=pointwise,
+                            params=params, **kwargs)
+        if draws and set(d.values) != set(draws[0].values):
+            raise ValueError(f"guides sample different sites: {sorted(draws[0].values)} "
+                             f"(fit 0) vs {sorted(d.values)} (fit {c})")
+        draws.append(d)
+    structure = draws[0].structure
+    library = {"library": pyro, "coords": coords}
+    sites = structure.sites
+
+    def dims_of(name: str, batch_only: bool = False) -> list[str]:
+        info = sites[name]
+        names = info.dims[: len(info.dims) - info.event_dim] if batch_only else info.dims
+        return _dims(name, names, dims)
+
+    posterior = {k: np.stack([_numpy(d.values[k], sites[k].discrete) for d in draws])
+                 for k in draws[0].values}
+    method = infos[0].method if len({i.method for i in infos}) == 1 else "mixed"
+    attrs = {"inference_method": method, "num_fits": len(chains)}
+    groups: dict[str, Any] = {"posterior": az.dict_to_dataset(
+        posterior, dims={k: dims_of(k) for k in posterior}, attrs=attrs, **library)}
+    sample_stats = _sample_stats(draws, infos)
+    groups["sample_stats"] = xr.Dataset(
+        sample_stats, coords={"chain": np.arange(len(draws)), "draw": np.arange(num_samples)},
+        attrs=attrs)
+    if not structure.observed:
+        warnings.warn("the model has no observed sites: the log_likelihood, "
+                      "posterior_predictive and observed_data groups are left out",
+                      NoObservedSitesWarning, stacklevel=3)
+    else:
+        obs_dims = {k: dims_of(k) for k in structure.observed}
+        pp = _posterior_predictive(model, draws, seed, args, kwargs)
+        groups["posterior_predictive"] = az.dict_to_dataset(pp, dims=obs_dims, **library)
+        log_lik = {k: np.stack([d.log_lik[k].double().numpy() for d in draws])
+                   for k in structure.observed}
+        groups["log_likelihood"] = az.dict_to_dataset(
+            log_lik, dims={k: dims_of(k, batch_only=True) for k in log_lik}, **library)
+        observed = {k: _numpy(v, sites[k].discrete) for k, v in structure.observed_values.items()}
+        groups["observed_data"] = az.dict_to_dataset(observed, dims=obs_dims, default_dims=[],
+                                                     **library)
+    constant = _constant_data(model, structure, args, kwargs)
+    if constant:
+        groups["constant_data"] = az.dict_to_dataset(
+            constant, dims={k: _dims(k, [None] * v.ndim, dims) for k, v in constant.items()},
+            default_dims=[], **library)
+    return az.InferenceData(**groups)
+
+
+def _infos(fit_info: FitInfo | Sequence[FitInfo] | None, n: int) -> list[FitInfo]:
+    if fit_info is None:
+        return [FitInfo()] * n
+    if isinstance(fit_info, FitInfo):
+        return [fit_info] * n
+    infos = list(fit_info)
+    if len(infos) != n or not all(isinstance(i, FitInfo) for i in infos):
+        raise ValueError(f"fit_info must be a FitInfo or one FitInfo per guide ({n})")
+    return infos
+
+
+def to_inference_data(model: Callable[..., Any], guide: Callable[..., Any] | None, *args: Any,
+                      num_samples: int = 1000, seed: int | None = None,
+                      coords: Mapping[str, Any] | None = None,
+                      dims: Mapping[str, Sequence[str]] | None = None,
+                      guides: Sequence[Callable[..., Any]] | None = None,
+                      fit_info: FitInfo | Sequence[FitInfo] | None = None,
+                      **kwargs: Any) -> Any:
+    """Draw from a fitted guide and export the variational posterior to ArviZ.
+
+    Parameters
+    ----------
+    model, guide : callable
+        A Pyro model and a fitted guide, both called with ``*args, **kwargs``. The guide
+        reads its parameters from the current param store (or holds them itself).
+    *args, **kwargs
+        The model's data arguments.
+    num_samples : int
+        Draws per fit (per chain), >= 1.
+    seed : int, optional
+        Seed for the draws (fit ``c`` uses ``seed + c``); the global RNG state is restored.
+    coords : mapping, optional
+        Coordinate values per dim, e.g. ``{"data": dates}`` for ``pyro.plate("data", ...)``.
+    dims : mapping, optional
+        Dims per variable, overriding the plate-derived ones (``{"X": ["data", "feature"]}``).
+    guides : sequence of callable, optional
+        Several independently fitted guides (restarts, seeds): one chain each, so
+        between-fit disagreement shows in ``az.summary``'s ``r_hat``. Pass ``guide=None``.
+    fit_info : FitInfo or sequence of FitInfo, optional
+        Method, ELBO history and convergence flag of the fit (one per guide), stored in
+        ``sample_stats`` and the attrs.
+
+    Returns
+    -------
+    arviz.InferenceData
+        Groups ``posterior``, ``posterior_predictive``, ``log_likelihood``,
+        ``observed_data``, ``constant_data`` (when the model has other tensor arguments) and
+        ``sample_stats``; arrays ``(chain, draw, *dims)``, float64 (int64 for discrete sites).
+
+    Warns
+    -----
+    NoObservedSitesWarning
+        The model has no observed site: ``log_likelihood``, ``posterior_predictive`` and
+        ``observed_data`` are left out.
+
+    Raises
+    ------
+    ValueError
+        ``num_samples < 1``, a latent site the guide does not cover, plate sizes that differ
+        between guide and model, or guides that sample different sites.
+
+    .. warning::
+       The posterior is the guide's, not the model's: ``az.summary`` reports the variational
+       approximation, whose uncertainty mean-field families understate (see
+       :func:`pyro_vi.psis_diagnostic` and :func:`pyro_vi.compare_to_mcmc`). ``r_hat`` across
+       chains measures agreement between fits, not MCMC mixing. Plates must not subsample.
+
+    References
+    ----------
+    Kumar, Carroll, Hartikainen & Martin (2019), "ArviZ a unified library for exploratory
+    analysis of Bayesian models in Python", JOSS 4(33):1143. Vehtari, Gelman & Gabry (2017),
+    "Practical Bayesian model evaluation using leave-one-out cross-validation and WAIC",
+    Statistics and Computing 27:1413-1432.
+
+    Examples
+    --------
+    >>> import pyro, pyro.distributions as dist, torch
+    >>> def model(y):
+    ...     mu = pyro.sample("mu", dist.Normal(0.0, 1.0))
+    ...     with pyro.plate("data", len(y)):
+    ...         pyro.sample("y", dist.Normal(mu, 1.0), obs=y)
+    >>> def guide(y):
+    ...     pyro.sample("mu", dist.Normal(0.5, 0.5))
+    >>> idata = to_inference_data(model, guide, torch.ones(4), num_samples=20, seed=0)
+    >>> sorted(idata.groups())
+    ['log_likelihood', 'observed_data', 'posterior', 'posterior_predictive', 'sample_stats']
+    >>> idata.log_likelihood["y"].dims
+    ('chain', 'draw', 'data')
+    """
+    if guides is None:
+        if guide is None:
+            raise ValueError("pass a guide, or several fitted guides as guides=[...]")
+        chain_guides: list[Callable[..., Any]] = [guide]
+    else:
+        if guide is not None:
+            raise ValueError("pass either guide or guides=[...], not both")
+        chain_guides = list(guides)
+        if not chain_guides:
+            raise ValueError("guides is empty")
+    infos = _infos(fit_info, len(chain_guides))
+    return _build(model, [(g, None) for g in chain_guides], args, kwargs,
+                  num_samples=num_samples, seed=seed, coords=coords, dims=dims, infos=infos)
+
+
+def inference_data_from_result(result: Any, *args: Any, model: Callable[..., Any] | None = None,
+                               num_samples: int = 1000, seed: int | None = None,
+                               coords: Mapping[str, Any] | None = None,
+                               dims: Mapping[str, Sequence[str]] | None = None,
+                               **kwargs: Any) -> Any:
+    """``to_inference_data`` for one fit result or several (one chain each).
+
+    ``result`` is a :class:`~pyro_vi.cavi.CAVIResult`, an SVI result or any object with
+    ``guide`` (and ``model``, ``history``, ``converged``, ``params``), or a sequence of them.
+    When a result's ``params`` is a mapping of tensors (an SVI fit), the guide runs in a
+    scoped param store holding exactly those values, so several fits with the same param
+    names each use their own. ``*args, **kwargs`` are the model's data arguments.
+
+    Examples
+    --------
+    See :func:`to_inference_data`; ``result.to_inference_data(x)`` calls this.
+    """
+    results = list(result) if isinstance(result, (list, tuple)) else [result]
+    if not results:
+        raise ValueError("result is an empty sequence")
+    pyro_model = result_model(results[0], model)
+    chains = [(r.guide, result_params(r)) for r in results]
+    infos = [fit_info_from_result(r) for r in results]
+    return _build(pyro_model, chains, args, kwargs, num_samples=num_samples, seed=seed,
+                  coords=coords, dims=dims, infos=infos)

@@ -1,0 +1,6 @@
+"""The SVI runtime around Pyro's own ``SVI``: the loop, stopping rules, checkpoints, the guard."""
+
+from pyro_vi.svi.guard import NonFiniteLossError
+from pyro_vi.svi.runner import SVIResult, fit_svi
+
+__all__ = ["NonFiniteLossError", "SVIResult", "fit_svi"]

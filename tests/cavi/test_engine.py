@@ -1,0 +1,375 @@
+"""The generic CAVI engine: loop rules, restarts, chunking, monotonicity guard, options.
+
+The engine is exercised on two models: a toy conjugate model written here (a Normal mean with
+known precision, where the mean-field family is exact, so the ELBO must equal the log evidence)
+and the Bayesian GMM of :mod:`pyro_vi.models.gmm.model`.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pytest
+import scipy.stats
+import torch
+from torch import Tensor
+
+from pyro_vi import (
+    CAVIResult,
+    ConjugateModel,
+    ConvergenceWarning,
+    ELBODecreaseError,
+    Local,
+    NumericalError,
+    cavi,
+    load_old_faithful,
+)
+from pyro_vi.cavi.engine import local_pass
+from pyro_vi.models.gmm.model import GaussianMixture
+
+
+class NormalMean:
+    """x_n ~ N(mu, 1/tau), tau known, mu ~ N(m0, 1/l0); q(mu) = N(m, 1/l) is exact (PRML 2.141)."""
+
+    def __init__(self, m0: float = 0.5, l0: float = 2.0, tau: float = 3.0) -> None:
+        self.m0, self.l0, self.tau = m0, l0, tau
+
+    def prepare(self, data: Any) -> tuple[NormalMean, Tensor]:
+        return self, torch.as_tensor(data, dtype=torch.float64)
+
+    def init_stats(self, data: Tensor, *, init: Any, generator: torch.Generator) -> tuple:
+        return self.local_step(data, (torch.tensor(0.0), torch.tensor(1.0))).stats
+
+    def local_step(self, data: Tensor, params: tuple) -> Local:
+        m, lam = params
+        t = self.tau
+        ell = 0.5 * math.log(t / (2 * math.pi)) - 0.5 * t * ((data - m) ** 2 + 1.0 / lam)
+        n = torch.tensor(float(data.shape[0]), dtype=torch.float64)
+        return Local((n, data.sum()), ell.sum())
+
+    def global_step(self, stats: tuple, params: Any) -> tuple:
+        n, sx = stats
+        lam = self.l0 + self.tau * n
+        return (self.l0 * self.m0 + self.tau * sx) / lam, lam
+
+    def global_elbo(self, params: tuple) -> Tensor:
+        m, lam = params
+        return -0.5 * (torch.log(lam / self.l0) + self.l0 / lam + self.l0 * (m - self.m0) ** 2 - 1)
+
+
+@pytest.fixture(scope="module")
+def faithful() -> Tensor:
+    return load_old_faithful(standardize=True)
+
+
+# --------------------------------------------------------------------------- generic engine
+def test_toy_model_elbo_equals_log_evidence():
+    # q(mu) is the exact posterior, so the ELBO is the log evidence; marginally
+    # x ~ N(m0 1, I/tau + 1 1^T / l0). Both are O(10) sums in float64: 1e-10 relative is safe.
+    model = NormalMean()
+    assert isinstance(model, ConjugateModel)
+    x = torch.randn(12, dtype=torch.float64)
+    fit = cavi(model, x)
+    cov = np.eye(12) / model.tau + np.ones((12, 12)) / model.l0
+    log_z = scipy.stats.multivariate_normal(np.full(12, model.m0), cov).logpdf(x.numpy())
+    assert fit.elbo == pytest.approx(log_z, rel=1e-10)
+    # the first global step already reaches the optimum: the next sweep changes nothing
+    assert fit.converged
+    assert fit.n_iter == 1
+    assert fit.history["elbo"].iloc[0] == pytest.approx(log_z, rel=1e-10)
+
+
+def test_guide_needs_fitted_guide_on_the_model():
+    fit = cavi(NormalMean(), torch.randn(5, dtype=torch.float64))
+    with pytest.raises(AttributeError, match="fitted_guide"):
+        _ = fit.guide
+
+
+def test_model_must_implement_the_protocol():
+    with pytest.raises(TypeError, match="ConjugateModel"):
+        cavi(object(), torch.randn(5, dtype=torch.float64))
+
+
+class _Chunky(NormalMean):
+    def __init__(self, per_point: int) -> None:
+        super().__init__()
+        self.per_point = per_point
+        self.calls: list[int] = []
+
+    def local_bytes_per_point(self, data: Tensor) -> int:
+        return self.per_point
+
+    def local_step(self, data: Tensor, params: tuple) -> Local:
+        self.calls.append(int(data.shape[0]))
+        return super().local_step(data, params)
+
+
+@pytest.mark.parametrize("chunk_size", [1, 7, 99, 100, 1000])
+def test_local_pass_is_additive_over_chunks(chunk_size):
+    model = NormalMean()
+    x = torch.randn(100, dtype=torch.float64)
+    params = (torch.tensor(0.3, dtype=torch.float64), torch.tensor(4.0, dtype=torch.float64))
+    whole = local_pass(model, x, params, chunk_size=0)
+    parts = local_pass(model, x, params, chunk_size=chunk_size)
+    # sums of <= 100 O(1) terms in a different order: round-off ~1e-14 relative
+    for a, b in zip(whole.stats, parts.stats, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=0)
+    torch.testing.assert_close(whole.elbo, parts.elbo, rtol=1e-12, atol=0)
+
+
+def test_automatic_chunk_size_from_memory_estimate():
+    # 64 MiB / 2**30 bytes per point rounds to 0 rows, so the floor of 1024 rows applies:
+    # 2500 points run as chunks of 1024, 1024, 452.
+    model = _Chunky(per_point=2**30)
+    x = torch.randn(2500, dtype=torch.float64)
+    params = (torch.tensor(0.0, dtype=torch.float64), torch.tensor(1.0, dtype=torch.float64))
+    local_pass(model, x, params, chunk_size=None)
+    assert model.calls == [1024, 1024, 452]
+    small = _Chunky(per_point=8)  # 64 MiB / 8 B: the whole set fits in one chunk
+    local_pass(small, x, params, chunk_size=None)
+    assert small.calls == [2500]
+    # a model without the estimate is never chunked
+    assert local_pass(NormalMean(), x, params, chunk_size=None).stats[0] == 2500
+
+
+class _Pairs:
+    """local_step on (x, w) tuples: chunking must split both members alike."""
+
+    def local_step(self, data: tuple[Tensor, Tensor], params: Any) -> Local:
+        x, w = data
+        return Local(((w[:, None] * x).sum(0), w.sum()), (w * x.square().sum(-1)).sum())
+
+
+def test_local_pass_splits_tuple_data_consistently():
+    x = torch.randn(30, 2, dtype=torch.float64)
+    w = torch.rand(30, dtype=torch.float64)
+    whole = local_pass(_Pairs(), (x, w), None, chunk_size=0)
+    parts = local_pass(_Pairs(), (x, w), None, chunk_size=4)
+    for a, b in zip(whole.stats, parts.stats, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-14)
+    torch.testing.assert_close(whole.elbo, parts.elbo, rtol=1e-12, atol=0)
+
+
+def test_local_pass_refuses_to_chunk_unknown_data():
+    with pytest.raises(TypeError, match="chunk_size=0"):
+        local_pass(_Pairs(), [1.0, 2.0], None, chunk_size=1)
+
+
+# ------------------------------------------------------------------------------ loop rules
+def test_result_record_and_history(faithful):
+    fit = cavi(GaussianMixture(3), faithful, seed=1)
+    assert isinstance(fit, CAVIResult)
+    h = fit.history
+    assert isinstance(h, pd.DataFrame)
+    assert list(h.columns) == ["iteration", "elbo", "seconds"]
+    assert h["iteration"].tolist() == list(range(fit.n_iter + 1))
+    assert h["seconds"].is_monotonic_increasing
+    assert h["elbo"].iloc[-1] == fit.elbo
+    assert fit.converged
+    # the loop stopped at the first relative change <= tol (default 1e-8), not before
+    change = h["elbo"].diff().abs().iloc[1:] / h["elbo"].abs().iloc[1:].clip(lower=1.0)
+    assert change.iloc[-1] <= 1e-8
+    assert (change.iloc[:-1] > 1e-8).all()
+    # the reported ELBO is the bound at the returned params (recomputed independently of the
+    # loop; the same float64 operations, so equal to round-off)
+    assert fit.model.elbo(faithful, fit.params) == pytest.approx(fit.elbo, rel=1e-12)
+
+
+def test_tol_zero_runs_max_iter_and_warns(faithful):
+    with pytest.warns(ConvergenceWarning, match="max_iter=4"):
+        fit = cavi(GaussianMixture(3), faithful, max_iter=4, tol=0.0)
+    assert not fit.converged
+    assert fit.n_iter == 4
+    assert len(fit.history) == 5
+
+
+def test_no_warning_when_warn_false(faithful):
+    # pytest turns every warning into an error (pyproject filterwarnings), so this proves silence
+    fit = cavi(GaussianMixture(3), faithful, max_iter=2, tol=0.0, warn=False)
+    assert not fit.converged
+
+
+def test_large_tol_stops_after_one_sweep(faithful):
+    fit = cavi(GaussianMixture(3), faithful, tol=1.0)
+    assert fit.converged
+    assert fit.n_iter == 1
+
+
+def test_progress_bar_runs_and_does_not_change_the_fit(faithful, capsys):
+    quiet = cavi(GaussianMixture(2), faithful, max_iter=30, progress=False, warn=False)
+    loud = cavi(GaussianMixture(2), faithful, max_iter=30, progress=True, warn=False)
+    assert "CAVI 1/1" in capsys.readouterr().err
+    assert loud.history["elbo"].tolist() == quiet.history["elbo"].tolist()
+
+
+def test_chunked_fit_equals_unchunked_fit(faithful):
+    # The local step is a sum over points, so chunks of 7 rows only reorder float64 additions:
+    # 1e-10 relative on ELBOs of size ~400 and on the parameters is far above that round-off.
+    a = cavi(GaussianMixture(4), faithful, chunk_size=0, max_iter=60, warn=False)
+    b = cavi(GaussianMixture(4), faithful, chunk_size=7, max_iter=60, warn=False)
+    assert a.n_iter == b.n_iter
+    np.testing.assert_allclose(b.history["elbo"], a.history["elbo"], rtol=1e-10)
+    for name in ("loc", "precision_scale", "scale_tril", "df"):
+        torch.testing.assert_close(getattr(b.params.components, name),
+                                   getattr(a.params.components, name), rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(b.params.weights.concentration, a.params.weights.concentration,
+                               rtol=1e-10, atol=0)
+
+
+def test_n_init_keeps_the_best_and_restarts_use_consecutive_seeds(faithful):
+    fit = cavi(GaussianMixture(5), faithful, n_init=4, seed=10, max_iter=40, warn=False)
+    assert len(fit.runs) == 4
+    elbos = [r.elbo for r in fit.runs]
+    assert fit.elbo == max(elbos)
+    best = fit.runs[int(np.argmax(elbos))]
+    assert best.params is fit.params
+    assert best.history is fit.history
+    # restart i is the single run with seed + i: the same ELBO trajectory bit for bit
+    for i, run in enumerate(fit.runs):
+        alone = cavi(GaussianMixture(5), faithful, seed=10 + i, max_iter=40, warn=False)
+        assert alone.history["elbo"].tolist() == run.history["elbo"].tolist()
+    # restarts differ (else n_init would be pointless)
+    assert len({r.history["elbo"].iloc[0] for r in fit.runs}) == 4
+
+
+def test_same_seed_same_history_and_seed_none_runs(faithful):
+    for init in ("kmeans++", "random"):
+        a = cavi(GaussianMixture(3), faithful, init=init, seed=3, max_iter=25, warn=False)
+        b = cavi(GaussianMixture(3), faithful, init=init, seed=3, max_iter=25, warn=False)
+        assert a.history["elbo"].tolist() == b.history["elbo"].tolist()
+    c = cavi(GaussianMixture(3), faithful, seed=None, max_iter=25, warn=False)
+    assert np.isfinite(c.elbo)
+
+
+# ------------------------------------------------------------------------ safety guards
+class _BrokenGlobal(GaussianMixture):
+    """Shifts every mean by 10 (standardized units) in the global step of sweep ``bad``."""
+
+    def __init__(self, *args: Any, bad: int, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.bad = bad
+        self.calls = [0]  # shared by the copies that prepare() makes
+
+    def global_step(self, stats, params):
+        new = super().global_step(stats, params)
+        sweep = self.calls[0]  # call 0 is the initial step, call i belongs to sweep i
+        self.calls[0] += 1
+        if sweep == self.bad:
+            new.components.loc = new.components.loc + 10.0
+        return new
+
+
+def test_broken_global_step_raises_elbo_decrease_naming_the_iteration(faithful):
+    with pytest.raises(ELBODecreaseError, match="CAVI iteration 3: the ELBO decreased"):
+        cavi(_BrokenGlobal(3, bad=3), faithful, max_iter=50, warn=False)
+
+
+def test_monotone_rtol_is_the_allowance(faithful):
+    # the same bug passes when the allowance is absurdly loose: the check is the only guard
+    fit = cavi(_BrokenGlobal(3, bad=3), faithful, max_iter=5, monotone_rtol=1e6, warn=False)
+    assert fit.history["elbo"].diff().iloc[3] < 0
+
+
+class _NaNLocal(GaussianMixture):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.calls = [0]
+
+    def local_step(self, data, params):
+        out = super().local_step(data, params)
+        self.calls[0] += 1
+        if self.calls[0] == 3:  # the local step of sweep 2
+            return Local(out.stats, out.elbo * float("nan"))
+        return out
+
+
+def test_nan_elbo_raises_numerical_error_naming_the_iteration(faithful):
+    with pytest.raises(NumericalError, match="CAVI iteration 2: the ELBO is nan"):
+        cavi(_NaNLocal(3), faithful, chunk_size=0, max_iter=10, warn=False)
+
+
+class _NoPrepare(GaussianMixture):
+    def prepare(self, data):
+        raise AssertionError("options must be checked before the data are touched")
+
+
+@pytest.mark.parametrize(
+    ("options", "match"),
+    [
+        ({"max_iter": 0}, "max_iter"),
+        ({"max_iter": -3}, "max_iter"),
+        ({"max_iter": 2.5}, "max_iter"),
+        ({"max_iter": True}, "max_iter"),
+        ({"tol": -1e-3}, "tol"),
+        ({"tol": float("nan")}, "tol"),
+        ({"tol": float("inf")}, "tol"),
+        ({"tol": "1e-3"}, "tol"),
+        ({"n_init": 0}, "n_init"),
+        ({"n_init": 1.0}, "n_init"),
+        ({"init": torch.full((272, 2), 0.5, dtype=torch.float64), "n_init": 2}, "n_init"),
+        ({"chunk_size": -1}, "chunk_size"),
+        ({"chunk_size": 7.0}, "chunk_size"),
+        ({"monotone_rtol": -1e-9}, "monotone_rtol"),
+        ({"monotone_rtol": float("nan")}, "monotone_rtol"),
+    ],
+)
+def test_bad_options_raise_before_any_work(faithful, options, match):
+    with pytest.raises(ValueError, match=match):
+        cavi(_NoPrepare(2), faithful, **options)
+
+
+@pytest.mark.parametrize(
+    ("init", "match"),
+    [
+        ("kmeans", "init must be 'kmeans\\+\\+', 'random'"),
+        (torch.full((272, 3), 0.5, dtype=torch.float64), "init responsibilities must be"),
+        (torch.full((271, 2), 0.5, dtype=torch.float64), "init responsibilities must be"),
+        (torch.full((272, 2), 0.4, dtype=torch.float64), "init responsibilities must be"),
+        (torch.tensor([[1.5, -0.5]] * 272, dtype=torch.float64), "init responsibilities must be"),
+    ],
+)
+def test_bad_init_raises_before_the_first_sweep(faithful, init, match):
+    with pytest.raises(ValueError, match=match):
+        cavi(GaussianMixture(2), faithful, init=init)
+
+
+def test_init_of_another_type_is_a_type_error(faithful):
+    with pytest.raises(TypeError, match="init must be a method name or a Tensor"):
+        cavi(_NoPrepare(2), faithful, init=np.full((272, 2), 0.5))
+
+
+def test_float32_fit_is_not_mistaken_for_an_elbo_decrease(faithful):
+    # A float32 ELBO carries ~1e-6 relative round-off (its KL terms are differences of
+    # lgamma's of size ~1e3), so near convergence it wobbles by ~1e-4 nats although the same
+    # params evaluated in float64 still increase. The allowance scales with the dtype's eps.
+    gmm = GaussianMixture(6, weight_concentration=1e-3, dtype=torch.float32)
+    for seed in range(3):
+        fit32 = cavi(gmm, faithful, seed=seed, tol=1e-6)
+        assert fit32.converged
+        assert fit32.params.weights.concentration.dtype == torch.float32
+        fit64 = cavi(GaussianMixture(6, weight_concentration=1e-3), faithful, seed=seed)
+        # same optimum; float32 evaluation plus an earlier stop: agree to ~1e-6 relative
+        assert fit32.elbo == pytest.approx(fit64.elbo, rel=1e-5)
+
+
+def test_result_exports_to_arviz_with_one_chain_per_restart():
+    from pyro_vi import GaussianMixture, load_old_faithful
+
+    x = load_old_faithful(standardize=True)
+    fit = cavi(GaussianMixture(2), x, n_init=3, seed=0)
+    assert fit.data is not None
+    idata = fit.to_inference_data(num_samples=20, restarts=True)
+    assert idata.posterior.sizes["chain"] == 3
+    assert idata.posterior.sizes["draw"] == 20
+    assert "obs" in idata.log_likelihood
+    single = fit.to_inference_data(num_samples=20)
+    assert single.posterior.sizes["chain"] == 1
+    # the fit's ELBO history, final ELBO, method and convergence flag travel along
+    stats = single.sample_stats
+    assert float(stats.final_elbo[0]) == pytest.approx(fit.elbo, rel=1e-12)
+    assert stats.elbo.shape == (1, len(fit.history))
+    assert bool(stats.converged[0]) is fit.converged
+    assert stats.attrs["inference_method"] == "CAVI"

@@ -166,7 +166,7 @@ def load_datasets(*, quick: bool) -> list[DataSet]:
 def run_cavi(gmm: GaussianMixture, x: torch.Tensor, seed: int, budget: Budget) -> Run:
     fit = cavi(gmm, x, seed=seed, max_iter=budget.cavi_iter, tol=budget.cavi_tol, warn=False)
     h = fit.history
-    return Run("CAVI", h.iteration.to_numpy(), h.seconds.to_numpy(), h.elbo.to_numpy(), fit.params,
+    return Run("CAVI", h.step.to_numpy(), h.seconds.to_numpy(), h.elbo.to_numpy(), fit.params,
                "" if fit.converged else "not converged")
 
 
@@ -186,11 +186,11 @@ def run_cavi_restarts(gmm: GaussianMixture, x: torch.Tensor, seed: int, budget: 
     for i, r in enumerate(fit.runs):
         h = r.history
         t_off += init if i else 0.0
-        steps.append(s_off + h.iteration.to_numpy())
+        steps.append(s_off + h.step.to_numpy())
         seconds.append(t_off + h.seconds.to_numpy())
         elbo.append(np.maximum(best, h.elbo.to_numpy()))
         t_off += float(h.seconds.iloc[-1])
-        s_off += int(h.iteration.iloc[-1])
+        s_off += int(h.step.iloc[-1])
         best = max(best, float(h.elbo.max()))
     return Run(f"CAVI x{RESTARTS}", np.concatenate(steps), np.concatenate(seconds), np.concatenate(elbo),
                fit.params, "" if fit.converged else "not converged")

@@ -85,7 +85,7 @@ def run_batch(model: GaussianMixture, x: torch.Tensor, seed: int) -> pd.DataFram
     total = time.perf_counter() - t0
     hist = fit.history
     init = total - float(hist["seconds"].iloc[-1])  # prepare + k-means++ (before the clock)
-    return pd.DataFrame({"step": hist["iteration"], "seconds": init + hist["seconds"],
+    return pd.DataFrame({"step": hist["step"], "seconds": init + hist["seconds"],
                          "elbo": hist["elbo"]})
 
 

@@ -80,17 +80,17 @@ def run(name: str, x: torch.Tensor, gmm: GaussianMixture, *, steps: int, eval_ev
     # the clock of the winning start, after the losing starts that ran before it
     before = sum(float(r.history.seconds.iloc[-1]) for r in fit.runs[: fit.runs.index(
         max(fit.runs, key=lambda r: r.elbo))])
-    traces = {"CAVI": fit.history.rename(columns={"iteration": "step"}).assign(
+    traces = {"CAVI": fit.history.assign(
         seconds=lambda h: h.seconds + before)}
     rows: list[dict[str, object]] = [{"data": name, "method": "CAVI", "final_elbo": best,
-                                      "total_seconds": cavi_total, "steps": fit.n_iter}]
+                                      "total_seconds": cavi_total, "steps": fit.n_steps}]
     for method, budget in budgets(steps).items():
         svi = fit_gmm_svi(gmm, x, method=method, num_steps=budget, seed=0, tol=0.0,
                           eval_every=eval_every)
         label = f"SVI {method}"
         traces[label] = svi.trace
         rows.append({"data": name, "method": label, "final_elbo": svi.elbo,
-                     "total_seconds": float(svi.trace.seconds.iloc[-1]), "steps": svi.svi.num_steps})
+                     "total_seconds": float(svi.trace.seconds.iloc[-1]), "steps": svi.svi.n_steps})
     for row in rows:
         trace = traces[str(row["method"])]
         row["gap_percent"] = 100 * (best - float(row["final_elbo"])) / abs(best)  # type: ignore[arg-type]

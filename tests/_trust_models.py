@@ -6,13 +6,14 @@ global default dtype.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import Any
 
 import pandas as pd
 import pyro
 import pyro.distributions as dist
 import torch
+
+from pyro_vi import SVIResult
 
 F64 = torch.float64
 
@@ -71,17 +72,14 @@ def gmm_data(n: int = 30, sep: float = 4.0, dim: int = 2, seed: int = 0) -> torc
                       torch.randn(n, dim, generator=g, dtype=F64) + shift])
 
 
-@dataclass
-class FakeResult:
-    """The duck type a fit result offers: guide, model, params, history, converged."""
-
-    guide: Any
-    model: Any
-    params: dict[str, torch.Tensor]
-    history: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(
-        {"step": [1, 2, 3], "elbo": [-30.0, -20.0, -19.5]}))
-    converged: bool = True
-    final_elbo: float = -19.5
+def FakeResult(guide: Any, model: Any, params: dict[str, torch.Tensor], *,  # noqa: N802
+               history: pd.DataFrame | None = None, converged: bool = True,
+               elbo: float = -19.5) -> SVIResult:
+    """An SVI result with hand-set params, history and flag (no training)."""
+    if history is None:
+        history = pd.DataFrame({"step": [1, 2, 3], "elbo": [-30.0, -20.0, -19.5]})
+    return SVIResult(params=params, elbo=elbo, converged=converged, n_steps=len(history),
+                     history=history, model=model, guide=guide)
 
 
 def param_guide(y: torch.Tensor) -> None:

@@ -134,7 +134,7 @@ class GaussianMixture(GMMPyroMixin):
     >>> from pyro_vi import cavi, load_old_faithful
     >>> gmm = GaussianMixture(6, weight_concentration=1e-3)
     >>> fit = cavi(gmm, load_old_faithful(standardize=True), seed=0, max_iter=1000)
-    >>> fit.model.summary(fit.params).n_effective
+    >>> fit.cavi_model.summary(fit.params).n_effective
     2
     """
 

@@ -196,7 +196,7 @@ def fit_gmm_svi(
                      seed=seed, progress=progress, callback=callback, **fit_kwargs)
     params = gmm.params_from_store(x)
     final = gmm.elbo(x, params)
-    if not rows or rows[-1][0] != result.num_steps:
-        rows.append((result.num_steps, time.perf_counter() - t0 - spent["eval"], final))
+    if not rows or rows[-1][0] != result.n_steps:
+        rows.append((result.n_steps, time.perf_counter() - t0 - spent["eval"], final))
     trace = pd.DataFrame(rows, columns=["step", "seconds", "elbo"])
     return GMMSVIFit(svi=result, params=params, elbo=final, trace=trace, method=method)

@@ -14,8 +14,6 @@ import math
 import sys
 import time
 import warnings
-from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any, NamedTuple, Protocol, runtime_checkable
 
 import pandas as pd
@@ -24,6 +22,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from pyro_vi.errors import ConvergenceWarning, ELBODecreaseError, NumericalError
+from pyro_vi.results import CAVIResult, CAVIRun
 
 __all__ = ["CAVIResult", "CAVIRun", "ConjugateModel", "Local", "cavi", "local_pass"]
 
@@ -78,95 +77,6 @@ class ConjugateModel(Protocol):
     def global_elbo(self, params: Any) -> Tensor:
         """ELBO terms that do not sum over data points."""
         ...
-
-
-@dataclass(frozen=True)
-class CAVIRun:
-    """One restart of :func:`cavi`."""
-
-    params: Any
-    elbo: float
-    n_iter: int
-    converged: bool
-    history: pd.DataFrame
-
-
-@dataclass(frozen=True)
-class CAVIResult:
-    """Result of :func:`cavi`: the best of ``n_init`` restarts.
-
-    Attributes
-    ----------
-    params : Any
-        Fitted global variational parameters (the model's params record, float64 tensors on
-        the data's device).
-    elbo : float
-        Analytic ELBO at ``params`` (nats).
-    n_iter : int
-        Number of sweeps (global step + local step) of the best restart.
-    converged : bool
-        Whether the relative ELBO change fell below ``tol``.
-    history : pandas.DataFrame
-        Columns ``iteration``, ``elbo``, ``seconds`` (cumulative wall-clock) of the best run.
-    model : ConjugateModel
-        The prepared model (priors resolved), needed to interpret ``params``.
-    runs : tuple of CAVIRun
-        Every restart, in the order they ran.
-    data : Any
-        The prepared data the fit used (a reference, not a copy), so that
-        :meth:`to_inference_data` and :meth:`diagnose` need no arguments.
-    """
-
-    params: Any
-    elbo: float
-    n_iter: int
-    converged: bool
-    history: pd.DataFrame
-    model: Any
-    runs: tuple[CAVIRun, ...] = field(default_factory=tuple)
-    data: Any = field(default=None, repr=False, compare=False)
-
-    def _args(self, args: tuple[Any, ...]) -> tuple[Any, ...]:
-        if args:
-            return args
-        if self.data is None:
-            raise ValueError("this result carries no data: pass the model's data arguments")
-        return self.data if isinstance(self.data, tuple) else (self.data,)
-
-    def restart_results(self) -> list[CAVIResult]:
-        """One result per restart (for one ArviZ chain per independent fit)."""
-        return [CAVIResult(params=r.params, elbo=r.elbo, n_iter=r.n_iter, converged=r.converged,
-                           history=r.history, model=self.model, runs=(r,), data=self.data)
-                for r in self.runs]
-
-    def to_inference_data(self, *args: Any, restarts: bool = False, **kwargs: Any) -> Any:
-        """ArviZ ``InferenceData`` of this fit (see :func:`pyro_vi.to_inference_data`).
-
-        ``restarts=True`` makes every restart of ``n_init`` its own chain, so between-fit
-        disagreement shows in ``az.summary``'s ``r_hat``.
-        """
-        from pyro_vi.diagnostics.inference_data import inference_data_from_result
-
-        target: Any = self.restart_results() if restarts else self
-        return inference_data_from_result(target, *self._args(args), **kwargs)
-
-    def diagnose(self, *args: Any, **kwargs: Any) -> Any:
-        """Plain-text trust report (see :func:`pyro_vi.diagnostics.report`)."""
-        from pyro_vi.diagnostics.report import diagnose
-
-        return diagnose(self, *self._args(args), **kwargs)
-
-    @property
-    def guide(self) -> Callable[..., Any]:
-        """A Pyro guide carrying the fitted parameters (``model.fitted_guide(params)``).
-
-        ``pyro.infer.Predictive(result.model.model, guide=result.guide, num_samples=...)``
-        works with it, and so does :func:`pyro_vi.elbo_estimate`.
-        """
-        make = getattr(self.model, "fitted_guide", None)
-        if make is None:
-            raise AttributeError(f"{type(self.model).__name__} defines no fitted_guide()")
-        return make(self.params)
 
 
 def _split(data: Any, start: int, stop: int) -> Any:
@@ -281,8 +191,8 @@ def _one_run(
         if abs(change) <= tol * scale:
             converged = True
             break
-    history = pd.DataFrame(rows, columns=["iteration", "elbo", "seconds"])
-    return CAVIRun(params=params, elbo=elbo, n_iter=it, converged=converged, history=history)
+    history = pd.DataFrame(rows, columns=["step", "elbo", "seconds"])
+    return CAVIRun(params=params, elbo=elbo, n_steps=it, converged=converged, history=history)
 
 
 def cavi(
@@ -396,7 +306,6 @@ def cavi(
         warnings.warn(
             f"CAVI did not converge in max_iter={max_iter} sweeps (tol={tol}); "
             "raise max_iter or tol", ConvergenceWarning, stacklevel=2)
-    return CAVIResult(params=best.params, elbo=best.elbo, n_iter=best.n_iter,
-                      converged=best.converged, history=best.history, model=model,
-                      runs=tuple(runs), data=data)
+    return CAVIResult.from_run(model, best, runs=tuple(runs),
+                               data=data if isinstance(data, tuple) else (data,))
 

@@ -13,55 +13,16 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import math
 from typing import Any
 
-import numpy as np
 import torch
 from torch import Tensor
 
+from pyro_vi._checks import as_vector, check_finite, check_positive
 from pyro_vi.cavi.engine import local_pass
 from pyro_vi.factors import ExpFamFactor
 
 __all__ = ["ConjugateModelBase", "FittedGuide", "as_vector", "check_finite", "check_positive", "detach_params"]
-
-
-def check_finite(name: str, value: Any) -> float:
-    """Return ``value`` as a float after checking it is a finite real number (else ValueError)."""
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-        raise ValueError(f"{name} must be a finite number, got {value!r}")
-    return float(value)
-
-
-def check_positive(name: str, value: Any) -> float:
-    """Return ``value`` as a float after checking it is a finite number > 0 (else ValueError)."""
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) \
-            or value <= 0:
-        raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
-    return float(value)
-
-
-def as_vector(x: Any, name: str, *, dtype: torch.dtype = torch.float64,
-              device: torch.device | str | None = None, integer: bool = False) -> Tensor:
-    """Check that ``x`` is a finite, non-empty 1-D numeric array; return a ``dtype`` tensor.
-
-    With ``integer=True`` every entry must be a whole number (any numeric dtype is accepted;
-    booleans count as 0/1).
-    Raises ``TypeError`` for non-numeric input and ``ValueError`` naming ``name`` otherwise.
-    """
-    t = x if isinstance(x, Tensor) else torch.as_tensor(np.asarray(x))
-    if t.is_complex() or not (t.is_floating_point() or t.dtype in (
-            torch.bool, torch.int8, torch.int16, torch.int32, torch.int64, torch.uint8)):
-        raise TypeError(f"{name} must hold real numbers, got dtype {t.dtype}")
-    if t.dim() != 1 or t.shape[0] == 0:
-        raise ValueError(f"{name} must be a non-empty 1-D array, got shape {tuple(t.shape)}")
-    t = t.to(dtype=dtype, device=device)
-    if not torch.isfinite(t).all():
-        raise ValueError(f"{name} holds NaN or inf (first at index "
-                         f"{int((~torch.isfinite(t)).nonzero()[0])})")
-    if integer and (t != torch.round(t)).any():
-        raise ValueError(f"{name} must hold whole numbers (counts)")
-    return t
 
 
 def detach_params(params: Any) -> Any:

@@ -22,9 +22,10 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from pyro_vi.cavi.engine import CAVIResult, CAVIRun, ConjugateModel, local_pass
+from pyro_vi.cavi.engine import ConjugateModel, local_pass
 from pyro_vi.errors import ConvergenceWarning, NumericalError
 from pyro_vi.factors import ExpFamFactor, blend
+from pyro_vi.results import CAVIResult, CAVIRun
 
 __all__ = ["blend_params", "step_size", "svi_cavi"]
 
@@ -273,10 +274,9 @@ def svi_cavi(
         elbo = float(local.elbo + model.global_elbo(params))
         if not math.isfinite(elbo):
             raise NumericalError(f"stochastic VI: the final full-data ELBO is {elbo}")
-    history = pd.DataFrame(rows, columns=["iteration", "elbo", "seconds", "rho"])
+    history = pd.DataFrame(rows, columns=["step", "elbo", "seconds", "rho"])
     if warn and tol is not None and not converged:
         warnings.warn(f"stochastic VI did not meet tol={tol} in {step} steps; raise the "
                       "budget or tol", ConvergenceWarning, stacklevel=2)
-    run = CAVIRun(params=params, elbo=elbo, n_iter=step, converged=converged, history=history)
-    return CAVIResult(params=params, elbo=elbo, n_iter=step, converged=converged,
-                      history=history, model=model, runs=(run,))
+    run = CAVIRun(params=params, elbo=elbo, n_steps=step, converged=converged, history=history)
+    return CAVIResult.from_run(model, run, runs=(run,), data=data if isinstance(data, tuple) else (data,))

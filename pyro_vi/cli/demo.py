@@ -59,9 +59,9 @@ def run_demo(*, out: Path, steps: int | None = None, seed: int = 0, progress: bo
     fit = cavi(gmm, x, seed=seed, max_iter=2000, progress=progress)
     secs = time.perf_counter() - t0
     best = fit.elbo
-    traces["CAVI"] = fit.history.rename(columns={"iteration": "step"})
-    fits["CAVI"] = (fit.model, fit.params)
-    rows.append(("CAVI", fit.elbo, fit.n_iter, secs, fit.model.summary(fit.params).n_effective))
+    traces["CAVI"] = fit.history
+    fits["CAVI"] = (fit.cavi_model, fit.params)
+    rows.append(("CAVI", fit.elbo, fit.n_steps, secs, fit.cavi_model.summary(fit.params).n_effective))
     methods = [("trace", "SVI Trace_ELBO"), ("enum", "SVI TraceEnum_ELBO")]
     if free_trace:
         methods.append(("trace-free", "SVI Trace_ELBO, free q(z)"))
@@ -73,7 +73,7 @@ def run_demo(*, out: Path, steps: int | None = None, seed: int = 0, progress: bo
         model = gmm.resolve(x)
         traces[label] = sfit.trace
         fits[label] = (model, sfit.params)
-        rows.append((label, sfit.elbo, sfit.svi.num_steps, secs, model.summary(sfit.params).n_effective))
+        rows.append((label, sfit.elbo, sfit.svi.n_steps, secs, model.summary(sfit.params).n_effective))
     table = pd.DataFrame(rows, columns=["method", "elbo", "iterations", "seconds", "n_effective"])
     table["seconds_to_0.1%_of_CAVI"] = [_time_to(traces[m], best) for m in table.method]
 

@@ -125,23 +125,19 @@ def seeded(seed: int | None) -> Iterator[None]:
 
 
 def result_model(result: Any, model: Callable[..., Any] | None) -> Callable[..., Any]:
-    """Find the Pyro model of a result: ``result.model``, or its ``.model`` method (CAVI)."""
+    """The Pyro model of a fit: ``model`` if given, else ``result.model`` (a :class:`~pyro_vi.results.FitResult`)."""
     if model is not None:
         return model
     m = getattr(result, "model", None)
-    if m is not None and not callable(m) and callable(getattr(m, "model", None)):
-        return m.model  # type: ignore[no-any-return]
     if m is None or not callable(m):
-        raise ValueError(f"{type(result).__name__} carries no Pyro model: pass model=...")
+        raise ValueError("this result carries no Pyro model: pass model=...")
     return m  # type: ignore[no-any-return]
 
 
 def result_params(result: Any) -> Mapping[str, Tensor] | None:
-    """Return a result's ``params`` if it is a mapping of tensors (an SVI fit), else None."""
-    params = getattr(result, "params", None)
-    if isinstance(params, Mapping) and all(isinstance(v, Tensor) for v in params.values()):
-        return params
-    return None
+    """The param-store values a result's guide reads (``FitResult.store_params``), or None."""
+    params: Mapping[str, Tensor] | None = getattr(result, "store_params", None)
+    return params
 
 
 def _param_scope(guide: Callable[..., Any], params: Mapping[str, Any] | None,

@@ -93,9 +93,9 @@ def fit_info_from_result(result: Any) -> FitInfo:
     elbo = None
     if history is not None and "elbo" in getattr(history, "columns", ()):
         elbo = [float(v) for v in history["elbo"]]
-    final = getattr(result, "final_elbo", getattr(result, "elbo", None))
+    final = getattr(result, "elbo", None)
     final = float(final) if isinstance(final, (int, float)) else (elbo[-1] if elbo else None)
-    method = type(result).__name__.removesuffix("Result") or "variational"
+    method = str(getattr(result, "method", "variational"))
     converged = getattr(result, "converged", None)
     return FitInfo(method, elbo, None if converged is None else bool(converged), final)
 

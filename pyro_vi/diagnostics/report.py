@@ -160,7 +160,7 @@ def _unpack(fit: Any, model: Callable[..., Any] | None) -> tuple[Any, Any, Any, 
 
 def _report(fit: Any, converged: bool | None, trend: ElboTrend | None, psis: PSISResult,
             comparison: MCMCComparison | None, verdict: str, figures: Sequence[Path]) -> str:
-    name = type(fit).__name__.removesuffix("Result") if fit is not None else "guide"
+    name = getattr(fit, "method", "variational") if fit is not None else "guide"
     lines = [f"pyro-vi diagnose: {name} fit", f"  verdict:    {verdict.upper()}"]
     if converged is None:
         lines.append("  converged:  unknown (no fit result given)")

@@ -15,7 +15,6 @@ import sys
 import time
 import warnings
 from collections.abc import Callable, Iterable, Sized
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +27,7 @@ from pyro.infer.elbo import ELBO
 from pyro.util import get_rng_state, set_rng_state
 from tqdm.std import tqdm
 
+from pyro_vi.results import SVIResult
 from pyro_vi.svi.batches import BatchCursor, split_batch
 from pyro_vi.svi.checkpoint import load_checkpoint, restore_param_store, save_checkpoint
 from pyro_vi.svi.guard import FiniteGuard, NonFiniteLossError, NonFiniteStep, describe
@@ -37,67 +37,6 @@ __all__ = ["NonFiniteLossError", "SVIResult", "fit_svi"]
 
 #: Pyro's own NaN warning (``pyro.util.warn_if_nan``); fit_svi raises an error instead.
 _PYRO_NAN_WARNING = r"Encountered (NaN|[+-]?inf)"
-
-
-@dataclass(repr=False)
-class SVIResult:
-    """Outcome of :func:`fit_svi`.
-
-    Attributes
-    ----------
-    params
-        Every parameter in the param store at the end, as detached clones of the *constrained*
-        values (later training does not change them).
-    history
-        One row per step: ``step`` (1-based), ``loss`` (the ELBO estimator's loss, float64),
-        ``elbo`` (``-loss``) and ``seconds`` (cumulative wall-clock time).
-    converged
-        Whether the windowed stopping rule was met.
-    num_steps
-        Steps taken in total (including those before a resume).
-    stop_reason
-        ``"converged"``, ``"max_steps"``, ``"callback"``, ``"interrupted"`` (Ctrl-C) or, on the
-        partial result of a :class:`NonFiniteLossError`, ``"non_finite"``.
-    interrupted
-        True when the loop was stopped by :class:`KeyboardInterrupt`.
-    final_loss, final_elbo
-        Mean loss (and its negative) over the last ``window`` steps, the smoothed value the
-        stopping rule sees; NaN if no step ran.
-    guide, model
-        The callables that were fitted.
-    """
-
-    params: dict[str, torch.Tensor]
-    history: pd.DataFrame
-    converged: bool
-    num_steps: int
-    stop_reason: str
-    interrupted: bool
-    final_loss: float
-    final_elbo: float
-    guide: Callable[..., Any] = field(compare=False)
-    model: Callable[..., Any] = field(compare=False)
-
-    def __repr__(self) -> str:
-        return (f"SVIResult(stop_reason={self.stop_reason!r}, num_steps={self.num_steps}, "
-                f"converged={self.converged}, final_elbo={self.final_elbo:.6g}, "
-                f"params={sorted(self.params)})")
-
-    def to_inference_data(self, *args: Any, **kwargs: Any) -> Any:
-        """ArviZ ``InferenceData`` of this fit; ``*args`` are the model's data arguments.
-
-        The guide runs in a scoped param store holding exactly :attr:`params`, so the export
-        is right even after the global store moved on (see :func:`pyro_vi.to_inference_data`).
-        """
-        from pyro_vi.diagnostics.inference_data import inference_data_from_result
-
-        return inference_data_from_result(self, *args, **kwargs)
-
-    def diagnose(self, *args: Any, **kwargs: Any) -> Any:
-        """Plain-text trust report (see :func:`pyro_vi.diagnostics.report`); ``*args`` are the data."""
-        from pyro_vi.diagnostics.report import diagnose
-
-        return diagnose(self, *args, **kwargs)
 
 
 def _check_int(name: str, value: Any, minimum: int) -> None:
@@ -253,7 +192,7 @@ def fit_svi(model: Callable[..., Any], guide: Callable[..., Any], *args: Any,
     >>> pyro.clear_param_store()
     >>> fit = fit_svi(model, AutoNormal(model), x, num_steps=300, seed=0, progress=False,
     ...               optim=pyro.optim.ClippedAdam({"lr": 0.1, "lrd": 0.99}))
-    >>> fit.stop_reason, fit.num_steps, list(fit.history.columns)
+    >>> fit.stop_reason, fit.n_steps, list(fit.history.columns)
     ('max_steps', 300, ['step', 'loss', 'elbo', 'seconds'])
     >>> # exact posterior: N(4 / 4.01, 1 / 4.01)
     >>> loc, scale = fit.params["AutoNormal.locs.mu"], fit.params["AutoNormal.scales.mu"]
@@ -331,13 +270,13 @@ def fit_svi(model: Callable[..., Any], guide: Callable[..., Any], *args: Any,
     except NonFiniteStep as bad:
         msg, sites = describe(bad, step + 1, guard, model, guide, (*batch_args, *args),
                               {**kwargs, **batch_kwargs})
-        partial = _result(steps, losses, seconds, window, False, "non_finite", model, guide)
+        partial = _result(steps, losses, seconds, window, False, "non_finite", model, guide, args)
         raise NonFiniteLossError(msg, step=step + 1, sites=sites, result=partial) from None
     finally:
         bar.close()
     if checkpoint is not None and reason != "interrupted" and saved_at != step:
         save_checkpoint(checkpoint, snapshot())
-    return _result(steps, losses, seconds, window, converged, reason, model, guide)
+    return _result(steps, losses, seconds, window, converged, reason, model, guide, args)
 
 
 def _prime(elbo: Any, model: Callable[..., Any], guide: Callable[..., Any],
@@ -370,14 +309,12 @@ def _params() -> dict[str, torch.Tensor]:
 
 def _result(steps: list[int], losses: list[float], seconds: list[float], window: int,
             converged: bool, reason: str, model: Callable[..., Any],
-            guide: Callable[..., Any]) -> SVIResult:
+            guide: Callable[..., Any], args: tuple[Any, ...]) -> SVIResult:
     history = pd.DataFrame({"step": pd.Series(steps, dtype="int64"),
                             "loss": pd.Series(losses, dtype="float64"),
                             "seconds": pd.Series(seconds, dtype="float64")})
     history.insert(2, "elbo", -history["loss"])
     recent = losses[-window:]
     final = sum(recent) / len(recent) if recent else math.nan
-    return SVIResult(params=_params(), history=history, converged=converged,
-                     num_steps=len(losses), stop_reason=reason,
-                     interrupted=reason == "interrupted", final_loss=final, final_elbo=-final,
-                     guide=guide, model=model)
+    return SVIResult(params=_params(), elbo=-final, converged=converged, n_steps=len(losses),
+                     history=history, model=model, guide=guide, data=args, stop_reason=reason)

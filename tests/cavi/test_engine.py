@@ -78,7 +78,7 @@ def test_toy_model_elbo_equals_log_evidence():
     assert fit.elbo == pytest.approx(log_z, rel=1e-10)
     # the first global step already reaches the optimum: the next sweep changes nothing
     assert fit.converged
-    assert fit.n_iter == 1
+    assert fit.n_steps == 1
     assert fit.history["elbo"].iloc[0] == pytest.approx(log_z, rel=1e-10)
 
 
@@ -164,8 +164,8 @@ def test_result_record_and_history(faithful):
     assert isinstance(fit, CAVIResult)
     h = fit.history
     assert isinstance(h, pd.DataFrame)
-    assert list(h.columns) == ["iteration", "elbo", "seconds"]
-    assert h["iteration"].tolist() == list(range(fit.n_iter + 1))
+    assert list(h.columns) == ["step", "elbo", "seconds"]
+    assert h["step"].tolist() == list(range(fit.n_steps + 1))
     assert h["seconds"].is_monotonic_increasing
     assert h["elbo"].iloc[-1] == fit.elbo
     assert fit.converged
@@ -175,14 +175,14 @@ def test_result_record_and_history(faithful):
     assert (change.iloc[:-1] > 1e-8).all()
     # the reported ELBO is the bound at the returned params (recomputed independently of the
     # loop; the same float64 operations, so equal to round-off)
-    assert fit.model.elbo(faithful, fit.params) == pytest.approx(fit.elbo, rel=1e-12)
+    assert fit.cavi_model.elbo(faithful, fit.params) == pytest.approx(fit.elbo, rel=1e-12)
 
 
 def test_tol_zero_runs_max_iter_and_warns(faithful):
     with pytest.warns(ConvergenceWarning, match="max_iter=4"):
         fit = cavi(GaussianMixture(3), faithful, max_iter=4, tol=0.0)
     assert not fit.converged
-    assert fit.n_iter == 4
+    assert fit.n_steps == 4
     assert len(fit.history) == 5
 
 
@@ -195,7 +195,7 @@ def test_no_warning_when_warn_false(faithful):
 def test_large_tol_stops_after_one_sweep(faithful):
     fit = cavi(GaussianMixture(3), faithful, tol=1.0)
     assert fit.converged
-    assert fit.n_iter == 1
+    assert fit.n_steps == 1
 
 
 def test_progress_bar_runs_and_does_not_change_the_fit(faithful, capsys):
@@ -210,7 +210,7 @@ def test_chunked_fit_equals_unchunked_fit(faithful):
     # 1e-10 relative on ELBOs of size ~400 and on the parameters is far above that round-off.
     a = cavi(GaussianMixture(4), faithful, chunk_size=0, max_iter=60, warn=False)
     b = cavi(GaussianMixture(4), faithful, chunk_size=7, max_iter=60, warn=False)
-    assert a.n_iter == b.n_iter
+    assert a.n_steps == b.n_steps
     np.testing.assert_allclose(b.history["elbo"], a.history["elbo"], rtol=1e-10)
     for name in ("loc", "precision_scale", "scale_tril", "df"):
         torch.testing.assert_close(getattr(b.params.components, name),

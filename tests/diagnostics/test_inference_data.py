@@ -78,7 +78,7 @@ def test_logistic_groups_dims_and_attrs(logistic):
     stats_ = idata.sample_stats
     np.testing.assert_array_equal(stats_["elbo"].values[0], fit.history["elbo"].to_numpy())
     assert bool(stats_["converged"].values[0]) == fit.converged
-    assert stats_["final_elbo"].values[0] == pytest.approx(fit.final_elbo)
+    assert stats_["final_elbo"].values[0] == pytest.approx(fit.elbo)
 
 
 def test_logistic_log_likelihood_and_lp_are_exact(logistic):
@@ -166,14 +166,14 @@ def test_gmm_arviz_functions_run_unmodified(gmm):
 
 def test_gmm_enumerated_guide_lp_sums_out_z(gmm):
     fit, x, _ = gmm
-    guide = fit.model.fitted_guide(fit.params, enumerate_z=True)
-    idata = to_inference_data(fit.model.model, guide, x, num_samples=5, seed=2)
+    guide = fit.cavi_model.fitted_guide(fit.params, enumerate_z=True)
+    idata = to_inference_data(fit.model, guide, x, num_samples=5, seed=2)
     assert "z" not in idata.posterior
     for draw in range(5):
         post = idata.posterior.isel(chain=0, draw=draw)
         theta = {k: torch.as_tensor(post[k].values) for k in ("weights", "loc", "precision")}
         z0 = {"z": torch.zeros(x.shape[0], dtype=torch.long)}
-        trace = poutine.trace(poutine.condition(fit.model.model, theta | z0)).get_trace(x)
+        trace = poutine.trace(poutine.condition(fit.model, theta | z0)).get_trace(x)
         log_prior = sum(float(trace.nodes[k]["fn"].log_prob(trace.nodes[k]["value"]).sum())
                         for k in theta)
         expected = log_prior + _mixture_loglik(idata, x.numpy(), draw).sum()

@@ -143,7 +143,7 @@ def test_gmm_mean_field_underestimates_posterior_sds():
     x = gmm_data(n=30, sep=4.0, dim=1)
     fit = cavi(GaussianMixture(2, covariance="diag"), x, seed=0)
     align = match_components("loc", ["weights", "loc", "precision"])
-    res = compare_to_mcmc(fit.model.model, fit.guide, x, num_samples=200, warmup_steps=200,
+    res = compare_to_mcmc(fit.model, fit.guide, x, num_samples=200, warmup_steps=200,
                           vi_samples=2000, align=align, seed=0, jit_compile=True)
     t = res.table
     loc = t[t["param"].str.startswith("loc")]

@@ -104,13 +104,13 @@ def test_each_elbo_recovers_the_exact_posterior(elbo):
     fit = fit_svi(normal_model, make_guide(x), x, elbo=elbo(), optim=adam(), num_steps=200,
                   seed=0, tol=0.0, progress=False)
     assert fit.stop_reason == "max_steps"
-    assert fit.num_steps == 200
+    assert fit.n_steps == 200
     assert not fit.converged
     assert abs(fit.params["loc"].item() - mean) < 0.35 * sd
     assert fit.params["scale"].item() / sd == pytest.approx(1.0, abs=0.3)
     # The guide family holds the posterior, so the ELBO tops out at log p(x); the smoothed
     # ELBO of the last 100 steps sits within the KL of the tolerances above (< 0.15 nats).
-    assert -0.15 < fit.final_elbo - log_evidence(x) < 0.05
+    assert -0.15 < fit.elbo - log_evidence(x) < 0.05
 
 
 @config_enumerate
@@ -195,17 +195,17 @@ def test_stopping_rule_is_the_documented_one():
                   window=window, patience=patience, progress=False)
     assert fit.stop_reason == "converged"
     assert fit.converged
-    assert fit.num_steps < 2000
+    assert fit.n_steps < 2000
     losses = fit.history["loss"].tolist()
-    assert len(losses) == fit.num_steps
-    assert fit.num_steps % window == 0
+    assert len(losses) == fit.n_steps
+    assert fit.n_steps % window == 0
     means = [sum(losses[i:i + window]) / window for i in range(0, len(losses), window)]
     flat = [abs(b - a) / max(abs(a), 1.0) < tol for a, b in zip(means, means[1:], strict=False)]
     assert all(flat[-patience:])
     streaks = [all(flat[i - patience + 1:i + 1]) for i in range(patience - 1, len(flat) - 1)]
     assert not any(streaks)  # and it did not stop later than the first qualifying window
     assert fit.final_loss == pytest.approx(means[-1], rel=1e-12)
-    assert fit.final_elbo == -fit.final_loss
+    assert fit.elbo == -fit.final_loss
 
 
 def test_max_steps_and_history_columns():
@@ -299,7 +299,7 @@ def test_mapping_batches_become_keyword_arguments():
     x, n = data(), 20
     batches = [{"xb": x[i:i + 10], "idx": torch.arange(i, i + 10)} for i in (0, 10)]
     fit = fit_svi(mb_model, fixed_guide, n_total=n, batches=batches, num_steps=4, progress=False)
-    assert fit.num_steps == 4
+    assert fit.n_steps == 4
 
 
 # --------------------------------------------------------------------------- non-finite
@@ -345,7 +345,7 @@ def test_non_finite_loss_names_step_and_site_and_restores_last_finite_params(kin
     assert ("inf" if kind == "inf" else "nan") in str(err)
     partial = err.result
     assert partial.stop_reason == "non_finite"
-    assert partial.num_steps == err.step - 1
+    assert partial.n_steps == err.step - 1
     assert torch.equal(partial.params["m"], pyro.param("m").detach())
     assert torch.all(pyro.param("m").unconstrained().grad == 0)
     # Restored: the values at which step k-1 evaluated its finite loss (those after k-2
@@ -415,7 +415,7 @@ def test_crash_and_resume_matches_an_uninterrupted_run_bitwise(tmp_path):
     assert saved["step"] == 21
     assert saved["cursor"]["offset"] == 1
     resumed = loader_run(path, 40, resume=True)
-    assert resumed.num_steps == 40
+    assert resumed.n_steps == 40
     assert resumed.history["loss"].equals(full.history["loss"])
     assert all(torch.equal(full.params[k], resumed.params[k]) for k in full.params)
 
@@ -453,7 +453,7 @@ def test_resuming_a_converged_run_takes_no_step(tmp_path):
     assert done.converged
     again = fit_svi(normal_model, delta_guide, x, resume=True, **kwargs)
     assert again.stop_reason == "converged"
-    assert again.num_steps == done.num_steps
+    assert again.n_steps == done.n_steps
     assert again.history.equals(done.history)
 
 
@@ -496,7 +496,7 @@ def test_checkpoint_contents_and_atomic_write(tmp_path, monkeypatch):
     path = tmp_path / "ck.pt"
     fit = loader_run(path, 12)
     saved = load_checkpoint(path)
-    assert saved["step"] == 12 == fit.num_steps  # final save after the last periodic one
+    assert saved["step"] == 12 == fit.n_steps  # final save after the last periodic one
     assert set(saved["optim"]) == set(pyro.get_param_store().keys())
     assert set(saved["rng"]) == {"torch", "random", "numpy"}
     assert saved["history"]["loss"] == fit.history["loss"].tolist()
@@ -610,7 +610,7 @@ def test_sigkill_then_resume_matches_an_uninterrupted_run(tmp_path):
     exec(compile(KILL_SCRIPT, str(script), "exec"), namespace)
     resumed = namespace["run"](str(path), resume=True)
     full = namespace["run"](str(tmp_path / "full.pt"))
-    assert resumed.num_steps == full.num_steps == 80
+    assert resumed.n_steps == full.n_steps == 80
     assert resumed.history["loss"].equals(full.history["loss"])
     assert all(torch.equal(full.params[k], resumed.params[k]) for k in full.params)
 
@@ -628,7 +628,7 @@ def test_keyboard_interrupt_returns_the_partial_result():
     fit = fit_svi(normal_model, make_guide(x), x, num_steps=100, callback=stop, progress=False)
     assert fit.interrupted
     assert fit.stop_reason == "interrupted"
-    assert fit.num_steps == 5
+    assert fit.n_steps == 5
     assert len(fit.history) == 5
     assert not fit.converged
 
@@ -645,7 +645,7 @@ def test_keyboard_interrupt_inside_a_step_keeps_completed_steps():
 
     fit = fit_svi(model, make_guide(x), x, num_steps=100, progress=False)
     assert fit.interrupted
-    assert fit.num_steps == 3
+    assert fit.n_steps == 3
 
 
 def test_callback_can_stop_the_run():
@@ -654,7 +654,7 @@ def test_callback_can_stop_the_run():
     fit = fit_svi(normal_model, make_guide(x), x, num_steps=100, progress=False,
                   callback=lambda step, loss: seen.append((step, loss)) or step == 7)
     assert fit.stop_reason == "callback"
-    assert fit.num_steps == 7
+    assert fit.n_steps == 7
     assert not fit.interrupted
     assert seen == list(zip(fit.history["step"], fit.history["loss"], strict=True))
 

@@ -72,9 +72,9 @@ def test_model_log_density_is_bishops_model(covariance):
 # ------------------------------------------------------------------- the fitted guide
 def test_predictive_with_fitted_guide_has_the_right_shapes(fit, x):
     k, (n, d) = 2, x.shape
-    prec_shape = (k, d, d) if fit.model.covariance == "full" else (k, d)
+    prec_shape = (k, d, d) if fit.cavi_model.covariance == "full" else (k, d)
     for parallel in (False, True):
-        s = Predictive(fit.model.model, guide=fit.guide, num_samples=5, parallel=parallel)(x)
+        s = Predictive(fit.model, guide=fit.guide, num_samples=5, parallel=parallel)(x)
         # Predictive adds one batch dim left of max_plate_nesting = 1 for the global sites
         assert s["weights"].shape == (5, 1, k)
         assert s["loc"].shape == (5, k, d)
@@ -83,13 +83,13 @@ def test_predictive_with_fitted_guide_has_the_right_shapes(fit, x):
         assert s["obs"].shape == (5, n, d)
         assert all(torch.isfinite(v.double()).all() for v in s.values())
     # the guide computes q(z) for whatever data it is given
-    new = Predictive(fit.model.model, guide=fit.guide, num_samples=3)(x[:11])
+    new = Predictive(fit.model, guide=fit.guide, num_samples=3)(x[:11])
     assert new["z"].shape == (3, 11)
     assert new["obs"].shape == (3, 11, d)
 
 
 def test_fitted_guide_samples_match_the_summary(fit, x):
-    s = fit.model.summary(fit.params)
+    s = fit.cavi_model.summary(fit.params)
     n_draws = 4000
     draws = Predictive(fit.guide, num_samples=n_draws, parallel=True,
                        return_sites=["weights", "loc", "precision"])(x)
@@ -102,7 +102,7 @@ def test_fitted_guide_samples_match_the_summary(fit, x):
     # Sample sd of a near-Gaussian variable (Student-t with > 90 dof here): relative standard
     # error ~ 1/sqrt(2 n_draws) = 1.1%, so 6% is over 5 of them.
     torch.testing.assert_close(loc.std(0), s.means_sd, rtol=0.06, atol=0)
-    cov = torch.linalg.inv(prec) if fit.model.covariance == "full" else torch.diag_embed(1 / prec)
+    cov = torch.linalg.inv(prec) if fit.cavi_model.covariance == "full" else torch.diag_embed(1 / prec)
     assert ((cov.mean(0) - s.covariances_mean).abs() <= 5 * s.covariances_sd / root).all()
 
 
@@ -119,7 +119,7 @@ def test_trace_elbo_of_fitted_guide_equals_analytic_elbo(covariance, x):
     fit = cavi(GaussianMixture(2, covariance=covariance), x, seed=0)
     pyro.set_rng_seed(1)
     elbo = Trace_ELBO(num_particles=100, vectorize_particles=True, max_plate_nesting=1)
-    mean, se = _mc_elbo(elbo, fit.model.model, fit.guide, x)
+    mean, se = _mc_elbo(elbo, fit.model, fit.guide, x)
     # 20 batch means of 100 particles: |t_19| > 5 has probability ~1e-4 (failure budget per
     # case). The SE itself is ~0.01 nats, so a wrong term of even 0.1 nats would be caught.
     assert se < 0.05
@@ -127,8 +127,8 @@ def test_trace_elbo_of_fitted_guide_equals_analytic_elbo(covariance, x):
     # Summing z out exactly (TraceEnum_ELBO with the guide that omits q(z)) gives a tighter
     # bound: it adds E_q(theta)[KL(q(z) || p(z | x, theta))] >= 0.
     enum = TraceEnum_ELBO(num_particles=100, vectorize_particles=True, max_plate_nesting=1)
-    enum_guide = fit.model.fitted_guide(fit.params, enumerate_z=True)
-    mean_enum, se_enum = _mc_elbo(enum, fit.model.model, enum_guide, x)
+    enum_guide = fit.cavi_model.fitted_guide(fit.params, enumerate_z=True)
+    mean_enum, se_enum = _mc_elbo(enum, fit.model, enum_guide, x)
     assert mean_enum > fit.elbo - 5 * se_enum
 
 

@@ -55,7 +55,7 @@ def _component_logpdf(params, x):
 def test_log_predictive_equals_scipy_student_t_mixture(fitted):
     fit, x = fitted
     grid = np.concatenate([x.numpy(), np.random.default_rng(0).normal(0, 3, size=(50, 2))])
-    ours = fit.model.log_predictive(fit.params, grid).numpy()
+    ours = fit.cavi_model.log_predictive(fit.params, grid).numpy()
     ref = logsumexp(_component_logpdf(fit.params, grid), axis=-1)
     # the same closed form through torch's and scipy's t densities: ~1e-15 relative
     np.testing.assert_allclose(ours, ref, rtol=1e-10)
@@ -63,12 +63,12 @@ def test_log_predictive_equals_scipy_student_t_mixture(fitted):
 
 def test_predict_proba_equals_scipy_and_rows_sum_to_one(fitted):
     fit, x = fitted
-    proba = fit.model.predict_proba(fit.params, x)
+    proba = fit.cavi_model.predict_proba(fit.params, x)
     torch.testing.assert_close(proba.sum(-1), torch.ones(len(x), dtype=torch.float64),
                                rtol=0, atol=1e-12)
     np.testing.assert_allclose(proba.numpy(), softmax(_component_logpdf(fit.params, x.numpy()),
                                                       axis=-1), rtol=1e-9, atol=1e-13)
-    np.testing.assert_array_equal(fit.model.predict(fit.params, x).numpy(),
+    np.testing.assert_array_equal(fit.cavi_model.predict(fit.params, x).numpy(),
                                   proba.argmax(-1).numpy())
 
 
@@ -80,7 +80,7 @@ def test_log_predictive_integrates_to_one_in_1d(covariance):
     # narrowest component (sd ~ 0.2) to far below that.
     fit = cavi(GaussianMixture(3, covariance=covariance, degrees_of_freedom=5.0), x, seed=0)
     grid = np.linspace(-60.0, 60.0, 30001)
-    dens = np.exp(fit.model.log_predictive(fit.params, grid[:, None]).numpy())
+    dens = np.exp(fit.cavi_model.log_predictive(fit.params, grid[:, None]).numpy())
     assert simpson(dens, x=grid) == pytest.approx(1.0, abs=1e-6)
 
 
@@ -90,24 +90,24 @@ def test_predict_recovers_well_separated_clusters():
     x_new, labels = _separated(500, seed=1)
     # clusters 12 sd apart: a point is misassigned only if it strays ~6 sd, probability ~1e-9
     # per point, so the partition of fresh points must be exact (ARI = 1).
-    pred = fit.model.predict(fit.params, x_new).numpy()
+    pred = fit.cavi_model.predict(fit.params, x_new).numpy()
     assert adjusted_rand_score(labels, pred) == 1.0
 
 
 def test_new_points_are_validated(fitted):
     fit, _ = fitted
     with pytest.raises(ValueError, match="x has D=3 columns but the mixture has D=2"):
-        fit.model.predict(fit.params, np.zeros((4, 3)))
+        fit.cavi_model.predict(fit.params, np.zeros((4, 3)))
     with pytest.raises(ValueError, match="x holds NaN"):
-        fit.model.log_predictive(fit.params, np.array([[0.0, np.nan]]))
+        fit.cavi_model.log_predictive(fit.params, np.array([[0.0, np.nan]]))
     with pytest.raises(TypeError, match="floating"):
-        fit.model.predict_proba(fit.params, np.zeros((4, 2), dtype=np.int64))
+        fit.cavi_model.predict_proba(fit.params, np.zeros((4, 2), dtype=np.int64))
 
 
 # ------------------------------------------------------------------------ summaries
 def test_summary_moments_equal_scipy(fitted):
     fit, _ = fitted
-    s = fit.model.summary(fit.params)
+    s = fit.cavi_model.summary(fit.params)
     comp = fit.params.components
     alpha = fit.params.weights.concentration.numpy()
     tol = dict(rtol=1e-10, atol=1e-14)  # closed forms evaluated twice in float64
@@ -150,14 +150,14 @@ def test_summary_marks_moments_that_do_not_exist():
     # the Student-t marginal of mu_k has no variance (inf) and the inverse-Wishart no mean (NaN).
     x = load_old_faithful(standardize=True)
     fit = cavi(GaussianMixture(6, weight_concentration=1e-3), x, seed=0)
-    s = fit.model.summary(fit.params)
+    s = fit.cavi_model.summary(fit.params)
     used = s.weights > 0.01
     assert int(used.sum()) == s.n_effective == 2
     assert torch.isfinite(s.means_sd[used]).all()
     assert torch.isinf(s.means_sd[~used]).all()
     assert torch.isnan(s.covariances_mean[~used]).all()
     assert torch.isfinite(s.covariances_mean[used]).all()
-    assert fit.model.summary(fit.params, threshold=0.0).n_effective == 6
+    assert fit.cavi_model.summary(fit.params, threshold=0.0).n_effective == 6
 
 
 def test_means_sd_shrinks_like_one_over_sqrt_n():
@@ -170,7 +170,7 @@ def test_means_sd_shrinks_like_one_over_sqrt_n():
         # terms to W_k^-1 that fade like 1/N and would blur the 1/sqrt(N) law.
         gmm = GaussianMixture(3, covariance_prior=np.eye(2), mean_precision=1e-3)
         fit = cavi(gmm, x[:n], seed=0, n_init=2)
-        s = fit.model.summary(fit.params)
+        s = fit.cavi_model.summary(fit.params)
         nearest = ((s.means.numpy()[:, None] - centers[None]) ** 2).sum(-1).argmin(-1)
         assert sorted(nearest) == [0, 1, 2]
         sds.append(s.means_sd.numpy()[np.argsort(nearest)])

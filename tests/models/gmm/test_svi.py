@@ -29,7 +29,7 @@ DATA = {"old_faithful": lambda: load_old_faithful(standardize=True), "iris": _ir
 def test_trace_elbo_on_cavi_guide_agrees_with_analytic_elbo(data, covariance):
     x = DATA[data]()
     fit = cavi(GaussianMixture(3, covariance=covariance), x, seed=0, max_iter=1000)
-    est = elbo_estimate(fit.model.model, fit.guide, x, num_particles=10_000, max_plate_nesting=1)
+    est = elbo_estimate(fit.model, fit.guide, x, num_particles=10_000, max_plate_nesting=1)
     # Pyro's Trace_ELBO estimator on the CAVI guide is unbiased for the analytic ELBO (q(z) in the
     # fitted guide is the optimal one the analytic bound assumes). With 10^4 particles the mean is
     # Gaussian to high accuracy, so |z| > 4 has probability 6e-5 per case (4 cases: budget 2.5e-4).
@@ -74,7 +74,7 @@ def test_svi_defaults_converge_without_tuning(method, data):
     gmm = GaussianMixture(6, weight_concentration=1e-3)
     best = cavi(gmm, x, seed=0, n_init=20).elbo
     svi = fit_gmm_svi(gmm, x, method=method, seed=0, tol=0.0)
-    assert svi.svi.num_steps == SVI_DEFAULTS[method]["num_steps"]
+    assert svi.svi.n_steps == SVI_DEFAULTS[method]["num_steps"]
     gap = (best - svi.elbo) / abs(best)
     assert gap < (0.002 if data == "old_faithful" else 0.07), (best, svi.elbo)
     # Converged: the mean of the last 5 evaluations (250 steps) is within 0.5 % of the mean of
@@ -146,7 +146,7 @@ def test_trace_svi_with_free_q_z_runs_with_score_function_gradients():
     svi = fit_gmm_svi(GaussianMixture(3), x, method="trace-free", num_steps=100, seed=0, tol=0.0,
                       eval_every=50)
     assert math.isfinite(svi.elbo)
-    assert svi.svi.num_steps == 100
+    assert svi.svi.n_steps == 100
     assert list(svi.trace.step) == [0, 50, 100]
     assert (svi.trace.elbo <= best + 1e-9 * abs(best)).all()
     assert "gmm.resp" in pyro.get_param_store()

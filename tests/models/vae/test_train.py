@@ -31,7 +31,7 @@ def test_short_training_run_improves_the_test_elbo_far_beyond_noise(digits, elbo
     curves = fit.curves
     assert list(curves["epoch"]) == [0, 1, 2, 3, 4, 5]
     assert list(curves["step"]) == [0, 15, 30, 45, 60, 75]
-    assert fit.svi.num_steps == 75
+    assert fit.svi.n_steps == 75
     assert fit.svi.stop_reason == "max_steps"
     gain = curves["test_elbo"].iloc[-1] - curves["test_elbo"].iloc[0]
     assert gain > 12.0, curves

@@ -1,0 +1,160 @@
+"""Argument checks shared by every entry point, so one mistake gets one exception everywhere.
+
+The rule: a value of the wrong *kind* (a string where a number belongs, a float where an
+integer belongs, a boolean where any number belongs) is a :class:`TypeError`; a value of the
+right kind outside its range is a :class:`ValueError`. Both name the argument. numpy integer
+and float scalars are accepted wherever Python ones are.
+
+Examples
+--------
+>>> import numpy as np
+>>> check_int("max_iter", np.int64(3), minimum=1)
+3
+>>> check_real("tol", 0, minimum=0.0)
+0.0
+>>> check_int("max_iter", 1.5)
+Traceback (most recent call last):
+    ...
+TypeError: max_iter must be an int, got float 1.5
+>>> check_real("tol", True)
+Traceback (most recent call last):
+    ...
+TypeError: tol must be a real number, got bool True
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+__all__ = [
+    "as_vector",
+    "check_bool",
+    "check_callable",
+    "check_dtype",
+    "check_finite",
+    "check_int",
+    "check_optional_int",
+    "check_positive",
+    "check_real",
+    "check_seed",
+]
+
+
+def _kind(value: Any) -> str:
+    return f"{type(value).__name__} {value!r}"
+
+
+def check_int(name: str, value: Any, *, minimum: int | None = None, maximum: int | None = None) -> int:
+    """Return ``value`` as an ``int`` after checking it is an integer in ``[minimum, maximum]``."""
+    if isinstance(value, bool | np.bool_) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be an int, got {_kind(value)}")
+    out = int(value)
+    if minimum is not None and out < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {out}")
+    if maximum is not None and out > maximum:
+        raise ValueError(f"{name} must be <= {maximum}, got {out}")
+    return out
+
+
+def check_optional_int(name: str, value: Any, *, minimum: int | None = None) -> int | None:
+    """:func:`check_int` that lets ``None`` through."""
+    return None if value is None else check_int(name, value, minimum=minimum)
+
+
+def check_real(name: str, value: Any, *, minimum: float | None = None, positive: bool = False,
+               finite: bool = True) -> float:
+    """Return ``value`` as a ``float`` after checking it is a real number in range.
+
+    ``minimum`` is inclusive; ``positive=True`` asks for ``> 0``; ``finite=False`` admits inf.
+    NaN is always a ValueError.
+    """
+    if isinstance(value, bool | np.bool_) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a real number, got {_kind(value)}")
+    out = float(value)
+    if math.isnan(out) or (finite and not math.isfinite(out)):
+        raise ValueError(f"{name} must be a finite number, got {out}")
+    if positive and not out > 0:
+        raise ValueError(f"{name} must be > 0, got {out}")
+    if minimum is not None and out < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {out}")
+    return out
+
+
+def check_finite(name: str, value: Any) -> float:
+    """A finite real number, as ``float``."""
+    return check_real(name, value)
+
+
+def check_positive(name: str, value: Any) -> float:
+    """A finite real number ``> 0``, as ``float``."""
+    return check_real(name, value, positive=True)
+
+
+def check_bool(name: str, value: Any, *, optional: bool = False) -> bool | None:
+    """``True``/``False`` (or ``None`` when ``optional``); anything else is a TypeError."""
+    if value is None and optional:
+        return None
+    if not isinstance(value, bool | np.bool_):
+        allowed = "None, True or False" if optional else "True or False"
+        raise TypeError(f"{name} must be {allowed}, got {_kind(value)}")
+    return bool(value)
+
+
+def check_seed(name: str, value: Any) -> int | None:
+    """A seed: ``None`` or an integer ``>= 0`` (numpy integers included)."""
+    return check_optional_int(name, value, minimum=0)
+
+
+def check_callable(name: str, value: Any) -> Any:
+    """``value`` itself, after checking it is callable."""
+    if not callable(value):
+        raise TypeError(f"{name} must be callable, got {type(value).__name__}")
+    return value
+
+
+_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32,
+           "float": torch.float32, "float64": torch.float64, "double": torch.float64}
+
+
+def check_dtype(name: str, value: Any) -> torch.dtype:
+    """A floating ``torch.dtype``; the strings ``"float32"``, ``"float64"``, ... are accepted."""
+    if isinstance(value, str):
+        key = value.removeprefix("torch.")
+        if key not in _DTYPES:
+            raise ValueError(f"{name} must be a floating dtype such as torch.float64 or 'float64', "
+                             f"got {value!r}")
+        return _DTYPES[key]
+    if not isinstance(value, torch.dtype):
+        raise TypeError(f"{name} must be a torch.dtype, got {_kind(value)}")
+    if not value.is_floating_point:
+        raise ValueError(f"{name} must be a floating dtype, got {value}")
+    return value
+
+
+def as_vector(x: Any, name: str, *, dtype: torch.dtype = torch.float64,
+              device: torch.device | str | None = None, integer: bool = False) -> Tensor:
+    """Check that ``x`` is a finite, non-empty 1-D numeric array; return a ``dtype`` tensor.
+
+    With ``integer=True`` every entry must be a whole number (any numeric dtype is accepted;
+    booleans count as 0/1). Raises ``TypeError`` for non-numeric input and ``ValueError``
+    naming ``name`` otherwise.
+    """
+    t = x if isinstance(x, Tensor) else torch.as_tensor(np.asarray(x))
+    if t.is_complex() or not (t.is_floating_point() or t.dtype in (
+            torch.bool, torch.int8, torch.int16, torch.int32, torch.int64, torch.uint8)):
+        raise TypeError(f"{name} must hold real numbers, got dtype {t.dtype}")
+    if t.dim() != 1 or t.shape[0] == 0:
+        raise ValueError(f"{name} must be a non-empty 1-D array, got shape {tuple(t.shape)}")
+    t = t.to(dtype=dtype, device=device)
+    if not torch.isfinite(t).all():
+        raise ValueError(f"{name} holds NaN or inf (first at index "
+                         f"{int((~torch.isfinite(t)).nonzero()[0])})")
+    if integer and (t != torch.round(t)).any():
+        raise ValueError(f"{name} must hold whole numbers (counts)")
+    return t

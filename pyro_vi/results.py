@@ -1,0 +1,185 @@
+"""One result type for every fit: :class:`FitResult`, and its CAVI and SVI kinds.
+
+Every fit, closed-form or stochastic, returns a frozen record of one shape: the fitted
+``params``, the final ``elbo``, whether it ``converged``, how many steps it took (``n_steps``),
+a ``history`` DataFrame with at least the columns ``step``, ``elbo`` and ``seconds``, and the
+Pyro ``model``, a Pyro ``guide`` and the ``data`` it was fitted to. Export to ArviZ and the
+trust report are defined once, here, for all of them.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, cast
+
+import pandas as pd
+from torch import Tensor
+
+__all__ = ["CAVIResult", "CAVIRun", "FitResult", "SVIResult"]
+
+
+@dataclass(frozen=True, repr=False)
+class FitResult:
+    """What every fit returns.
+
+    Attributes
+    ----------
+    params : Any
+        The fitted variational parameters: a model's params record of factors (CAVI), or the
+        param store's constrained values by name (SVI).
+    elbo : float
+        The final ELBO in nats (analytic for CAVI; the last window's mean for SVI).
+    converged : bool
+        Whether the stopping rule was met.
+    n_steps : int
+        Sweeps (CAVI) or optimizer steps (SVI) taken, counting those before a resume.
+    history : pandas.DataFrame
+        One row per step: ``step``, ``elbo``, ``seconds`` (cumulative wall-clock), plus any
+        columns of the fit's kind (``loss`` for SVI, evaluation columns for the GMM and VAE).
+    model : callable
+        The Pyro model that was fitted.
+    guide : callable
+        A Pyro guide for ``model``; see :attr:`store_params` for how it finds its parameters.
+    data : tuple
+        The model's positional data arguments (a reference, not a copy), so that
+        :meth:`to_inference_data` and :meth:`diagnose` need no arguments.
+    """
+
+    #: The fit's method, as the ArviZ export and the report name it.
+    method: ClassVar[str] = "variational"
+
+    params: Any
+    elbo: float
+    converged: bool
+    n_steps: int
+    history: pd.DataFrame = field(compare=False)
+    model: Callable[..., Any] = field(compare=False)
+    guide: Callable[..., Any] = field(compare=False)
+    data: tuple[Any, ...] = field(default=(), compare=False)
+
+    def __repr__(self) -> str:
+        return (f"{type(self).__name__}(elbo={self.elbo:.6g}, converged={self.converged}, "
+                f"n_steps={self.n_steps})")
+
+    @property
+    def store_params(self) -> Mapping[str, Tensor] | None:
+        """Param-store values the guide reads (SVI), or None when the guide carries its own."""
+        return None
+
+    def model_args(self, args: tuple[Any, ...] = ()) -> tuple[Any, ...]:
+        """``args`` if given, else the data the fit used (ValueError when it kept none)."""
+        if args:
+            return args
+        if not self.data:
+            raise ValueError(f"this {type(self).__name__} carries no data: pass the model's data arguments")
+        return self.data
+
+    def to_inference_data(self, *args: Any, **kwargs: Any) -> Any:
+        """ArviZ export of this fit (see :func:`pyro_vi.to_inference_data`).
+
+        ``*args`` default to the fit's own data. The guide runs with exactly this fit's
+        parameters, even after Pyro's global param store has moved on.
+        """
+        from pyro_vi.diagnostics.inference_data import inference_data_from_result
+
+        return inference_data_from_result(self, *self.model_args(args), **kwargs)
+
+    def diagnose(self, *args: Any, **kwargs: Any) -> Any:
+        """Plain-text trust report (see :func:`pyro_vi.diagnose`); ``*args`` default to the data."""
+        from pyro_vi.diagnostics.report import diagnose
+
+        return diagnose(self, *self.model_args(args), **kwargs)
+
+
+@dataclass(frozen=True)
+class CAVIRun:
+    """One restart of :func:`pyro_vi.cavi`: its params, ELBO, sweeps, flag and history."""
+
+    params: Any
+    elbo: float
+    n_steps: int
+    converged: bool
+    history: pd.DataFrame
+
+
+@dataclass(frozen=True, repr=False)
+class CAVIResult(FitResult):
+    """Result of :func:`pyro_vi.cavi` (and :func:`pyro_vi.svi_cavi`): the best of ``n_init`` restarts.
+
+    Beyond :class:`FitResult`: ``cavi_model`` is the prepared conjugate model (priors
+    resolved) that interprets ``params`` (``fit.cavi_model.summary(fit.params)``), and
+    ``runs`` holds every restart in the order they ran. ``model`` is ``cavi_model.model``,
+    the Pyro program, and ``guide`` is ``cavi_model.fitted_guide(params)``, an ordinary Pyro
+    guide. ``params`` are float64 tensors on the data's device unless the model says otherwise.
+    """
+
+    method: ClassVar[str] = "CAVI"
+
+    cavi_model: Any = field(default=None, compare=False)
+    runs: tuple[CAVIRun, ...] = field(default=(), compare=False)
+
+    def restart_results(self) -> list[CAVIResult]:
+        """One result per restart (for one ArviZ chain per independent fit)."""
+        return [self.from_run(self.cavi_model, r, runs=(r,), data=self.data) for r in self.runs]
+
+    def to_inference_data(self, *args: Any, restarts: bool = False, **kwargs: Any) -> Any:
+        """ArviZ export of this fit (see :func:`pyro_vi.to_inference_data`).
+
+        ``restarts=True`` makes every restart of ``n_init`` its own chain, so between-fit
+        disagreement shows in ``az.summary``'s ``r_hat``.
+        """
+        from pyro_vi.diagnostics.inference_data import inference_data_from_result
+
+        target: Any = self.restart_results() if restarts else self
+        return inference_data_from_result(target, *self.model_args(args), **kwargs)
+
+    @classmethod
+    def from_run(cls, cavi_model: Any, run: CAVIRun, *, runs: tuple[CAVIRun, ...],
+                 data: tuple[Any, ...]) -> CAVIResult:
+        """The result of one run of a conjugate model (its Pyro model and fitted guide)."""
+        return cls(params=run.params, elbo=run.elbo, converged=run.converged, n_steps=run.n_steps,
+                   history=run.history, model=cavi_model.model,
+                   guide=cavi_model.fitted_guide(run.params), data=data, cavi_model=cavi_model,
+                   runs=runs)
+
+
+@dataclass(frozen=True, repr=False)
+class SVIResult(FitResult):
+    """Result of :func:`pyro_vi.fit_svi`.
+
+    Beyond :class:`FitResult`: ``params`` maps every param-store name to a detached clone of
+    its *constrained* value; ``history`` has a ``loss`` column (the estimator's loss, float64)
+    beside ``elbo = -loss``; ``elbo`` is the mean over the last ``window`` steps (what the
+    stopping rule sees; NaN if no step ran).
+
+    Attributes
+    ----------
+    stop_reason : str
+        ``"converged"``, ``"max_steps"``, ``"callback"``, ``"interrupted"`` (Ctrl-C) or, on the
+        partial result of a :class:`~pyro_vi.NonFiniteLossError`, ``"non_finite"``.
+    """
+
+    method: ClassVar[str] = "SVI"
+
+    stop_reason: str = "max_steps"
+
+    @property
+    def interrupted(self) -> bool:
+        """True when the loop was stopped by :class:`KeyboardInterrupt`."""
+        return self.stop_reason == "interrupted"
+
+    @property
+    def final_loss(self) -> float:
+        """The smoothed final loss, ``-elbo``."""
+        return -self.elbo if not math.isnan(self.elbo) else math.nan
+
+    @property
+    def store_params(self) -> Mapping[str, Tensor]:
+        """The fitted param-store values; the guide runs in a scoped store holding them."""
+        return cast(Mapping[str, Tensor], self.params)
+
+    def __repr__(self) -> str:
+        return (f"SVIResult(stop_reason={self.stop_reason!r}, n_steps={self.n_steps}, "
+                f"converged={self.converged}, elbo={self.elbo:.6g}, params={sorted(self.params)})")

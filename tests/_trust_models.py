@@ -74,12 +74,12 @@ def gmm_data(n: int = 30, sep: float = 4.0, dim: int = 2, seed: int = 0) -> torc
 
 def FakeResult(guide: Any, model: Any, params: dict[str, torch.Tensor], *,  # noqa: N802
                history: pd.DataFrame | None = None, converged: bool = True,
-               elbo: float = -19.5) -> SVIResult:
-    """An SVI result with hand-set params, history and flag (no training)."""
+               elbo: float = -19.5, data: tuple[Any, ...] = ()) -> SVIResult:
+    """An SVI result with hand-set params, history, flag and data (no training)."""
     if history is None:
         history = pd.DataFrame({"step": [1, 2, 3], "elbo": [-30.0, -20.0, -19.5]})
     return SVIResult(params=params, elbo=elbo, converged=converged, n_steps=len(history),
-                     history=history, model=model, guide=guide)
+                     history=history, model=model, guide=guide, data=data)
 
 
 def param_guide(y: torch.Tensor) -> None:

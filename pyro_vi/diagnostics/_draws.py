@@ -43,11 +43,11 @@ from pyro.ops.contract import contract_to_tensor
 from pyro.poutine.util import prune_subsample_sites
 from torch import Tensor
 
+from pyro_vi._checks import check_bool, check_callable, check_int, check_seed
 from pyro_vi.diagnostics._sites import ModelStructure, check_guide, inspect_model, node, sample_sites
 from pyro_vi.errors import NumericalError
 
-__all__ = ["GuideDraws", "check_num_samples", "draw_from_guide", "result_model", "result_params",
-           "seeded"]
+__all__ = ["GuideDraws", "check_num_samples", "draw_from_guide", "seeded"]
 
 _DRAWS = "_pyro_vi_draws"
 
@@ -91,18 +91,14 @@ class GuideDraws:
 
 
 def check_num_samples(num_samples: Any, *, name: str = "num_samples") -> int:
-    """Return ``num_samples`` as an int, or raise if it is not a positive integer.
+    """Return ``num_samples`` as an int: :func:`pyro_vi._checks.check_int` with ``minimum=1``.
 
     Examples
     --------
     >>> check_num_samples(3)
     3
     """
-    if isinstance(num_samples, bool) or not isinstance(num_samples, (int, np.integer)):
-        raise TypeError(f"{name} must be an int, got {type(num_samples).__name__}")
-    if num_samples < 1:
-        raise ValueError(f"{name} must be >= 1, got {num_samples}")
-    return int(num_samples)
+    return check_int(name, num_samples, minimum=1)
 
 
 @contextmanager
@@ -122,22 +118,6 @@ def seeded(seed: int | None) -> Iterator[None]:
         torch.set_rng_state(states[0])
         np.random.set_state(states[1])
         random.setstate(states[2])
-
-
-def result_model(result: Any, model: Callable[..., Any] | None) -> Callable[..., Any]:
-    """The Pyro model of a fit: ``model`` if given, else ``result.model`` (a :class:`~pyro_vi.results.FitResult`)."""
-    if model is not None:
-        return model
-    m = getattr(result, "model", None)
-    if m is None or not callable(m):
-        raise ValueError("this result carries no Pyro model: pass model=...")
-    return m  # type: ignore[no-any-return]
-
-
-def result_params(result: Any) -> Mapping[str, Tensor] | None:
-    """The param-store values a result's guide reads (``FitResult.store_params``), or None."""
-    params: Mapping[str, Tensor] | None = getattr(result, "store_params", None)
-    return params
 
 
 def _param_scope(guide: Callable[..., Any], params: Mapping[str, Any] | None,
@@ -333,9 +313,11 @@ def draw_from_guide(model: Callable[..., Any], guide: Callable[..., Any], *args:
     """
     num_samples = check_num_samples(num_samples)
     chunk_size = check_num_samples(chunk_size, name="chunk_size")
-    for label, fn in (("model", model), ("guide", guide)):
-        if not callable(fn):
-            raise TypeError(f"{label} must be callable, got {type(fn).__name__}")
+    check_callable("model", model)
+    check_callable("guide", guide)
+    seed = check_seed("seed", seed)
+    pointwise = bool(check_bool("pointwise", pointwise))
+    marginalise_local = bool(check_bool("marginalise_local", marginalise_local))
     with seeded(seed), torch.no_grad(), _param_scope(guide, params, args, kwargs):
         structure = inspect_model(model, *args, **kwargs)
         with poutine.block():

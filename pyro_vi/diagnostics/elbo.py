@@ -17,7 +17,6 @@ The particles are drawn in one ``pyro.plate`` at dim ``-(max_plate_nesting + 1)`
 from __future__ import annotations
 
 import math
-import numbers
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -29,6 +28,7 @@ import torch
 from pyro.infer.enum import get_importance_trace
 from pyro.poutine.util import prune_subsample_sites
 
+from pyro_vi._checks import check_bool, check_callable, check_int, check_optional_int
 from pyro_vi.errors import NumericalError
 
 __all__ = ["ELBOEstimate", "elbo_estimate"]
@@ -113,21 +113,13 @@ def _sequential_weights(model: Callable[..., Any], guide: Callable[..., Any], nu
 
 
 def _check(num_particles: Any, max_plate_nesting: Any, chunk_size: Any, model: Any,
-           guide: Any, vectorize: Any) -> None:
-    for name, fn in (("model", model), ("guide", guide)):
-        if not callable(fn):
-            raise TypeError(f"{name} must be callable, got {type(fn).__name__}")
-    for name, value, low, optional in (("num_particles", num_particles, 2, False),
-                                       ("chunk_size", chunk_size, 1, False),
-                                       ("max_plate_nesting", max_plate_nesting, 0, True)):
-        if optional and value is None:
-            continue
-        if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-            raise TypeError(f"{name} must be an int, got {type(value).__name__}")
-        if value < low:
-            raise ValueError(f"{name} must be >= {low}, got {value}")
-    if vectorize is not None and not isinstance(vectorize, bool):
-        raise TypeError(f"vectorize must be None, True or False, got {type(vectorize).__name__}")
+           guide: Any, vectorize: Any) -> tuple[int, int | None, int, bool | None]:
+    check_callable("model", model)
+    check_callable("guide", guide)
+    return (check_int("num_particles", num_particles, minimum=2),
+            check_optional_int("max_plate_nesting", max_plate_nesting, minimum=0),
+            check_int("chunk_size", chunk_size, minimum=1),
+            check_bool("vectorize", vectorize, optional=True))
 
 
 def elbo_estimate(model: Callable[..., Any], guide: Callable[..., Any], *args: Any,
@@ -191,7 +183,8 @@ def elbo_estimate(model: Callable[..., Any], guide: Callable[..., Any], *args: A
     >>> abs(est.mean - exact) < 1e-5, est.stderr < 1e-5
     (True, True)
     """
-    _check(num_particles, max_plate_nesting, chunk_size, model, guide, vectorize)
+    num_particles, max_plate_nesting, chunk_size, vectorize = _check(
+        num_particles, max_plate_nesting, chunk_size, model, guide, vectorize)
     with torch.no_grad():
         nesting = (_guess_max_plate_nesting(model, guide, args, kwargs)
                    if max_plate_nesting is None else int(max_plate_nesting))

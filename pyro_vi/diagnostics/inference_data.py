@@ -31,7 +31,7 @@ import inspect
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyro
@@ -40,15 +40,12 @@ from pyro import poutine
 from pyro.infer import Predictive
 from torch import Tensor
 
-from pyro_vi.diagnostics._draws import (
-    GuideDraws,
-    check_num_samples,
-    draw_from_guide,
-    result_model,
-    result_params,
-    seeded,
-)
+from pyro_vi._checks import check_callable
+from pyro_vi.diagnostics._draws import GuideDraws, check_num_samples, draw_from_guide, seeded
 from pyro_vi.diagnostics._sites import ModelStructure, inspect_model
+
+if TYPE_CHECKING:
+    from pyro_vi.results import FitResult
 
 __all__ = [
     "FitInfo",
@@ -87,17 +84,10 @@ class FitInfo:
     final_elbo: float | None = None
 
 
-def fit_info_from_result(result: Any) -> FitInfo:
-    """Read method, ELBO history, final ELBO and convergence flag off a CAVI/SVI result."""
-    history = getattr(result, "history", None)
-    elbo = None
-    if history is not None and "elbo" in getattr(history, "columns", ()):
-        elbo = [float(v) for v in history["elbo"]]
-    final = getattr(result, "elbo", None)
-    final = float(final) if isinstance(final, (int, float)) else (elbo[-1] if elbo else None)
-    method = str(getattr(result, "method", "variational"))
-    converged = getattr(result, "converged", None)
-    return FitInfo(method, elbo, None if converged is None else bool(converged), final)
+def fit_info_from_result(result: FitResult) -> FitInfo:
+    """Method, ELBO history, final ELBO and convergence flag of a fit, read off its record."""
+    elbo = [float(v) for v in result.history["elbo"]]
+    return FitInfo(result.method, elbo, bool(result.converged), float(result.elbo))
 
 
 def psislw(log_ratios: np.ndarray) -> tuple[np.ndarray, float]:
@@ -197,8 +187,7 @@ def _build(model: Callable[..., Any], chains: Sequence[tuple[Callable[..., Any],
 
     num_samples = check_num_samples(num_samples)
     coords, dims = dict(coords or {}), dict(dims or {})
-    if not callable(model):
-        raise TypeError(f"model must be callable, got {type(model).__name__}")
+    check_callable("model", model)
     with seeded(seed):
         pointwise = bool(inspect_model(model, *args, **kwargs).observed)
     draws: list[GuideDraws] = []
@@ -356,28 +345,32 @@ def to_inference_data(model: Callable[..., Any], guide: Callable[..., Any] | Non
                   num_samples=num_samples, seed=seed, coords=coords, dims=dims, infos=infos)
 
 
-def inference_data_from_result(result: Any, *args: Any, model: Callable[..., Any] | None = None,
+def inference_data_from_result(result: FitResult | Sequence[FitResult], *args: Any,
+                               model: Callable[..., Any] | None = None,
                                num_samples: int = 1000, seed: int | None = None,
                                coords: Mapping[str, Any] | None = None,
                                dims: Mapping[str, Sequence[str]] | None = None,
                                **kwargs: Any) -> Any:
     """``to_inference_data`` for one fit result or several (one chain each).
 
-    ``result`` is a :class:`~pyro_vi.cavi.CAVIResult`, an SVI result or any object with
-    ``guide`` (and ``model``, ``history``, ``converged``, ``params``), or a sequence of them.
-    When a result's ``params`` is a mapping of tensors (an SVI fit), the guide runs in a
-    scoped param store holding exactly those values, so several fits with the same param
-    names each use their own. ``*args, **kwargs`` are the model's data arguments.
+    ``result`` is a :class:`~pyro_vi.results.FitResult` (a CAVI or SVI fit), or a sequence of
+    them fitted to the same data. Each guide runs with its own fit's parameters: when
+    :attr:`~pyro_vi.results.FitResult.store_params` is set (an SVI fit), in a scoped param
+    store holding exactly those values, so several fits with the same param names each use
+    their own. ``*args, **kwargs`` are the model's data arguments; without them the first
+    fit's ``data`` is used. ``model`` overrides the first fit's Pyro model.
 
     Examples
     --------
-    See :func:`to_inference_data`; ``result.to_inference_data(x)`` calls this.
+    See :func:`to_inference_data`; ``result.to_inference_data()`` calls this.
     """
-    results = list(result) if isinstance(result, (list, tuple)) else [result]
+    results: list[FitResult] = list(result) if isinstance(result, Sequence) else [result]
     if not results:
         raise ValueError("result is an empty sequence")
-    pyro_model = result_model(results[0], model)
-    chains = [(r.guide, result_params(r)) for r in results]
+    if not args and not kwargs:
+        args = results[0].data
+    pyro_model = results[0].model if model is None else model
+    chains = [(r.guide, r.store_params) for r in results]
     infos = [fit_info_from_result(r) for r in results]
     return _build(pyro_model, chains, args, kwargs, num_samples=num_samples, seed=seed,
                   coords=coords, dims=dims, infos=infos)

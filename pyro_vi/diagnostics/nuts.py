@@ -28,6 +28,7 @@ from torch import Tensor
 from torch.distributions import biject_to, constraints
 from torch.distributions.transforms import Transform
 
+from pyro_vi._checks import check_bool, check_callable, check_int
 from pyro_vi.diagnostics._draws import check_num_samples, draw_from_guide, seeded
 from pyro_vi.diagnostics._sites import inspect_model, node
 
@@ -211,9 +212,6 @@ def _table(vi: Mapping[str, np.ndarray], nuts: Mapping[str, np.ndarray],
 
 def _plot(vi: Mapping[str, np.ndarray], nuts: Mapping[str, np.ndarray], table: pd.DataFrame,
           path: Path, max_params: int) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
 
     worst = MCMCComparison(table, None, None).worst(max_params)  # type: ignore[arg-type]
@@ -312,12 +310,14 @@ def compare_to_mcmc(model: Callable[..., Any], guide: Callable[..., Any], *args:
     >>> list(res.table["param"]), bool(abs(res.table["std_mean_diff"][0]) < 0.6)
     (['mu'], True)
     """
-    for name, v in (("num_samples", num_samples), ("warmup_steps", warmup_steps + 1),
-                    ("num_chains", num_chains), ("vi_samples", vi_samples),
-                    ("max_plot", max_plot)):
+    for name, v in (("num_samples", num_samples), ("num_chains", num_chains),
+                    ("vi_samples", vi_samples), ("max_plot", max_plot)):
         check_num_samples(v, name=name)
-    if align is not None and not callable(align):
-        raise TypeError(f"align must be callable or None, got {type(align).__name__}")
+    check_int("warmup_steps", warmup_steps, minimum=0)
+    if align is not None:
+        check_callable("align", align)
+    check_int("seed", seed, minimum=0)
+    check_bool("jit_compile", jit_compile)
     structure = inspect_model(model, *args, **kwargs)
     for name in structure.latent:
         info = structure.sites[name]

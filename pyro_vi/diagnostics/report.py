@@ -22,13 +22,16 @@ import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from pyro_vi.diagnostics._draws import result_model, result_params
+from pyro_vi._checks import check_bool, check_callable, check_int
 from pyro_vi.diagnostics.nuts import MCMCComparison, compare_to_mcmc
 from pyro_vi.diagnostics.psis import PSISResult, psis_diagnostic
+
+if TYPE_CHECKING:
+    from pyro_vi.results import FitResult
 
 __all__ = ["Diagnosis", "ElboTrend", "diagnose", "elbo_flatness"]
 
@@ -71,9 +74,8 @@ def elbo_flatness(elbo: Sequence[float], *, window: int | None = None,
         raise ValueError(f"elbo needs at least 3 values, got shape {values.shape}")
     if not np.isfinite(values).all():
         raise ValueError("elbo holds NaN or inf")
-    w = window if window is not None else min(100, max(3, values.size // 5))
-    if isinstance(w, bool) or not isinstance(w, int) or w < 3:
-        raise ValueError(f"window must be an int >= 3, got {window!r}")
+    w = (check_int("window", window, minimum=3) if window is not None
+         else min(100, max(3, values.size // 5)))
     y = values[-w:]
     w = y.size
     t = np.arange(w, dtype=np.float64) - (w - 1) / 2
@@ -147,20 +149,23 @@ def _plot_psis(psis: PSISResult, path: Path) -> Path:
     return path
 
 
-def _unpack(fit: Any, model: Callable[..., Any] | None) -> tuple[Any, Any, Any, Any]:
-    """Return (model, guide, params, result-or-None) from a fit result or a pair."""
+def _unpack(fit: FitResult | tuple[Any, Any],
+            model: Callable[..., Any] | None) -> tuple[Any, Any, Any, FitResult | None]:
+    """Return (model, guide, store params, result-or-None) from a fit result or a pair."""
     if isinstance(fit, tuple):
-        if len(fit) != 2 or not all(callable(f) for f in fit):
+        if len(fit) != 2:
             raise TypeError("fit must be a fit result or a (model, guide) pair of callables")
-        return fit[0], fit[1], None, None
-    if not hasattr(fit, "guide"):
-        raise TypeError(f"fit must be a fit result or a (model, guide) pair, got {type(fit)}")
-    return result_model(fit, model), fit.guide, result_params(fit), fit
+        return check_callable("fit[0], the model,", fit[0]), check_callable("fit[1], the guide,", fit[1]), None, None
+    try:
+        guide, params, pyro_model = fit.guide, fit.store_params, fit.model
+    except AttributeError:
+        raise TypeError(f"fit must be a FitResult or a (model, guide) pair, got {type(fit).__name__}") from None
+    return pyro_model if model is None else model, guide, params, fit
 
 
-def _report(fit: Any, converged: bool | None, trend: ElboTrend | None, psis: PSISResult,
+def _report(fit: FitResult | None, converged: bool | None, trend: ElboTrend | None, psis: PSISResult,
             comparison: MCMCComparison | None, verdict: str, figures: Sequence[Path]) -> str:
-    name = getattr(fit, "method", "variational") if fit is not None else "guide"
+    name = fit.method if fit is not None else "guide"
     lines = [f"pyro-vi diagnose: {name} fit", f"  verdict:    {verdict.upper()}"]
     if converged is None:
         lines.append("  converged:  unknown (no fit result given)")
@@ -183,7 +188,7 @@ def _report(fit: Any, converged: bool | None, trend: ElboTrend | None, psis: PSI
     return "\n".join(lines)
 
 
-def diagnose(fit: Any, *args: Any, model: Callable[..., Any] | None = None, nuts: bool = False,
+def diagnose(fit: FitResult | tuple[Any, Any], *args: Any, model: Callable[..., Any] | None = None, nuts: bool = False,
              out_dir: str | Path | None = None, num_samples: int = 4000, seed: int = 0,
              window: int | None = None, nuts_options: dict[str, Any] | None = None,
              verbose: bool = True, **kwargs: Any) -> Diagnosis:
@@ -191,13 +196,13 @@ def diagnose(fit: Any, *args: Any, model: Callable[..., Any] | None = None, nuts
 
     Parameters
     ----------
-    fit : fit result or (model, guide)
-        A :class:`~pyro_vi.CAVIResult` / :class:`~pyro_vi.SVIResult` (anything with ``guide``,
-        ``history`` and ``converged``), or a ``(model, guide)`` pair.
+    fit : FitResult or (model, guide)
+        A fit result (:class:`~pyro_vi.CAVIResult`, :class:`~pyro_vi.SVIResult`), or a
+        ``(model, guide)`` pair of Pyro callables.
     *args, **kwargs
-        The model's data arguments.
+        The model's data arguments; for a fit result they default to its ``data``.
     model : callable, optional
-        The Pyro model, if the result does not carry one.
+        A Pyro model to use instead of the result's ``model``.
     nuts : bool
         Also run :func:`pyro_vi.compare_to_mcmc` (slow: minutes for a GMM).
     out_dir : path, optional
@@ -241,14 +246,15 @@ def diagnose(fit: Any, *args: Any, model: Callable[..., Any] | None = None, nuts
     ('trust', 'good')
     """
     pyro_model, guide, params, result = _unpack(fit, model)
+    nuts = bool(check_bool("nuts", nuts))
+    verbose = bool(check_bool("verbose", verbose))
+    if result is not None and not args and not kwargs:
+        args = result.data
     out = None if out_dir is None else Path(out_dir)
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
-    converged = None if result is None else getattr(result, "converged", None)
-    history = getattr(result, "history", None)
-    elbo = None
-    if history is not None and "elbo" in getattr(history, "columns", ()):
-        elbo = [float(v) for v in history["elbo"]]
+    converged = None if result is None else bool(result.converged)
+    elbo = None if result is None else [float(v) for v in result.history["elbo"]]
     trend = elbo_flatness(elbo, window=window) if elbo is not None and len(elbo) >= 3 else None
     psis = psis_diagnostic(pyro_model, guide, *args, num_samples=num_samples, seed=seed,
                            params=params, **kwargs)
@@ -266,7 +272,7 @@ def diagnose(fit: Any, *args: Any, model: Callable[..., Any] | None = None, nuts
         figures.append(_plot_psis(psis, out / "psis_log_ratios.png"))
     if comparison is not None and comparison.figure_path is not None:
         figures.append(comparison.figure_path)
-    verdict = _verdict(None if converged is None else bool(converged), trend, psis, comparison)
+    verdict = _verdict(converged, trend, psis, comparison)
     text = _report(result, converged, trend, psis, comparison, verdict, figures)
     if verbose:
         print(text)

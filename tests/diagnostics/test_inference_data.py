@@ -196,6 +196,16 @@ def test_several_fits_become_chains_each_with_its_own_params():
     assert idata.sample_stats["elbo"].shape == (2, 3)
 
 
+def test_a_result_exports_on_its_own_data_with_its_method_label():
+    y = normal_data(n=6)
+    params = {"loc": torch.zeros(2, dtype=F64), "scale": torch.ones(2, dtype=F64)}
+    fit = FakeResult(param_guide, normal_model, params, data=(y,))
+    idata = inference_data_from_result(fit, num_samples=5, seed=0)
+    assert idata.posterior.attrs["inference_method"] == "SVI"
+    np.testing.assert_array_equal(idata.observed_data["y"].values, y.numpy())
+    assert idata.sample_stats["converged"].values.tolist() == [True]
+
+
 def test_user_dims_and_coords_are_used():
     y = normal_data(n=4)
     idata = to_inference_data(normal_model, exact_guide, y, num_samples=3, seed=0,

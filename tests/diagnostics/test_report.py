@@ -62,9 +62,10 @@ def test_white_noise_false_alarm_rate_and_trend_power():
 
 @pytest.mark.parametrize(("values", "kwargs", "match"), [
     ([1.0, 2.0], {}, "at least 3"), ([1.0, np.nan, 2.0, 3.0], {}, "NaN"),
-    ([1.0] * 10, {"window": 2}, "window")])
+    ([1.0] * 10, {"window": 2}, "window"), ([1.0] * 10, {"window": 4.0}, "window")])
 def test_flatness_input_errors(values, kwargs, match):
-    with pytest.raises(ValueError, match=match):
+    error = TypeError if isinstance(kwargs.get("window"), float) else ValueError  # kind vs range
+    with pytest.raises(error, match=match):
         elbo_flatness(values, **kwargs)
 
 
@@ -88,6 +89,15 @@ def test_good_fit_is_trusted_and_writes_figures(tmp_path, capsys):
         assert line in out
     assert {p.name for p in d.figures} == {"elbo_trace.png", "psis_log_ratios.png"}
     assert all(p.stat().st_size > 1000 for p in d.figures)
+
+
+def test_a_result_without_data_arguments_is_diagnosed_on_its_own_data():
+    y = normal_data()
+    fit = FakeResult(param_guide, normal_model, _exact_params(y), data=(y,))
+    d = diagnose(fit, num_samples=300, verbose=False)
+    assert d.text.startswith("pyro-vi diagnose: SVI fit")  # the label is the result's method
+    assert d.psis.verdict == "good"
+    assert d.text == fit.diagnose(num_samples=300, verbose=False).text
 
 
 def test_unconverged_rising_fit_is_not_trusted():

@@ -17,7 +17,7 @@ Every method is scored by the same analytic ELBO (Bishop 2006, eq. 10.70 with th
 "Time to 0.1 %" is the first time a method's ELBO is within 0.1 % of the best ELBO any method
 found *for that data set and seed*.
 
-Run ``python benchmarks/cavi_vs_svi.py`` (or ``pyro-vi bench gmm``); ``--quick`` is a smoke test.
+Run ``python -m benchmarks.cavi_vs_svi`` (or ``pyro-vi bench gmm``); ``--quick`` is a smoke test.
 """
 
 from __future__ import annotations
@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import functools
 import math
-import sys
 import time
 import warnings
 from collections.abc import Sequence
@@ -38,8 +37,14 @@ import pandas as pd
 import torch
 from matplotlib.figure import Figure
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import (  # noqa: E402
+from pyro_vi import cavi, load_old_faithful
+from pyro_vi.factors import Dirichlet, NormalWishart
+from pyro_vi.linalg import inverse_cholesky
+from pyro_vi.models.gmm.kmeans import initial_responsibilities
+from pyro_vi.models.gmm.model import GaussianMixture, GMMParams
+from pyro_vi.models.gmm.svi import SVI_DEFAULTS, fit_gmm_svi
+
+from ._common import (
     add_common_args,
     limit_threads,
     machine_info,
@@ -51,15 +56,6 @@ from _common import (  # noqa: E402
     update_readme,
     write_results,
 )
-
-from pyro_vi import cavi, load_old_faithful  # noqa: E402
-from pyro_vi.factors import Dirichlet, NormalWishart  # noqa: E402
-from pyro_vi.linalg import inverse_cholesky  # noqa: E402
-from pyro_vi.models.gmm.kmeans import initial_responsibilities  # noqa: E402
-from pyro_vi.models.gmm.model import GaussianMixture, GMMParams  # noqa: E402
-from pyro_vi.models.gmm.svi import SVI_DEFAULTS, fit_gmm_svi  # noqa: E402
-
-matplotlib.use("Agg")
 
 NAME = "cavi_vs_svi"
 REL_TOL = 1e-3  #: "within 0.1 % of the best ELBO"
@@ -423,6 +419,7 @@ def settings_text(budget: Budget, datasets: Sequence[DataSet]) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    matplotlib.use("Agg")  # an app: figures go to files
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_common_args(parser)
     parser.add_argument("--seeds", type=int, default=None, help="number of seeds (default 5; quick 2)")

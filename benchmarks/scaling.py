@@ -15,7 +15,7 @@
   allocations — ``tracemalloc`` does not) of a fresh subprocess that builds the data and runs
   :func:`pyro_vi.cavi.engine` with default options; the high-water mark is reset after the data is built.
 
-Run ``python benchmarks/scaling.py`` (or ``pyro-vi bench scaling``); ``--quick`` is a smoke test.
+Run ``python -m benchmarks.scaling`` (or ``pyro-vi bench scaling``); ``--quick`` is a smoke test.
 """
 
 from __future__ import annotations
@@ -38,8 +38,11 @@ import torch
 from matplotlib.figure import Figure
 from matplotlib.ticker import NullFormatter
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import (  # noqa: E402
+from pyro_vi import cavi
+from pyro_vi.cavi.engine import DEFAULT_CHUNK_BYTES, local_pass
+from pyro_vi.models.gmm.model import GaussianMixture
+
+from ._common import (
     add_common_args,
     limit_threads,
     machine_info,
@@ -52,13 +55,7 @@ from _common import (  # noqa: E402
     update_readme,
     write_results,
 )
-from cavi_vs_svi import initial_resp, sklearn_estimator, sklearn_params  # noqa: E402
-
-from pyro_vi import cavi  # noqa: E402
-from pyro_vi.cavi.engine import DEFAULT_CHUNK_BYTES, local_pass  # noqa: E402
-from pyro_vi.models.gmm.model import GaussianMixture  # noqa: E402
-
-matplotlib.use("Agg")
+from .cavi_vs_svi import initial_resp, sklearn_estimator, sklearn_params
 
 NAME = "scaling"
 TARGET = (100_000, 32, 16)  #: (N, D, K) of the issue's targets
@@ -213,8 +210,11 @@ def memory_child(n: int, d: int, k: int, covariance: str) -> None:
 def measure_memory(n: int, d: int, k: int, covariance: str) -> dict[str, float]:
     """Peak RSS of :func:`pyro_vi.cavi.engine` (init + 2 sweeps) on N×D data, in a fresh subprocess."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--memory-child", str(n), str(d), str(k), covariance]
-    res = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
+    # `python -m benchmarks.scaling` from the checkout root: the package's relative imports resolve
+    cmd = [sys.executable, "-m", f"{__package__}.{Path(__file__).stem}", "--memory-child", str(n), str(d), str(k),
+           covariance]
+    res = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False,
+                         cwd=Path(__file__).resolve().parents[1])
     if res.returncode != 0:
         raise RuntimeError(f"memory subprocess for N={n}, D={d}, K={k} failed:\n{res.stderr[-2000:]}")
     m = json.loads(res.stdout.strip().splitlines()[-1])
@@ -293,6 +293,7 @@ def report(df: pd.DataFrame, same: dict[str, float], mem: dict[str, float], thre
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    matplotlib.use("Agg")  # an app: figures go to files
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["--memory-child"]:
         n, d, k = (int(v) for v in argv[1:4])

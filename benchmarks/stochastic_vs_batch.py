@@ -17,14 +17,13 @@ this data its seeds then agree to ~1e-15 relative). The stricter 0.01 % target i
 alongside.
 Medians over ``--repeats`` seeds, methods interleaved in a rotating order.
 
-Run ``python benchmarks/stochastic_vs_batch.py`` (``--quick``: N = 2·10^4, a smoke test).
+Run ``python -m benchmarks.stochastic_vs_batch`` (``--quick``: N = 2·10^4, a smoke test).
 """
 
 from __future__ import annotations
 
 import argparse
 import math
-import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -34,8 +33,9 @@ import pandas as pd
 import torch
 from matplotlib.figure import Figure
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import (  # noqa: E402
+from pyro_vi import GaussianMixture, cavi, svi_cavi
+
+from ._common import (
     add_common_args,
     limit_threads,
     machine_info,
@@ -47,10 +47,6 @@ from _common import (  # noqa: E402
     update_readme,
     write_results,
 )
-
-from pyro_vi import GaussianMixture, cavi, svi_cavi  # noqa: E402
-
-matplotlib.use("Agg")
 
 NAME = "stochastic_vs_batch"
 TARGET = 0.01  # relative distance to the batch optimum
@@ -152,6 +148,7 @@ def figure(traces: pd.DataFrame, optimum: float) -> Figure:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    matplotlib.use("Agg")  # an app: figures go to files
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_common_args(parser)
     parser.add_argument("--n", type=int, default=None, help="data points (default 1e6)")

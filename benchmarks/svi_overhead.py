@@ -13,7 +13,7 @@ and the ratio measured side by side in one run:
 
 Usage::
 
-    python benchmarks/svi_overhead.py [--quick] [--out benchmarks/results]
+    python -m benchmarks.svi_overhead [--quick] [--out benchmarks/results]
 """
 
 from __future__ import annotations
@@ -29,18 +29,16 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import matplotlib
+import matplotlib.pyplot as plt
+import pandas as pd
+import pyro
+import pyro.distributions as dist
+import torch
+from pyro.infer import SVI, Trace_ELBO
+from pyro.infer.autoguide import AutoNormal
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import pandas as pd  # noqa: E402
-import pyro  # noqa: E402
-import pyro.distributions as dist  # noqa: E402
-import torch  # noqa: E402
-from pyro.infer import SVI, Trace_ELBO  # noqa: E402
-from pyro.infer.autoguide import AutoNormal  # noqa: E402
-
-from pyro_vi import fit_svi  # noqa: E402
-from pyro_vi.svi.guard import FiniteGuard  # noqa: E402
+from pyro_vi import fit_svi
+from pyro_vi.svi.guard import FiniteGuard
 
 METHODS = ("bare", "fit_svi", "fit_svi+bar")
 
@@ -256,6 +254,7 @@ def write_markdown(summary: pd.DataFrame, info: dict[str, str], args: argparse.N
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    matplotlib.use("Agg")  # an app: figures go to files
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="tiny run (smoke test)")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))

@@ -15,24 +15,24 @@ method's own k-means++ start. Every method is scored on the same analytic ELBO; 
 evaluated every ``eval_every`` steps outside the clock. A method that never gets within 0.1 %
 is reported with its final gap and a lower bound ``> total seconds`` on its time.
 
-Run ``python benchmarks/time_to_optimum.py`` (full) or ``--quick`` (smoke test).
+Run ``python -m benchmarks.time_to_optimum`` (full) or ``--quick`` (smoke test).
 """
 
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from collections.abc import Sequence
-from pathlib import Path
 
 import matplotlib
 import pandas as pd
 import torch
 from matplotlib.figure import Figure
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import (  # noqa: E402
+from pyro_vi import GaussianMixture, cavi, load_old_faithful
+from pyro_vi.models.gmm.svi import fit_gmm_svi
+
+from ._common import (
     add_common_args,
     limit_threads,
     machine_info,
@@ -42,11 +42,6 @@ from _common import (  # noqa: E402
     update_readme,
     write_results,
 )
-
-from pyro_vi import GaussianMixture, cavi, load_old_faithful  # noqa: E402
-from pyro_vi.models.gmm.svi import fit_gmm_svi  # noqa: E402
-
-matplotlib.use("Agg")
 
 NAME = "time_to_optimum"
 TARGET = 1e-3
@@ -115,6 +110,7 @@ def figure(all_traces: dict[str, dict[str, pd.DataFrame]], best: dict[str, float
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    matplotlib.use("Agg")  # an app: figures go to files
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_common_args(parser)
     parser.add_argument("--steps", type=int, default=None, help="SVI steps (default 2000; quick 20)")

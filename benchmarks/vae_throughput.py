@@ -7,7 +7,7 @@
 3. Quality after a fixed epoch budget: test ELBO and the importance-weighted log-likelihood
    (k = 5000, Burda et al. 2016) for a VAE trained with the ELBO and one trained with IWAE.
 
-Run: ``python benchmarks/vae_throughput.py`` (full, a few minutes on one core) or ``--quick``.
+Run: ``python -m benchmarks.vae_throughput`` (full, a few minutes on one core) or ``--quick``.
 Writes ``vae_throughput[_quick].{csv,md,png}`` into ``--out`` (default benchmarks/results).
 """
 
@@ -37,8 +37,6 @@ from pyro_vi.models.vae.evaluate import elbo_per_image, iw_log_likelihood
 from pyro_vi.models.vae.model import VAE, VAEConfig
 from pyro_vi.models.vae.train import fit_vae
 from pyro_vi.svi.runner import fit_svi
-
-matplotlib.use("Agg")
 
 HIDDEN = (256, 128)
 
@@ -188,6 +186,7 @@ def plot(timings: pd.DataFrame, curves: pd.DataFrame, path: Path) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    matplotlib.use("Agg")  # an app: figures go to files
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="tiny budgets (smoke test, < 30 s)")
     p.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results")

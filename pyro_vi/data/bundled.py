@@ -8,6 +8,8 @@ from importlib import resources
 import torch
 from torch import Tensor
 
+from pyro_vi._checks import check_bool, check_dtype
+
 __all__ = ["load_old_faithful"]
 
 
@@ -32,7 +34,9 @@ def load_old_faithful(*, standardize: bool = False, dtype: torch.dtype = torch.f
     Raises
     ------
     TypeError
-        If ``dtype`` is not a floating torch dtype.
+        If ``dtype`` is not a ``torch.dtype`` (or its name), or ``standardize`` not a bool.
+    ValueError
+        If ``dtype`` is not a floating dtype.
 
     Examples
     --------
@@ -40,8 +44,8 @@ def load_old_faithful(*, standardize: bool = False, dtype: torch.dtype = torch.f
     >>> tuple(x.shape), float(x[0, 1])
     ((272, 2), 79.0)
     """
-    if not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
-        raise TypeError(f"dtype must be a floating torch.dtype, got {dtype!r}")
+    dtype = check_dtype("dtype", dtype)
+    standardize = bool(check_bool("standardize", standardize))
     text = resources.files("pyro_vi").joinpath("data/old_faithful.csv").read_text()
     rows = list(csv.reader(text.splitlines()))
     if rows[0] != ["eruptions", "waiting"]:

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from pyro_vi._checks import check_bool, check_int, check_real, check_seed
 from pyro_vi.data.idx import read_idx
 
 __all__ = [
@@ -110,8 +111,9 @@ def binarize(x: Tensor, *, seed: int | None = None, generator: torch.Generator |
     >>> binarize(torch.tensor([[0.0, 1.0]]), seed=0)
     tensor([[0., 1.]])
     """
+    seed = check_seed("seed", seed)
     if seed is not None:
-        generator = torch.Generator(device=x.device).manual_seed(int(seed))
+        generator = torch.Generator(device=x.device).manual_seed(seed)
     return torch.bernoulli(x, generator=generator)
 
 
@@ -136,10 +138,15 @@ class Minibatches:
     def __init__(self, x: Tensor, *, batch_size: int, seed: int | None = None,
                  shuffle: bool = True, drop_last: bool = False,
                  dynamic_binarize: bool = False) -> None:
-        if not isinstance(x, Tensor) or x.ndim < 1 or x.shape[0] == 0:
+        if not isinstance(x, Tensor):
+            raise TypeError(f"Minibatches: x must be a torch.Tensor, got {type(x).__name__}")
+        if x.ndim < 1 or x.shape[0] == 0:
             raise ValueError("Minibatches: x must be a non-empty tensor")
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-            raise ValueError(f"Minibatches: batch_size must be a positive int, got {batch_size!r}")
+        batch_size = check_int("batch_size", batch_size, minimum=1)
+        seed = check_seed("seed", seed)
+        shuffle, drop_last, dynamic_binarize = (
+            bool(check_bool(name, value)) for name, value in
+            (("shuffle", shuffle), ("drop_last", drop_last), ("dynamic_binarize", dynamic_binarize)))
         if drop_last and batch_size > x.shape[0]:
             raise ValueError(f"Minibatches: batch_size {batch_size} > {x.shape[0]} rows with "
                              "drop_last=True leaves no batch")
@@ -180,8 +187,10 @@ def load_digits(*, test_fraction: float = 0.2, seed: int = 0) -> ImageData:
     >>> tuple(d.x_train.shape), tuple(d.x_test.shape), float(d.x_train.max())
     ((1438, 64), (359, 64), 1.0)
     """
+    test_fraction = check_real("test_fraction", test_fraction)
     if not 0.0 < test_fraction < 1.0:
         raise ValueError(f"test_fraction must be in (0, 1), got {test_fraction!r}")
+    seed = check_int("seed", seed, minimum=0)
     try:
         from sklearn.datasets import load_digits as sk_load_digits
     except ImportError as err:  # pragma: no cover - sklearn is a dev dependency
@@ -235,6 +244,7 @@ def fetch_file(name: str, md5: str, *, mirrors: tuple[str, ...], directory: Path
     A cached file with the wrong checksum raises :class:`ValueError` naming it (delete it to
     download again); a failed download leaves nothing behind.
     """
+    download = bool(check_bool("download", download))
     path = directory / name
     if path.is_file():
         got = _md5(path)

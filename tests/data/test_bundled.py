@@ -57,6 +57,10 @@ def test_dtype_option():
     torch.testing.assert_close(x, load_old_faithful().float())
 
 
-def test_non_floating_dtype_is_a_type_error():
-    with pytest.raises(TypeError, match="dtype"):
+def test_a_non_floating_dtype_is_a_value_error_and_a_non_dtype_a_type_error():
+    # pyro_vi._checks rule: a torch.dtype outside the floating ones is the right kind, bad range
+    with pytest.raises(ValueError, match="dtype"):
         load_old_faithful(dtype=torch.int64)
+    with pytest.raises(TypeError, match="dtype"):
+        load_old_faithful(dtype=3)
+    assert load_old_faithful(dtype="float32").dtype == torch.float32

@@ -47,6 +47,8 @@ def test_digits_split_is_seeded_disjoint_and_scaled():
 def test_digits_rejects_bad_fraction():
     with pytest.raises(ValueError, match="test_fraction"):
         load_digits(test_fraction=1.0)
+    with pytest.raises(TypeError, match="test_fraction"):
+        load_digits(test_fraction="0.2")
 
 
 # ---- checks ------------------------------------------------------------------------------
@@ -120,6 +122,10 @@ def test_minibatches_reject_bad_arguments():
         Minibatches(torch.zeros(3, 1), batch_size=4, drop_last=True)
     with pytest.raises(ValueError, match="non-empty"):
         Minibatches(torch.zeros(0, 1), batch_size=1)
+    with pytest.raises(TypeError, match="batch_size"):
+        Minibatches(torch.zeros(3, 1), batch_size=2.0)
+    with pytest.raises(TypeError, match="x must be a torch.Tensor"):
+        Minibatches([[0.0]], batch_size=1)
 
 
 # ---- cache dir and MNIST (never touches the network) -----------------------------------------

@@ -8,9 +8,26 @@ from typing import Any
 
 import numpy as np
 
+from pyro_vi._checks import check_int
 from pyro_vi.diagnostics.report import diagnose
 
 __all__ = ["logistic_model", "main"]
+
+
+def _count(minimum: int) -> Any:
+    """An argparse ``type`` for integers ``>= minimum``, checked by :func:`pyro_vi._checks.check_int`."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        try:
+            return check_int("value", value, minimum=minimum)
+        except ValueError as err:
+            raise argparse.ArgumentTypeError(str(err)) from None
+
+    return parse
 
 
 def _logistic_data(n: int, seed: int) -> tuple[Any, Any]:
@@ -77,14 +94,14 @@ def main(argv: Sequence[str] | None = None) -> int:
                    help="gmm: Bayesian GMM by CAVI; logistic: logistic regression, AutoNormal SVI")
     p.add_argument("--data", default="old-faithful",
                    help="gmm data: 'old-faithful' (bundled, standardised) or a CSV path")
-    p.add_argument("--components", type=int, default=2, help="gmm: number of components")
-    p.add_argument("--n", type=int, default=200, help="logistic: synthetic data size")
-    p.add_argument("--steps", type=int, default=2000, help="CAVI iterations / SVI steps (max)")
+    p.add_argument("--components", type=_count(1), default=2, help="gmm: number of components")
+    p.add_argument("--n", type=_count(1), default=200, help="logistic: synthetic data size")
+    p.add_argument("--steps", type=_count(1), default=2000, help="CAVI iterations / SVI steps (max)")
     p.add_argument("--nuts", action="store_true", help="also compare with NUTS (slow)")
-    p.add_argument("--nuts-samples", type=int, default=300)
-    p.add_argument("--nuts-warmup", type=int, default=300)
-    p.add_argument("--num-samples", type=int, default=4000, help="guide draws for PSIS")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--nuts-samples", type=_count(1), default=300)
+    p.add_argument("--nuts-warmup", type=_count(0), default=300)
+    p.add_argument("--num-samples", type=_count(1), default=4000, help="guide draws for PSIS")
+    p.add_argument("--seed", type=_count(0), default=0)
     p.add_argument("--out-dir", default="diagnose-out", help="where figures are written")
     ns = p.parse_args(list(argv) if argv is not None else None)
     result, args, nuts_options = _fit(ns)

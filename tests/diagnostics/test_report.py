@@ -168,3 +168,11 @@ def test_cli_gmm_with_nuts(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "vs NUTS (worst parameters):" in out
     assert (tmp_path / "vi_vs_nuts.png").exists()
+
+
+@pytest.mark.parametrize("argv", [["--num-samples", "0"], ["--seed", "-1"], ["--steps", "2.5"]])
+def test_cli_rejects_bad_counts_before_fitting(argv, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    assert exc.value.code == 2
+    assert argv[0] in capsys.readouterr().err

@@ -32,8 +32,8 @@ import torch
 from pyro.distributions import constraints
 from torch import Tensor
 
-from pyro_vi.cavi.engine import Local
-from pyro_vi.cavi.model import ConjugateModelBase, as_vector, check_finite, check_positive
+from pyro_vi._checks import as_vector, check_finite, check_positive
+from pyro_vi.cavi.model import ConjugateModel, Local, Stats
 from pyro_vi.factors import Gamma, Normal
 
 __all__ = ["HierarchicalNormal", "HierarchicalParams"]
@@ -49,7 +49,7 @@ class HierarchicalParams:
     precision: Gamma
 
 
-class HierarchicalNormal(ConjugateModelBase):
+class HierarchicalNormal(ConjugateModel[tuple[Tensor, Tensor], HierarchicalParams, Stats]):
     r"""Normal means :math:`\theta_j` with learned group mean :math:`\mu`, precision :math:`\tau`.
 
     Data: a tuple ``(y, sigma)`` of two ``(J,)`` arrays, ``sigma > 0`` the known sds.
@@ -58,8 +58,8 @@ class HierarchicalNormal(ConjugateModelBase):
     ----------
     mean_prior, mean_scale : float, keyword-only
         :math:`m_0` and :math:`s_0 > 0` of the prior on :math:`\mu`.
-    precision_shape, precision_rate : float
-        :math:`a_0, b_0 > 0` of the Gamma prior on :math:`\tau`.
+    precision_concentration, precision_rate : float
+        :math:`a_0, b_0 > 0` of the Gamma prior on :math:`\tau` (torch's names).
     dtype, device
         Where the fit runs (float64 on the CPU by default).
 
@@ -69,7 +69,7 @@ class HierarchicalNormal(ConjugateModelBase):
     >>> from pyro_vi import cavi
     >>> y = torch.tensor([28.0, 8, -3, 7, -1, 1, 18, 12])
     >>> sigma = torch.tensor([15.0, 10, 16, 11, 9, 11, 10, 18])
-    >>> m = HierarchicalNormal(mean_prior=0.0, mean_scale=5.0, precision_shape=2.0,
+    >>> m = HierarchicalNormal(mean_prior=0.0, mean_scale=5.0, precision_concentration=2.0,
     ...                        precision_rate=50.0)
     >>> fit = cavi(m, (y, sigma))
     >>> round(float(fit.params.mean.mean()), 2)
@@ -78,21 +78,26 @@ class HierarchicalNormal(ConjugateModelBase):
 
     name = "hierarchical"
 
-    def __init__(self, *, mean_prior: float, mean_scale: float, precision_shape: float,
-                 precision_rate: float, dtype: torch.dtype = torch.float64,
-                 device: torch.device | str | None = None) -> None:
-        self.m0 = check_finite("mean_prior", mean_prior)
-        self.s0 = check_positive("mean_scale", mean_scale)
-        self.a0 = check_positive("precision_shape", precision_shape)
-        self.b0 = check_positive("precision_rate", precision_rate)
-        self.dtype, self.device = dtype, device
+    def __init__(self, *, mean_prior: float, mean_scale: float, precision_concentration: float,
+                 precision_rate: float, dtype: Any = torch.float64, device: Any = None) -> None:
+        super().__init__(dtype=dtype, device=device)
+        self.mean_prior = check_finite("mean_prior", mean_prior)
+        self.mean_scale = check_positive("mean_scale", mean_scale)
+        self.precision_concentration = check_positive("precision_concentration",
+                                                      precision_concentration)
+        self.precision_rate = check_positive("precision_rate", precision_rate)
 
-    def prior(self) -> HierarchicalParams:
-        r"""Return the priors :math:`N(m_0, s_0^2)`, :math:`\mathrm{Gam}(a_0, b_0)` as factors."""
-        return HierarchicalParams(Normal(self._t(self.m0), precision=self._t(self.s0**-2)),
-                                  Gamma(self._t(self.a0), self._t(self.b0)))
+    def prior_params(self) -> HierarchicalParams:
+        r"""The priors :math:`N(m_0, s_0^2)` and :math:`\mathrm{Gam}(a_0, b_0)` as factors.
 
-    # ------------------------------------------------------------------- CAVI protocol
+        Both are fixed, so the contract's default :meth:`global_elbo`,
+        :math:`-\mathrm{KL}(q(\mu)\|p(\mu)) - \mathrm{KL}(q(\tau)\|p(\tau))`, is this model's.
+        """
+        return HierarchicalParams(
+            Normal(self._t(self.mean_prior), precision=self._t(self.mean_scale**-2)),
+            Gamma(self._t(self.precision_concentration), self._t(self.precision_rate)))
+
+    # -------------------------------------------------------------------- CAVI methods
     def prepare(self, data: Any) -> tuple[HierarchicalNormal, tuple[Tensor, Tensor]]:
         """Validate ``(y, sigma)``: finite ``(J,)`` arrays of one length, ``sigma > 0``."""
         if not isinstance(data, tuple | list) or len(data) != 2:
@@ -118,14 +123,14 @@ class HierarchicalNormal(ConjugateModelBase):
         return Normal((y * sigma**-2 + e_tau * params.mean.mean()) / prec, precision=prec)
 
     @staticmethod
-    def _stats(q_theta: Normal) -> tuple[Tensor, ...]:
+    def _stats(q_theta: Normal) -> Stats:
         r""":math:`(J, \sum_j E[\theta_j], \sum_j E[\theta_j^2])`."""
         m = q_theta.loc
         j = torch.tensor(float(m.shape[0]), dtype=m.dtype, device=m.device)
         return (j, m.sum(), q_theta.second_moment().sum())
 
-    def init_stats(self, data: Any, *, init: Any, generator: torch.Generator) -> tuple[Tensor, ...]:
-        r"""Return statistics of :math:`q(\theta_j) = N(y_j, \sigma_j^2)` (``init`` is unused)."""
+    def init_stats(self, data: tuple[Tensor, Tensor], *, generator: torch.Generator) -> Stats:
+        r"""Return statistics of :math:`q(\theta_j) = N(y_j, \sigma_j^2)` (a deterministic start)."""
         y, sigma = data
         return self._stats(Normal(y, precision=sigma**-2))
 
@@ -145,8 +150,7 @@ class HierarchicalNormal(ConjugateModelBase):
         prior = 0.5 * (q_tau.expected_log() - _LOG_2PI) - 0.5 * q_tau.mean() * e_sq
         return Local(self._stats(q), (lik + prior + q.entropy()).sum())
 
-    def global_step(self, stats: tuple[Tensor, ...],
-                    params: HierarchicalParams | None) -> HierarchicalParams:
+    def global_step(self, stats: Stats, params: HierarchicalParams | None) -> HierarchicalParams:
         r"""One sweep: :math:`q(\mu)` given the previous :math:`E[\tau]`, then :math:`q(\tau)`.
 
         .. math::
@@ -158,22 +162,20 @@ class HierarchicalNormal(ConjugateModelBase):
         With ``params=None`` :math:`E[\tau]` starts at the prior mean :math:`a_0/b_0`.
         """
         j, s1, s2 = stats
-        e_tau = params.precision.mean() if params is not None else self._t(self.a0 / self.b0)
-        prec = self.s0**-2 + j * e_tau
-        q_mu = Normal((self.m0 * self.s0**-2 + e_tau * s1) / prec, precision=prec)
-        rate = self.b0 + 0.5 * (s2 - 2.0 * q_mu.loc * s1 + j * q_mu.second_moment())
-        return HierarchicalParams(q_mu, Gamma(self.a0 + 0.5 * j * torch.ones_like(rate), rate))
-
-    def global_elbo(self, params: HierarchicalParams) -> Tensor:
-        r""":math:`-\mathrm{KL}(q(\mu)\|p(\mu)) - \mathrm{KL}(q(\tau)\|p(\tau))`."""
-        prior = self.prior()
-        return -params.mean.kl(prior.mean) - params.precision.kl(prior.precision)
+        a0, b0 = self.precision_concentration, self.precision_rate
+        m0, s0 = self.mean_prior, self.mean_scale
+        e_tau = params.precision.mean() if params is not None else self._t(a0 / b0)
+        prec = s0**-2 + j * e_tau
+        q_mu = Normal((m0 * s0**-2 + e_tau * s1) / prec, precision=prec)
+        rate = b0 + 0.5 * (s2 - 2.0 * q_mu.loc * s1 + j * q_mu.second_moment())
+        return HierarchicalParams(q_mu, Gamma(a0 + 0.5 * j * torch.ones_like(rate), rate))
 
     # ----------------------------------------------------------------------------- Pyro
     def model(self, y: Tensor, sigma: Tensor) -> None:
         """Run the generative model as plain Pyro code (centred parameterisation)."""
-        mu = pyro.sample("mu", dist.Normal(self._t(self.m0), self._t(self.s0)))
-        tau = pyro.sample("tau", dist.Gamma(self._t(self.a0), self._t(self.b0)))
+        mu = pyro.sample("mu", dist.Normal(self._t(self.mean_prior), self._t(self.mean_scale)))
+        tau = pyro.sample("tau", dist.Gamma(self._t(self.precision_concentration),
+                                            self._t(self.precision_rate)))
         with pyro.plate("groups", y.shape[0], dim=-1):
             theta = pyro.sample("theta", dist.Normal(mu, tau.rsqrt()))
             pyro.sample("obs", dist.Normal(theta, sigma), obs=y)
@@ -184,20 +186,20 @@ class HierarchicalNormal(ConjugateModelBase):
         y, sigma = self.prepare(data)[1]
         q = self.local_factors((y, sigma), params) if local is None else local
         mu = pyro.sample("mu", dist.Normal(params.mean.loc, params.mean.precision.rsqrt()))
-        tau = pyro.sample("tau", dist.Gamma(params.precision.shape, params.precision.rate))
+        tau = pyro.sample("tau", dist.Gamma(params.precision.concentration, params.precision.rate))
         with pyro.plate("groups", y.shape[0], dim=-1):
             theta = pyro.sample("theta", dist.Normal(q.loc, q.precision.rsqrt()))
         return {"mu": mu, "tau": tau, "theta": theta}
 
     def guide_params(self, *data: Any) -> HierarchicalParams:
         """Global ``pyro.param`` sites ``hierarchical.*``, initialised at the prior."""
-        n, pos, prior = self.name, constraints.positive, self.prior()
-        loc = pyro.param(f"{n}.mu_loc", lambda: prior.mean.loc.clone())
-        prec = pyro.param(f"{n}.mu_precision", lambda: prior.mean.precision.clone(),
+        n, pos, prior = self.name, constraints.positive, self.prior_params()
+        loc = pyro.param(f"{n}.mu_loc", prior.mean.loc.clone)
+        prec = pyro.param(f"{n}.mu_precision", prior.mean.precision.clone, constraint=pos)
+        conc = pyro.param(f"{n}.tau_concentration", prior.precision.concentration.clone,
                           constraint=pos)
-        shape = pyro.param(f"{n}.tau_shape", lambda: prior.precision.shape.clone(), constraint=pos)
-        rate = pyro.param(f"{n}.tau_rate", lambda: prior.precision.rate.clone(), constraint=pos)
-        return HierarchicalParams(Normal(loc, precision=prec), Gamma(shape, rate))
+        rate = pyro.param(f"{n}.tau_rate", prior.precision.rate.clone, constraint=pos)
+        return HierarchicalParams(Normal(loc, precision=prec), Gamma(conc, rate))
 
     def guide(self, *data: Any) -> dict[str, Tensor]:
         """Run the trainable guide: global sites plus ``hierarchical.theta_loc/_precision``."""

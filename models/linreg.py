@@ -20,6 +20,7 @@ Pyro sites: ``weight_precision`` (ARD: event shape ``(D,)``), ``noise_precision`
 
 from __future__ import annotations
 
+import copy
 import math
 from dataclasses import dataclass
 from typing import Any, NamedTuple
@@ -30,10 +31,9 @@ import torch
 from pyro.distributions import constraints
 from torch import Tensor
 
-from pyro_vi.cavi.engine import Local
-from pyro_vi.cavi.model import ConjugateModelBase, as_vector, check_positive
+from pyro_vi._checks import as_matrix, as_vector, check_bool, check_positive
+from pyro_vi.cavi.model import ConjugateModel, Local, Stats
 from pyro_vi.factors import Gamma, MultivariateNormal
-from pyro_vi.models.gmm.model import validate_points
 
 __all__ = ["BayesianLinearRegression", "LinRegParams", "LinRegPrediction"]
 
@@ -64,7 +64,7 @@ def _mean_log(p: Gamma | Tensor) -> Tensor:
     return p.expected_log() if isinstance(p, Gamma) else torch.log(p)
 
 
-class BayesianLinearRegression(ConjugateModelBase):
+class BayesianLinearRegression(ConjugateModel[tuple[Tensor, Tensor], LinRegParams, Stats]):
     r"""Linear regression :math:`y = w^T x + \varepsilon` with Gamma priors on every precision.
 
     Parameters
@@ -75,10 +75,11 @@ class BayesianLinearRegression(ConjugateModelBase):
         Fix :math:`\alpha` to this value instead of learning it.
     noise_precision : float or None
         Fix :math:`\beta` to this value instead of learning it.
-    weight_shape, weight_rate : float
-        :math:`a_0, b_0 > 0` (default ``1e-6``: broad, as in Bishop & Tipping 2000).
-    noise_shape, noise_rate : float
-        :math:`c_0, d_0 > 0` (default ``1e-6``).
+    weight_precision_concentration, weight_precision_rate : float
+        :math:`a_0, b_0 > 0` of the Gamma prior on :math:`\alpha` (default ``1e-6``: broad, as
+        in Bishop & Tipping 2000).
+    noise_precision_concentration, noise_precision_rate : float
+        :math:`c_0, d_0 > 0` of the Gamma prior on :math:`\beta` (default ``1e-6``).
     dtype, device
         Where the fit runs (float64 on the CPU by default).
 
@@ -98,49 +99,78 @@ class BayesianLinearRegression(ConjugateModelBase):
     name = "linreg"
 
     def __init__(self, *, ard: bool = True, weight_precision: float | None = None,
-                 noise_precision: float | None = None, weight_shape: float = 1e-6,
-                 weight_rate: float = 1e-6, noise_shape: float = 1e-6, noise_rate: float = 1e-6,
-                 dtype: torch.dtype = torch.float64, device: torch.device | str | None = None):
-        if not isinstance(ard, bool):
-            raise TypeError(f"ard must be a bool, got {ard!r}")
-        self.ard = ard
+                 noise_precision: float | None = None,
+                 weight_precision_concentration: float = 1e-6, weight_precision_rate: float = 1e-6,
+                 noise_precision_concentration: float = 1e-6, noise_precision_rate: float = 1e-6,
+                 dtype: Any = torch.float64, device: Any = None) -> None:
+        super().__init__(dtype=dtype, device=device)
+        self.ard = bool(check_bool("ard", ard))
         self.weight_precision = (None if weight_precision is None
                                  else check_positive("weight_precision", weight_precision))
         self.noise_precision = (None if noise_precision is None
                                 else check_positive("noise_precision", noise_precision))
-        self.a0, self.b0 = check_positive("weight_shape", weight_shape), check_positive(
-            "weight_rate", weight_rate)
-        self.c0, self.d0 = check_positive("noise_shape", noise_shape), check_positive(
-            "noise_rate", noise_rate)
-        self.dtype, self.device = dtype, device
+        self.weight_precision_concentration = check_positive(
+            "weight_precision_concentration", weight_precision_concentration)
+        self.weight_precision_rate = check_positive("weight_precision_rate", weight_precision_rate)
+        self.noise_precision_concentration = check_positive(
+            "noise_precision_concentration", noise_precision_concentration)
+        self.noise_precision_rate = check_positive("noise_precision_rate", noise_precision_rate)
+        #: Number of inputs D, resolved from the data by :meth:`prepare` (the prior's size).
+        self.n_features: int | None = None
 
-    def _t(self, v: Any) -> Tensor:
-        return torch.as_tensor(v, dtype=self.dtype, device=self.device)
+    def _resolved(self, d: int) -> BayesianLinearRegression:
+        """Return this model for ``d`` inputs (a copy when ``n_features`` differs)."""
+        if self.n_features == d:
+            return self
+        new = copy.copy(self)
+        new.n_features = d
+        return new
 
-    def _alpha_prior(self, d: int) -> Gamma:
-        shape = (d,) if self.ard else ()
-        return Gamma(self._t(self.a0).expand(shape), self._t(self.b0).expand(shape))
+    def prior_params(self) -> LinRegParams:
+        r"""The prior as factors (fixed precisions as tensors); needs ``n_features``.
 
-    # ------------------------------------------------------------------- CAVI protocol
+        :math:`\alpha \sim \mathrm{Gam}(a_0, b_0)` (batch ``(D,)`` with ARD),
+        :math:`\beta \sim \mathrm{Gam}(c_0, d_0)`, and for :math:`w` its conditional prior
+        :math:`N(0, \mathrm{diag}(E_p[\alpha])^{-1})` at the prior mean of :math:`\alpha`
+        (:meth:`global_elbo` uses the exact conditional).
+        """
+        if self.n_features is None:
+            raise RuntimeError("the number of inputs is not resolved: call model.prepare((X, y))")
+        d = self.n_features
+        alpha: Gamma | Tensor
+        if self.weight_precision is None:
+            shape = (d,) if self.ard else ()
+            alpha = Gamma(self._t(self.weight_precision_concentration).expand(shape),
+                          self._t(self.weight_precision_rate).expand(shape))
+        else:
+            alpha = self._t(self.weight_precision)
+        beta: Gamma | Tensor = (self._t(self.noise_precision) if self.noise_precision is not None
+                                else Gamma(self._t(self.noise_precision_concentration),
+                                           self._t(self.noise_precision_rate)))
+        tril = torch.diag_embed(_mean(alpha).expand(d).sqrt())
+        return LinRegParams(MultivariateNormal(torch.zeros_like(tril[0]), tril), alpha, beta)
+
+    # -------------------------------------------------------------------- CAVI methods
     def prepare(self, data: Any) -> tuple[BayesianLinearRegression, tuple[Tensor, Tensor]]:
-        """Validate ``(X, y)``: ``X`` finite ``(N, D)``, ``y`` finite ``(N,)``."""
+        """Validate ``(X, y)``: ``X`` finite ``(N, D)``, ``y`` finite ``(N,)``; resolve D."""
         if not isinstance(data, tuple | list) or len(data) != 2:
             raise TypeError("data must be a tuple (X, y)")
-        x = validate_points(data[0], name="X", dtype=self.dtype, device=self.device)
+        x = as_matrix(data[0], "X", dtype=self.dtype, device=self.device)
         y = as_vector(data[1], "y", dtype=self.dtype, device=self.device)
         if x.shape[0] != y.shape[0]:
             raise ValueError(f"X and y differ in length: X has {x.shape[0]} rows, y has "
                              f"{y.shape[0]} entries")
-        return self, (x, y)
+        return self._resolved(x.shape[1]), (x, y)
 
-    def _stats(self, data: tuple[Tensor, Tensor]) -> tuple[Tensor, ...]:
+    @staticmethod
+    def _stats(data: tuple[Tensor, Tensor]) -> Stats:
         r""":math:`(N, X^TX, X^Ty, y^Ty)` — Bishop's :math:`\Phi^T\Phi`, :math:`\Phi^T t`."""
         x, y = data
         n = torch.tensor(float(x.shape[0]), dtype=x.dtype, device=x.device)
         return (n, x.T @ x, x.T @ y, y @ y)
 
-    def init_stats(self, data: Any, *, init: Any, generator: torch.Generator) -> tuple[Tensor, ...]:
-        """Return the data's sufficient statistics (no local factors; ``init`` is unused)."""
+    def init_stats(self, data: tuple[Tensor, Tensor], *, generator: torch.Generator) -> Stats:
+        """Return the data's sufficient statistics (there are no local factors)."""
         return self._stats(data)
 
     def local_step(self, data: tuple[Tensor, Tensor], params: LinRegParams) -> Local:
@@ -157,7 +187,7 @@ class BayesianLinearRegression(ConjugateModelBase):
         elbo = 0.5 * x.shape[0] * (_mean_log(beta) - _LOG_2PI) - 0.5 * _mean(beta) * sq
         return Local(self._stats(data), elbo)
 
-    def global_step(self, stats: tuple[Tensor, ...], params: LinRegParams | None) -> LinRegParams:
+    def global_step(self, stats: Stats, params: LinRegParams | None) -> LinRegParams:
         r"""One sweep: :math:`q(w)` given the old :math:`E[\alpha], E[\beta]`; then the Gammas.
 
         Bishop (2006), eqs. 10.99–10.100, 10.93–10.95 (ARD: per input, eq. 7.87 analogue):
@@ -173,10 +203,8 @@ class BayesianLinearRegression(ConjugateModelBase):
         n, xtx, xty, yty = stats
         d = xtx.shape[-1]
         if params is None:
-            alpha = (self._t(self.weight_precision) if self.weight_precision is not None
-                     else self._alpha_prior(d).mean())
-            beta = self._t(self.noise_precision if self.noise_precision is not None
-                           else self.c0 / self.d0)
+            prior = self._resolved(d).prior_params()
+            alpha, beta = _mean(prior.weight_precision), _mean(prior.noise_precision)
         else:
             alpha, beta = _mean(params.weight_precision), _mean(params.noise_precision)
         prec = torch.diag_embed(alpha.expand(d)) + beta * xtx
@@ -189,13 +217,15 @@ class BayesianLinearRegression(ConjugateModelBase):
         if self.weight_precision is None:
             e_w2 = torch.diagonal(second) if self.ard else torch.diagonal(second).sum()
             q_alpha: Gamma | Tensor = Gamma(
-                self.a0 + (0.5 if self.ard else 0.5 * d) * torch.ones_like(e_w2),
-                self.b0 + 0.5 * e_w2)
+                self.weight_precision_concentration
+                + (0.5 if self.ard else 0.5 * d) * torch.ones_like(e_w2),
+                self.weight_precision_rate + 0.5 * e_w2)
         else:
             q_alpha = self._t(self.weight_precision)
         if self.noise_precision is None:
             resid = (yty - 2.0 * q_w.loc @ xty + (xtx * second).sum()).clamp_min(0.0)
-            q_beta: Gamma | Tensor = Gamma(self.c0 + 0.5 * n, self.d0 + 0.5 * resid)
+            q_beta: Gamma | Tensor = Gamma(self.noise_precision_concentration + 0.5 * n,
+                                           self.noise_precision_rate + 0.5 * resid)
         else:
             q_beta = self._t(self.noise_precision)
         return LinRegParams(q_w, q_alpha, q_beta)
@@ -204,7 +234,8 @@ class BayesianLinearRegression(ConjugateModelBase):
         r"""Return the ELBO terms of the global factors.
 
         :math:`E_q[\log p(w|\alpha)] + H[q(w)] - \mathrm{KL}(q(\alpha)\|p(\alpha))
-        - \mathrm{KL}(q(\beta)\|p(\beta))`, where
+        - \mathrm{KL}(q(\beta)\|p(\beta))` (not the contract's default: the prior of
+        :math:`w` depends on :math:`\alpha`), where
 
         .. math:: E_q[\log p(w|\alpha)] = \textstyle\sum_i \tfrac12(E[\log\alpha_i]
             - \log 2\pi) - \tfrac12 E[\alpha_i] E[w_i^2]
@@ -214,10 +245,11 @@ class BayesianLinearRegression(ConjugateModelBase):
         e_w2 = torch.diagonal(q_w.second_moment())
         e_log_a = _mean_log(alpha).expand(d)
         out = (0.5 * (e_log_a - _LOG_2PI) - 0.5 * _mean(alpha) * e_w2).sum() + q_w.entropy()
-        if isinstance(alpha, Gamma):
-            out = out - alpha.kl(self._alpha_prior(d)).sum()
-        if isinstance(beta, Gamma):
-            out = out - beta.kl(Gamma(self._t(self.c0), self._t(self.d0)))
+        prior = self._resolved(d).prior_params()
+        if isinstance(alpha, Gamma) and isinstance(prior.weight_precision, Gamma):
+            out = out - alpha.kl(prior.weight_precision).sum()
+        if isinstance(beta, Gamma) and isinstance(prior.noise_precision, Gamma):
+            out = out - beta.kl(prior.noise_precision)
         return out
 
     # ------------------------------------------------------------------------ prediction
@@ -230,7 +262,7 @@ class BayesianLinearRegression(ConjugateModelBase):
         the first term is the noise, the second the uncertainty in :math:`w`).
         """
         d = params.weights.dim
-        x = validate_points(x, name="x", dtype=self.dtype, device=self.device)
+        x = as_matrix(x, "x", dtype=self.dtype, device=self.device)
         if x.shape[1] != d:
             raise ValueError(f"x must have D={d} columns, got {x.shape[1]}")
         q_w = params.weights
@@ -244,14 +276,16 @@ class BayesianLinearRegression(ConjugateModelBase):
         if self.weight_precision is not None:
             alpha = self._t(self.weight_precision)
         else:
-            prior = dist.Gamma(self._t(self.a0), self._t(self.b0))
+            prior = dist.Gamma(self._t(self.weight_precision_concentration),
+                               self._t(self.weight_precision_rate))
             alpha = pyro.sample("weight_precision", prior.expand([d]).to_event(1) if self.ard
                                 else prior)
         scale = alpha.rsqrt() if self.ard else alpha.rsqrt().unsqueeze(-1)
         w = pyro.sample("weights", dist.Normal(torch.zeros(d, dtype=x.dtype, device=x.device),
                                                scale).to_event(1))
         beta = (self._t(self.noise_precision) if self.noise_precision is not None else
-                pyro.sample("noise_precision", dist.Gamma(self._t(self.c0), self._t(self.d0))))
+                pyro.sample("noise_precision", dist.Gamma(self._t(self.noise_precision_concentration),
+                                                          self._t(self.noise_precision_rate))))
         with pyro.plate("data", x.shape[0], dim=-1):
             # (x * w).sum(-1) broadcasts over particle dimensions of w, unlike x @ w.
             pyro.sample("obs", dist.Normal((x * w).sum(-1), beta.rsqrt()), obs=y)
@@ -261,7 +295,7 @@ class BayesianLinearRegression(ConjugateModelBase):
         out = {}
         alpha, beta = params.weight_precision, params.noise_precision
         if isinstance(alpha, Gamma):
-            g = dist.Gamma(alpha.shape, alpha.rate)
+            g = dist.Gamma(alpha.concentration, alpha.rate)
             out["weight_precision"] = pyro.sample("weight_precision",
                                                   g.to_event(1) if self.ard else g)
         q_w = params.weights
@@ -269,7 +303,7 @@ class BayesianLinearRegression(ConjugateModelBase):
             q_w.loc, precision_matrix=q_w.precision()))
         if isinstance(beta, Gamma):
             out["noise_precision"] = pyro.sample("noise_precision",
-                                                 dist.Gamma(beta.shape, beta.rate))
+                                                 dist.Gamma(beta.concentration, beta.rate))
         return out
 
     def guide_params(self, x: Tensor, *data: Any) -> LinRegParams:
@@ -284,10 +318,12 @@ class BayesianLinearRegression(ConjugateModelBase):
         alpha, beta = init.weight_precision, init.noise_precision
         if isinstance(alpha, Gamma):
             a_init = alpha
-            alpha = Gamma(pyro.param(f"{n}.alpha_shape", lambda: a_init.shape, constraint=pos),
+            alpha = Gamma(pyro.param(f"{n}.alpha_concentration", lambda: a_init.concentration,
+                                     constraint=pos),
                           pyro.param(f"{n}.alpha_rate", lambda: a_init.rate, constraint=pos))
         if isinstance(beta, Gamma):
             b_init = beta
-            beta = Gamma(pyro.param(f"{n}.beta_shape", lambda: b_init.shape, constraint=pos),
+            beta = Gamma(pyro.param(f"{n}.beta_concentration", lambda: b_init.concentration,
+                                    constraint=pos),
                          pyro.param(f"{n}.beta_rate", lambda: b_init.rate, constraint=pos))
         return LinRegParams(MultivariateNormal(loc, tril), alpha, beta)

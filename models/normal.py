@@ -1,4 +1,4 @@
-r"""A Normal with unknown mean and precision (Bishop 2006, §10.1.3), as CAVI protocol and Pyro pair.
+r"""A Normal with unknown mean and precision (Bishop 2006, §10.1.3), as CAVI model and Pyro pair.
 
 Model (Bishop eqs. 10.21–10.23):
 
@@ -26,8 +26,8 @@ import torch
 from pyro.distributions import constraints
 from torch import Tensor
 
-from pyro_vi.cavi.engine import Local
-from pyro_vi.cavi.model import ConjugateModelBase, as_vector, check_finite, check_positive
+from pyro_vi._checks import as_vector, check_finite, check_positive
+from pyro_vi.cavi.model import ConjugateModel, Local, Stats
 from pyro_vi.factors import Gamma, Normal
 
 __all__ = ["NormalParams", "UnivariateNormal"]
@@ -43,7 +43,7 @@ class NormalParams:
     precision: Gamma
 
 
-class UnivariateNormal(ConjugateModelBase):
+class UnivariateNormal(ConjugateModel[Tensor, NormalParams, Stats]):
     r"""Normal with unknown mean :math:`\mu` and precision :math:`\tau`, Normal-Gamma prior.
 
     Parameters
@@ -52,8 +52,8 @@ class UnivariateNormal(ConjugateModelBase):
         :math:`\mu_0`.
     mean_precision : float
         :math:`\lambda_0 > 0`, the prior's weight in pseudo-observations.
-    precision_shape, precision_rate : float
-        :math:`a_0, b_0 > 0` of the Gamma prior on :math:`\tau`.
+    precision_concentration, precision_rate : float
+        :math:`a_0, b_0 > 0` of the Gamma prior on :math:`\tau` (torch's names).
     dtype, device
         Where the fit runs (float64 on the CPU by default).
 
@@ -70,33 +70,40 @@ class UnivariateNormal(ConjugateModelBase):
     name = "normal"
 
     def __init__(self, *, mean_prior: float = 0.0, mean_precision: float = 1.0,
-                 precision_shape: float = 1.0, precision_rate: float = 1.0,
-                 dtype: torch.dtype = torch.float64,
-                 device: torch.device | str | None = None) -> None:
+                 precision_concentration: float = 1.0, precision_rate: float = 1.0,
+                 dtype: Any = torch.float64, device: Any = None) -> None:
+        super().__init__(dtype=dtype, device=device)
         self.mean_prior = check_finite("mean_prior", mean_prior)
         self.mean_precision = check_positive("mean_precision", mean_precision)
-        self.precision_shape = check_positive("precision_shape", precision_shape)
+        self.precision_concentration = check_positive("precision_concentration",
+                                                      precision_concentration)
         self.precision_rate = check_positive("precision_rate", precision_rate)
-        self.dtype, self.device = dtype, device
 
-    def prior_precision(self) -> Gamma:
-        r""":math:`p(\tau) = \mathrm{Gam}(a_0, b_0)`."""
-        return Gamma(self._t(self.precision_shape), self._t(self.precision_rate))
+    def prior_params(self) -> NormalParams:
+        r"""The prior as factors: :math:`p(\tau) = \mathrm{Gam}(a_0, b_0)` and one for :math:`\mu`.
 
-    # ------------------------------------------------------------------- CAVI protocol
+        For :math:`\mu` it is :math:`N(\mu_0, (\lambda_0 E_p[\tau])^{-1})` (its conditional prior at the prior mean of
+        :math:`\tau`; :meth:`global_elbo` uses the exact conditional).
+        """
+        e_tau = self.precision_concentration / self.precision_rate
+        return NormalParams(Normal(self._t(self.mean_prior),
+                                   precision=self._t(self.mean_precision * e_tau)),
+                            Gamma(self._t(self.precision_concentration),
+                                  self._t(self.precision_rate)))
+
+    # -------------------------------------------------------------------- CAVI methods
     def prepare(self, data: Any) -> tuple[UnivariateNormal, Tensor]:
         """Validate ``data``: a finite, non-empty 1-D float array ``x``."""
         return self, as_vector(data, "x", dtype=self.dtype, device=self.device)
 
-    def _stats(self, x: Tensor) -> tuple[Tensor, ...]:
+    def _stats(self, x: Tensor) -> Stats:
         r""":math:`(N, \sum_n (x_n-\mu_0), \sum_n (x_n-\mu_0)^2)`, centred on :math:`\mu_0`."""
         xc = x - self.mean_prior
         return (torch.tensor(float(x.shape[0]), dtype=x.dtype, device=x.device), xc.sum(),
                 xc.square().sum())
 
-    def init_stats(self, data: Tensor, *, init: Any,
-                   generator: torch.Generator) -> tuple[Tensor, ...]:
-        """Return the data's sufficient statistics (no local factors; ``init`` is unused)."""
+    def init_stats(self, data: Tensor, *, generator: torch.Generator) -> Stats:
+        """Return the data's sufficient statistics (there are no local factors)."""
         return self._stats(data)
 
     def local_step(self, data: Tensor, params: NormalParams) -> Local:
@@ -112,7 +119,7 @@ class UnivariateNormal(ConjugateModelBase):
         elbo = 0.5 * n * (q_tau.expected_log() - _LOG_2PI) - 0.5 * q_tau.mean() * sq
         return Local(self._stats(data), elbo)
 
-    def global_step(self, stats: tuple[Tensor, ...], params: NormalParams | None) -> NormalParams:
+    def global_step(self, stats: Stats, params: NormalParams | None) -> NormalParams:
         r"""One sweep: :math:`q(\mu)` given the previous :math:`E[\tau]`, then :math:`q(\tau)`.
 
         Bishop (2006), eqs. 10.26–10.27 and 10.29–10.30:
@@ -127,18 +134,21 @@ class UnivariateNormal(ConjugateModelBase):
         """
         n, s1, s2 = stats
         e_tau = (params.precision.mean() if params is not None
-                 else self._t(self.precision_shape / self.precision_rate))
+                 else self._t(self.precision_concentration / self.precision_rate))
         lam0 = self.mean_precision
         d = s1 / (lam0 + n)  # m_N - μ0
         q_mu = Normal(self.mean_prior + d, precision=(lam0 + n) * e_tau)
         v = q_mu.variance()
         expected_sq = s2 - 2.0 * d * s1 + n * (d * d + v) + lam0 * (d * d + v)
-        shape = self.precision_shape + 0.5 * (n + 1.0)
+        conc = self.precision_concentration + 0.5 * (n + 1.0)
         rate = self.precision_rate + 0.5 * expected_sq
-        return NormalParams(q_mu, Gamma(shape * torch.ones_like(rate), rate))
+        return NormalParams(q_mu, Gamma(conc * torch.ones_like(rate), rate))
 
     def global_elbo(self, params: NormalParams) -> Tensor:
         r""":math:`E_q[\log p(\mu|\tau)] + H[q(\mu)] - \mathrm{KL}(q(\tau)\|p(\tau))`.
+
+        Not the contract's default (a sum of KLs): the prior of :math:`\mu` depends on
+        :math:`\tau`, so its term is the expected conditional log-density.
 
         .. math::
             E_q[\log p(\mu|\tau)] = \tfrac12(\log\lambda_0 + E[\log\tau] - \log 2\pi)
@@ -149,12 +159,12 @@ class UnivariateNormal(ConjugateModelBase):
         e_log_p_mu = (0.5 * (math.log(lam0) + q_tau.expected_log() - _LOG_2PI)
                       - 0.5 * lam0 * q_tau.mean() * ((q_mu.loc - self.mean_prior) ** 2
                                                      + q_mu.variance()))
-        return e_log_p_mu + q_mu.entropy() - q_tau.kl(self.prior_precision())
+        return e_log_p_mu + q_mu.entropy() - q_tau.kl(self.prior_params().precision)
 
     # ----------------------------------------------------------------------------- Pyro
     def model(self, x: Tensor) -> None:
         """Run the generative model as plain Pyro code; ``x`` is ``(N,)`` observed data."""
-        tau = pyro.sample("precision", dist.Gamma(self._t(self.precision_shape),
+        tau = pyro.sample("precision", dist.Gamma(self._t(self.precision_concentration),
                                                   self._t(self.precision_rate)))
         mu = pyro.sample("loc", dist.Normal(self._t(self.mean_prior),
                                             (self.mean_precision * tau).rsqrt()))
@@ -164,17 +174,16 @@ class UnivariateNormal(ConjugateModelBase):
     def sample_guide(self, params: NormalParams, *data: Any) -> dict[str, Tensor]:
         r"""Sample ``precision`` and ``loc`` independently from :math:`q(\tau)q(\mu)`."""
         q_mu, q_tau = params.loc, params.precision
-        tau = pyro.sample("precision", dist.Gamma(q_tau.shape, q_tau.rate))
+        tau = pyro.sample("precision", dist.Gamma(q_tau.concentration, q_tau.rate))
         mu = pyro.sample("loc", dist.Normal(q_mu.loc, q_mu.precision.rsqrt()))
         return {"precision": tau, "loc": mu}
 
     def guide_params(self, *data: Any) -> NormalParams:
-        """Build params from sites ``normal.loc``, ``.loc_precision``, ``.shape``, ``.rate``."""
-        n, pos = self.name, constraints.positive
-        e_tau = self.precision_shape / self.precision_rate
-        loc = pyro.param(f"{n}.loc", lambda: self._t(self.mean_prior))
-        prec = pyro.param(f"{n}.loc_precision", lambda: self._t(self.mean_precision * e_tau),
+        """Sites ``normal.loc``, ``.loc_precision``, ``.concentration``, ``.rate``, at the prior."""
+        n, pos, prior = self.name, constraints.positive, self.prior_params()
+        loc = pyro.param(f"{n}.loc", prior.loc.loc.clone)
+        prec = pyro.param(f"{n}.loc_precision", prior.loc.precision.clone, constraint=pos)
+        conc = pyro.param(f"{n}.concentration", prior.precision.concentration.clone,
                           constraint=pos)
-        shape = pyro.param(f"{n}.shape", lambda: self._t(self.precision_shape), constraint=pos)
-        rate = pyro.param(f"{n}.rate", lambda: self._t(self.precision_rate), constraint=pos)
-        return NormalParams(Normal(loc, precision=prec), Gamma(shape, rate))
+        rate = pyro.param(f"{n}.rate", prior.precision.rate.clone, constraint=pos)
+        return NormalParams(Normal(loc, precision=prec), Gamma(conc, rate))

@@ -33,6 +33,7 @@ import torch
 from torch import Tensor
 
 __all__ = [
+    "as_matrix",
     "as_vector",
     "check_bool",
     "check_callable",
@@ -158,3 +159,33 @@ def as_vector(x: Any, name: str, *, dtype: torch.dtype = torch.float64,
     if integer and (t != torch.round(t)).any():
         raise ValueError(f"{name} must hold whole numbers (counts)")
     return t
+
+
+def as_matrix(x: Any, name: str = "x", *, dtype: torch.dtype = torch.float64,
+              device: torch.device | str | None = None, min_rows: int = 1) -> Tensor:
+    """Check that ``x`` is a finite floating ``(N, D)`` array; return a ``dtype`` tensor.
+
+    Raises ``TypeError`` for non-floating dtypes and ``ValueError`` (naming ``name``) for a
+    wrong number of dimensions, an empty array, fewer than ``min_rows`` rows, NaN or inf.
+    """
+    if isinstance(x, Tensor):
+        t = x
+    else:
+        arr = np.asarray(x)
+        if arr.dtype == object:
+            raise TypeError(f"{name} must be a numeric array, got dtype object")
+        t = torch.as_tensor(arr)
+    if not t.is_floating_point():
+        raise TypeError(f"{name} must hold floating-point numbers, got dtype {t.dtype}; "
+                        f"convert it explicitly, e.g. {name}.double()")
+    if t.dim() != 2:
+        raise ValueError(f"{name} must be 2-D with shape (N, D), got shape {tuple(t.shape)}")
+    if t.shape[0] == 0 or t.shape[1] == 0:
+        raise ValueError(f"{name} is empty (shape {tuple(t.shape)})")
+    if t.shape[0] < min_rows:
+        raise ValueError(f"{name} has N={t.shape[0]} rows, fewer than the {min_rows} needed")
+    finite = torch.isfinite(t)
+    if not finite.all():
+        row = int((~finite).any(-1).nonzero()[0])
+        raise ValueError(f"{name} holds NaN or inf (first at row {row})")
+    return t.to(dtype=dtype, device=device)

@@ -1,5 +1,6 @@
 """The Bayesian Gaussian mixture (Bishop 2006, §10.2): CAVI updates, Pyro program, SVI fit, summaries."""
 
-from pyro_vi.models.gmm.model import GaussianMixture, GMMParams, GMMPrior, validate_points
+from pyro_vi.models.gmm.model import GaussianMixture
+from pyro_vi.models.gmm.params import GMMHyperparams, GMMParams
 
-__all__ = ["GMMParams", "GMMPrior", "GaussianMixture", "validate_points"]
+__all__ = ["GMMHyperparams", "GMMParams", "GaussianMixture"]

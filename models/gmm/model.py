@@ -14,96 +14,36 @@ Model (``covariance="full"``; Bishop eqs. 10.37–10.40):
 each Gaussian by a product of univariate ones, so with ``D = 1`` both models coincide.
 
 Mean-field guide: :math:`q(\pi)\prod_k q(\mu_k, \Lambda_k)\prod_n q(z_n)`, with
-Dirichlet, Normal-Wishart (or Normal-Gamma) and Categorical factors.
-The Pyro side (``model``, ``guide``, ``guide_optimal_z``, ``guide_enum``, ``fitted_guide``) lives in
-:mod:`pyro_vi.models.gmm.guides`; this module holds the priors, the closed-form CAVI updates, the
-analytic ELBO and the posterior summaries.
+Dirichlet, Normal-Wishart (or Normal-Gamma) and Categorical factors. This module holds the
+priors, the closed-form CAVI updates, the analytic ELBO and the Pyro methods; the Pyro program
+and the guides' ``pyro.param`` sites are plain functions in :mod:`pyro_vi.models.gmm.guides`,
+the summaries in :mod:`pyro_vi.models.gmm.summary`.
 """
 
 from __future__ import annotations
 
+import copy
 import math
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-import numpy as np
 import torch
 from torch import Tensor
 
-from pyro_vi.cavi.engine import DEFAULT_CHUNK_BYTES, Local
+from pyro_vi._checks import as_matrix, check_int, check_positive
+from pyro_vi.cavi.model import DEFAULT_CHUNK_BYTES, ConjugateModel, FittedGuide, Local, Stats
 from pyro_vi.factors import Dirichlet, NormalGamma, NormalWishart
 from pyro_vi.linalg import inverse_cholesky
-from pyro_vi.models.gmm.guides import GMMPyroMixin
+from pyro_vi.models.gmm.guides import MAX_PLATE_NESTING, mixture_program, param_sites, sample_latents
 from pyro_vi.models.gmm.kmeans import initial_responsibilities
+from pyro_vi.models.gmm.params import GMMHyperparams, GMMParams
+from pyro_vi.models.gmm.summary import GMMSummary, log_predictive_components, summarize
 
-if TYPE_CHECKING:
-    from pyro_vi.models.gmm.summary import GMMSummary
-
-__all__ = ["GMMParams", "GMMPrior", "GaussianMixture", "validate_points"]
+__all__ = ["GMMHyperparams", "GMMParams", "GaussianMixture", "replace_model"]
 
 _LOG_2PI = math.log(2.0 * math.pi)
 
 
-@dataclass(frozen=True)
-class GMMPrior:
-    r"""Concrete priors of a :class:`GaussianMixture` (all float64 on the data's device).
-
-    ``covariance_prior`` is :math:`W_0^{-1}` (the prior guess of a covariance, scaled by
-    :math:`\nu_0`): a ``(D, D)`` SPD matrix for ``"full"``, a ``(D,)`` vector of variances for
-    ``"diag"`` (then :math:`a_0 = \nu_0/2`, :math:`b_{0d} = \mathrm{cov}_d/2`).
-    """
-
-    weight_concentration: float
-    mean_prior: Tensor
-    mean_precision: float
-    covariance_prior: Tensor
-    degrees_of_freedom: float
-
-
-@dataclass(frozen=True)
-class GMMParams:
-    """Variational parameters of the mixture's global factors.
-
-    ``weights``: :class:`~pyro_vi.factors.Dirichlet` over K; ``components``: a
-    :class:`~pyro_vi.factors.NormalWishart` with batch ``(K,)`` (full) or a
-    :class:`~pyro_vi.factors.NormalGamma` with batch ``(K, D)`` (diag).
-    """
-
-    weights: Dirichlet
-    components: NormalWishart | NormalGamma
-
-
-def validate_points(x: Any, *, name: str = "x", dtype: torch.dtype = torch.float64,
-                    device: torch.device | str | None = None, min_rows: int = 1) -> Tensor:
-    """Check that ``x`` is a finite floating ``(N, D)`` array; return it as a tensor.
-
-    Raises ``TypeError`` for non-floating dtypes and ``ValueError`` (naming ``name``) for a
-    wrong number of dimensions, an empty array, fewer than ``min_rows`` rows, NaN or inf.
-    """
-    if isinstance(x, Tensor):
-        t = x
-    else:
-        arr = np.asarray(x)
-        if arr.dtype == object:
-            raise TypeError(f"{name} must be a numeric array, got dtype object")
-        t = torch.as_tensor(arr)
-    if not (t.is_floating_point()):
-        raise TypeError(f"{name} must hold floating-point numbers, got dtype {t.dtype}; "
-                        f"convert it explicitly, e.g. {name}.double()")
-    if t.dim() != 2:
-        raise ValueError(f"{name} must be 2-D with shape (N, D), got shape {tuple(t.shape)}")
-    if t.shape[0] == 0 or t.shape[1] == 0:
-        raise ValueError(f"{name} is empty (shape {tuple(t.shape)})")
-    if t.shape[0] < min_rows:
-        raise ValueError(f"{name} has N={t.shape[0]} rows, fewer than the {min_rows} needed")
-    finite = torch.isfinite(t)
-    if not finite.all():
-        row = int((~finite).any(-1).nonzero()[0])
-        raise ValueError(f"{name} holds NaN or inf (first at row {row})")
-    return t.to(dtype=dtype, device=device)
-
-
-class GaussianMixture(GMMPyroMixin):
+class GaussianMixture(ConjugateModel[Tensor, GMMParams, Stats]):
     r"""Bayesian Gaussian mixture with a mean-field guide, fitted by CAVI or SVI.
 
     Parameters
@@ -112,6 +52,10 @@ class GaussianMixture(GMMPyroMixin):
         K >= 1.
     covariance : {"full", "diag"}, keyword-only
         Normal-Wishart or per-dimension Normal-Gamma components.
+    init : {"kmeans++", "random"} or Tensor
+        How CAVI starts: seeded k-means++ seeding with hard assignments, uniform random soft
+        assignments, or an explicit ``(N, K)`` tensor of responsibilities (the seed is the
+        engine's ``seed``; a tensor start ignores it).
     weight_concentration : float, optional
         :math:`\alpha_0 > 0`. Default ``1/K``.
     mean_prior : array (D,), optional
@@ -138,42 +82,51 @@ class GaussianMixture(GMMPyroMixin):
     2
     """
 
+    name = "gmm"
+    max_plate_nesting = MAX_PLATE_NESTING
+    #: Seed of the k-means++ start of the SVI guides' parameters (see :meth:`guide`).
+    svi_seed = 0
+
     def __init__(
         self,
         n_components: int,
         *,
         covariance: str = "full",
+        init: str | Tensor = "kmeans++",
         weight_concentration: float | None = None,
         mean_prior: Any = None,
         mean_precision: float = 1.0,
         covariance_prior: Any = None,
         degrees_of_freedom: float | None = None,
-        dtype: torch.dtype = torch.float64,
-        device: torch.device | str | None = None,
+        dtype: Any = torch.float64,
+        device: Any = None,
     ) -> None:
-        if isinstance(n_components, bool) or not isinstance(n_components, int) or n_components < 1:
-            raise ValueError(f"n_components must be an int >= 1, got {n_components!r}")
+        super().__init__(dtype=dtype, device=device)
+        self.n_components = check_int("n_components", n_components, minimum=1)
         if covariance not in ("full", "diag"):
             raise ValueError(f"covariance must be 'full' or 'diag', got {covariance!r}")
-        for name, v in (("weight_concentration", weight_concentration),
-                        ("mean_precision", mean_precision),
-                        ("degrees_of_freedom", degrees_of_freedom)):
-            if v is not None and not (isinstance(v, int | float) and math.isfinite(v) and v > 0):
-                raise ValueError(f"{name} must be a finite number > 0, got {v!r}")
-        if not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
-            raise TypeError(f"dtype must be a floating torch.dtype, got {dtype!r}")
-        self.n_components = n_components
+        if not isinstance(init, str | Tensor):
+            raise TypeError(f"init must be a method name or a Tensor, got {type(init).__name__}")
+        if isinstance(init, str) and init not in ("kmeans++", "random"):
+            raise ValueError(f"init must be 'kmeans++', 'random' or a responsibility tensor, "
+                             f"got {init!r}")
         self.covariance = covariance
-        self.dtype = dtype
-        self.device = torch.device(device) if device is not None else None
-        self._spec = dict(weight_concentration=weight_concentration, mean_prior=mean_prior,
-                          mean_precision=mean_precision, covariance_prior=covariance_prior,
-                          degrees_of_freedom=degrees_of_freedom)
-        self.prior: GMMPrior | None = None
+        self.init = init
+        self._spec = dict(
+            weight_concentration=None if weight_concentration is None
+            else check_positive("weight_concentration", weight_concentration),
+            mean_prior=mean_prior,
+            mean_precision=check_positive("mean_precision", mean_precision),
+            covariance_prior=covariance_prior,
+            degrees_of_freedom=None if degrees_of_freedom is None
+            else check_positive("degrees_of_freedom", degrees_of_freedom))
+        #: The resolved hyper-parameters (None until :meth:`resolve` or :meth:`prepare`).
+        self.hyperparams: GMMHyperparams | None = None
 
     def __repr__(self) -> str:
+        resolved = "resolved" if self.hyperparams else "auto"
         return (f"GaussianMixture(n_components={self.n_components}, "
-                f"covariance={self.covariance!r}, prior={'resolved' if self.prior else 'auto'})")
+                f"covariance={self.covariance!r}, hyperparams={resolved})")
 
     # ----------------------------------------------------------------------------- priors
     def resolve(self, x: Any) -> GaussianMixture:
@@ -182,11 +135,11 @@ class GaussianMixture(GMMPyroMixin):
         Raises ``ValueError`` for a non-PD covariance prior, ``ν0 <= D - 1`` or a mean prior
         of the wrong shape.
         """
-        x = validate_points(x, dtype=self.dtype, device=self.device)
-        if self.prior is not None:
-            if self.prior.mean_prior.shape[0] != x.shape[1]:
+        x = as_matrix(x, dtype=self.dtype, device=self.device)
+        if self.hyperparams is not None:
+            if self.hyperparams.mean_prior.shape[0] != x.shape[1]:
                 raise ValueError(f"x has D={x.shape[1]} columns but the prior was resolved "
-                                 f"for D={self.prior.mean_prior.shape[0]}")
+                                 f"for D={self.hyperparams.mean_prior.shape[0]}")
             return self
         d = x.shape[1]
         s = self._spec
@@ -202,9 +155,8 @@ class GaussianMixture(GMMPyroMixin):
         cov = s["covariance_prior"]
         cov = self._default_covariance(x) if cov is None else torch.as_tensor(cov, **as_t)
         cov = self._check_covariance_prior(cov, d)
-        prior = GMMPrior(float(alpha0), m0, float(s["mean_precision"]), cov, nu0)
         new = replace_model(self)
-        new.prior = prior
+        new.hyperparams = GMMHyperparams(float(alpha0), m0, float(s["mean_precision"]), cov, nu0)
         return new
 
     def _default_covariance(self, x: Tensor) -> Tensor:
@@ -235,14 +187,22 @@ class GaussianMixture(GMMPyroMixin):
             raise ValueError("covariance_prior must be positive definite")
         return cov
 
-    def _prior(self) -> GMMPrior:
-        if self.prior is None:
+    def _hyperparams(self) -> GMMHyperparams:
+        if self.hyperparams is None:
             raise RuntimeError("priors are not resolved: call gmm.resolve(x) or use cavi()")
-        return self.prior
+        return self.hyperparams
 
-    def prior_factors(self) -> GMMParams:
-        r"""The prior as factors of the guide's families: :math:`p(\pi)`, :math:`p(\mu,\Lambda)`."""
-        p = self._prior()
+    def _resolved(self, x: Tensor) -> GaussianMixture:
+        return self if self.hyperparams is not None else self.resolve(x)
+
+    def prior_params(self) -> GMMParams:
+        r"""The prior as factors of the guide's families: :math:`p(\pi)`, :math:`p(\mu,\Lambda)`.
+
+        Both are fixed, so the contract's default :meth:`global_elbo`,
+        :math:`-\mathrm{KL}(q(\pi)\|p(\pi)) - \sum_k \mathrm{KL}(q(\mu_k,\Lambda_k)\|p(\mu_k,\Lambda_k))`,
+        is Bishop's (2006) eqs. 10.73 + 10.74 − 10.76 − 10.77.
+        """
+        p = self._hyperparams()
         k, d = self.n_components, p.mean_prior.shape[0]
         ref = p.mean_prior
 
@@ -261,14 +221,15 @@ class GaussianMixture(GMMPyroMixin):
                                 (0.5 * p.covariance_prior).expand(k, d))
         return GMMParams(weights, comps)
 
-    # ------------------------------------------------------------------- CAVI protocol
+    # -------------------------------------------------------------------- CAVI methods
     def prepare(self, data: Any) -> tuple[GaussianMixture, Tensor]:
         """Validate ``data`` (``(N, D)``, finite, floating, ``N >= K``) and resolve priors."""
-        x = validate_points(data, dtype=self.dtype, device=self.device, min_rows=self.n_components)
+        x = as_matrix(data, dtype=self.dtype, device=self.device, min_rows=self.n_components)
         return self.resolve(x), x
 
-    def init_stats(self, data: Tensor, *, init: Any, generator: torch.Generator) -> tuple[Tensor, ...]:
-        """Statistics of initial responsibilities (k-means++, random, or an ``(N, K)`` tensor)."""
+    def init_stats(self, data: Tensor, *, generator: torch.Generator) -> Stats:
+        """Statistics of the initial responsibilities the ``init`` option names."""
+        init = self.init
         if isinstance(init, Tensor):
             r = init.to(dtype=data.dtype, device=data.device)
             if r.shape != (data.shape[0], self.n_components) or not torch.isfinite(r).all() \
@@ -287,13 +248,13 @@ class GaussianMixture(GMMPyroMixin):
             total = tuple(a + b for a, b in zip(total, part, strict=True))
         return total
 
-    def _stats(self, x: Tensor, r: Tensor) -> tuple[Tensor, ...]:
+    def _stats(self, x: Tensor, r: Tensor) -> Stats:
         r""":math:`N_k, \sum_n r_{nk}(x_n - m_0), \sum_n r_{nk}(x_n-m_0)(x_n-m_0)^T` (Bishop 10.51–10.53).
 
         Centred on the prior mean :math:`m_0` (a constant), which keeps the scatter matrices
         well conditioned; diag keeps only the squared deviations.
         """
-        x0 = x - self._prior().mean_prior
+        x0 = x - self._hyperparams().mean_prior
         n, d = x0.shape
         k = r.shape[1]
         nk = r.sum(0)
@@ -319,7 +280,7 @@ class GaussianMixture(GMMPyroMixin):
             maha = comp.expected_mahalanobis(x)
         else:
             logdet = comp.precision.expected_log().sum(-1)
-            e_lam = comp.shape / comp.rate  # (K, D)
+            e_lam = comp.concentration / comp.rate  # (K, D)
             maha = ((x * x) @ e_lam.T - 2.0 * x @ (e_lam * comp.loc).T
                     + (e_lam * comp.loc**2 + 1.0 / comp.precision_scale).sum(-1))
         return params.weights.expected_log() + 0.5 * logdet - 0.5 * d * _LOG_2PI - 0.5 * maha
@@ -337,7 +298,7 @@ class GaussianMixture(GMMPyroMixin):
         log_rho = self.log_rho(data, params)
         return Local(self._stats(data, torch.softmax(log_rho, -1)), torch.logsumexp(log_rho, -1).sum())
 
-    def global_step(self, stats: tuple[Tensor, ...], params: GMMParams | None) -> GMMParams:
+    def global_step(self, stats: Stats, params: GMMParams | None) -> GMMParams:
         r"""Closed-form updates of :math:`q(\pi)` and :math:`q(\mu_k,\Lambda_k)`.
 
         With statistics centred on :math:`m_0` (:math:`\bar x'_k = \bar x_k - m_0`), the
@@ -354,7 +315,7 @@ class GaussianMixture(GMMPyroMixin):
         Normal-Gamma analogue: :math:`a_{k} = a_0 + N_k/2`,
         :math:`b_{kd} = b_{0d} + \tfrac12(\sum_n r_{nk} x'^2_{nd} - \beta_k m'^2_{kd})`.
         """
-        p = self._prior()
+        p = self._hyperparams()
         nk, sx, sxx = stats
         alpha = p.weight_concentration + nk
         beta = p.mean_precision + nk
@@ -366,19 +327,11 @@ class GaussianMixture(GMMPyroMixin):
             comps: NormalWishart | NormalGamma = NormalWishart(loc, beta, tril,
                                                                p.degrees_of_freedom + nk)
         else:
-            shape = (0.5 * p.degrees_of_freedom + 0.5 * nk).unsqueeze(-1).expand_as(loc)
+            conc = (0.5 * p.degrees_of_freedom + 0.5 * nk).unsqueeze(-1).expand_as(loc)
             rate = 0.5 * p.covariance_prior + 0.5 * (sxx - beta.unsqueeze(-1) * mc**2)
             rate = rate.clamp_min(0.5 * p.covariance_prior * 1e-12)
-            comps = NormalGamma(loc, beta.unsqueeze(-1).expand_as(loc), shape, rate)
+            comps = NormalGamma(loc, beta.unsqueeze(-1).expand_as(loc), conc, rate)
         return GMMParams(Dirichlet(alpha), comps)
-
-    def global_elbo(self, params: GMMParams) -> Tensor:
-        r""":math:`-\mathrm{KL}(q(\pi)\|p(\pi)) - \sum_k \mathrm{KL}(q(\mu_k,\Lambda_k)\|p(\mu_k,\Lambda_k))`.
-
-        Equals Bishop's (2006) eqs. 10.73 + 10.74 − 10.76 − 10.77.
-        """
-        prior = self.prior_factors()
-        return -params.weights.kl(prior.weights) - params.components.kl(prior.components).sum()
 
     def local_bytes_per_point(self, data: Tensor) -> int:
         """Bytes of temporaries per data point in :meth:`local_step` (for chunking)."""
@@ -386,35 +339,99 @@ class GaussianMixture(GMMPyroMixin):
         per = 3 * k * d if self.covariance == "full" else 4 * k + 2 * d
         return per * data.element_size()
 
-    def elbo(self, x: Any, params: GMMParams, *, chunk_size: int | None = None) -> float:
-        """Analytic ELBO (Bishop 2006, eq. 10.70) at ``params`` with optimal :math:`q(z)`."""
-        from pyro_vi.cavi.engine import local_pass
+    # ------------------------------------------------------------------------- Pyro side
+    def model(self, x: Tensor) -> Tensor:
+        """The generative model as plain Pyro code; ``x`` is ``(N, D)`` observed data.
 
-        model, x = self.prepare(x)
-        local = local_pass(model, x, params, chunk_size=chunk_size)
-        return float(local.elbo + model.global_elbo(params))
+        Priors left at their data-dependent defaults are resolved from the ``x`` it is called
+        with; resolve them once (``gmm = gmm.resolve(x_full)``) before minibatching.
+        """
+        return mixture_program(self._resolved(x).prior_params(), x)
+
+    def sample_guide(self, params: GMMParams, *data: Any,
+                     enumerate_z: bool = False) -> dict[str, Tensor]:
+        """Sample the global sites from ``params`` and ``z`` from the optimal :math:`q(z)`.
+
+        :math:`q(z_n)` is the Categorical of eq. 10.49 given ``params`` for whatever ``x`` it
+        is called with (so it works on new data); ``enumerate_z=True`` omits ``z``.
+        """
+        resp = None if enumerate_z else self.responsibilities(data[0], params)
+        return sample_latents(params, resp)
+
+    def fitted_guide(self, params: GMMParams, *, enumerate_z: bool = False) -> FittedGuide:
+        """A Pyro guide carrying fixed ``params`` (``CAVIResult.guide``); see :meth:`sample_guide`."""
+        return FittedGuide(self, params, enumerate_z=enumerate_z)
+
+    def _svi_start(self, x: Tensor) -> tuple[GMMParams, Tensor]:
+        """Initial (params, responsibilities) for SVI, the way CAVI starts (seed ``svi_seed``)."""
+        gmm, x = self.prepare(x)
+        gen = torch.Generator().manual_seed(self.svi_seed)
+        params = gmm.global_step(gmm.init_stats(x, generator=gen), None)
+        resp = gmm.responsibilities(x, params).clamp_min(1e-6)
+        return params, resp / resp.sum(-1, keepdim=True)
+
+    def _sites(self, x: Tensor, *, with_resp: bool) -> tuple[GMMParams, Tensor | None]:
+        gmm = self._resolved(x)
+        return param_sites(self.name, gmm._hyperparams(), self.covariance,
+                           lambda: gmm._svi_start(x), with_resp=with_resp)
+
+    def guide_params(self, x: Tensor, *args: Any) -> GMMParams:
+        """The global factors as ``pyro.param`` sites ``"gmm.*"`` (see :mod:`~pyro_vi.models.gmm.guides`)."""
+        return self._sites(x, with_resp=False)[0]
+
+    def guide(self, x: Tensor, *args: Any) -> dict[str, Tensor]:
+        r"""Mean-field guide :math:`q(\pi)\prod_k q(\mu_k,\Lambda_k)\prod_n q(z_n)` with ``pyro.param``s.
+
+        Unlike the contract's default, :math:`q(z_n)` has free parameters ``"gmm.resp"``.
+        """
+        params, resp = self._sites(x, with_resp=True)
+        return sample_latents(params, resp)
+
+    def guide_optimal_z(self, x: Tensor) -> dict[str, Tensor]:
+        r"""Mean-field guide whose :math:`q(z_n)` is the coordinate-ascent optimum given the globals.
+
+        The global factors :math:`q(\pi)\prod_k q(\mu_k,\Lambda_k)` are ``pyro.param`` sites, as in
+        :meth:`guide`; :math:`q(z_n)` is the Categorical with the optimal responsibilities
+        :math:`r_{nk}\propto\rho_{nk}` at the *current* global parameters (Bishop 2006,
+        eqs. 10.46-10.49) — the local step of :func:`pyro_vi.cavi`, taken inside every SVI step
+        (local step, then a step on the globals: the scheme of stochastic VI, Hoffman et al. 2013).
+
+        The responsibilities are computed without gradient. That loses nothing: writing
+        :math:`L(\theta, r)` for the ELBO, :math:`r^*(\theta)` maximizes it over the simplex, so
+        :math:`\partial L/\partial r` is normal to the simplex there and
+        :math:`\tfrac{d}{d\theta} L(\theta, r^*(\theta)) = \partial_\theta L(\theta, r)|_{r=r^*}`
+        (the envelope theorem). Under :class:`~pyro.infer.Trace_ELBO`, z is still a sampled,
+        non-reparameterizable site, but its score-function term carries no gradient; every
+        gradient is a reparameterized one through :math:`\pi, \mu, \Lambda`, with z drawn from
+        :math:`q(z)`. That is what makes this guide converge where the free-:math:`q(z)`
+        :meth:`guide` does not (see :mod:`pyro_vi.models.gmm.svi`).
+
+        Works on any ``x`` (a minibatch, new data): ``(N, D)``; :math:`q(z)` is ``(N, K)``.
+        """
+        params = self.guide_params(x)
+        with torch.no_grad():
+            resp = self._resolved(x).responsibilities(x, params)
+        return sample_latents(params, resp)
+
+    def guide_enum(self, x: Tensor) -> dict[str, Tensor]:
+        """The guide without :math:`q(z)`, for ``TraceEnum_ELBO(max_plate_nesting=1)``."""
+        return sample_latents(self.guide_params(x), None)
 
     # ------------------------------------------------------------------------ summaries
     def summary(self, params: GMMParams, *, threshold: float = 0.01) -> GMMSummary:
         """Posterior means and uncertainties of weights, means and covariances."""
-        from pyro_vi.models.gmm.summary import summarize
-
         return summarize(params, threshold=threshold)
 
     def log_predictive(self, params: GMMParams, x: Any) -> Tensor:
         """Posterior predictive log-density per point, ``(N,)`` (Bishop 2006, eqs. 10.80–10.82)."""
-        from pyro_vi.models.gmm.summary import log_predictive_components
-
         return torch.logsumexp(log_predictive_components(params, self._new_points(params, x)), -1)
 
     def predict_proba(self, params: GMMParams, x: Any) -> Tensor:
         r""":math:`p(z = k \mid x, \mathcal{D})` under the Student-t predictive, ``(N, K)``."""
-        from pyro_vi.models.gmm.summary import log_predictive_components
-
         return torch.softmax(log_predictive_components(params, self._new_points(params, x)), -1)
 
     def _new_points(self, params: GMMParams, x: Any) -> Tensor:
-        x = validate_points(x, dtype=self.dtype, device=self.device)
+        x = as_matrix(x, dtype=self.dtype, device=self.device)
         d = params.components.loc.shape[-1]
         if x.shape[1] != d:
             raise ValueError(f"x has D={x.shape[1]} columns but the mixture has D={d}")
@@ -427,7 +444,5 @@ class GaussianMixture(GMMPyroMixin):
 
 def replace_model(gmm: GaussianMixture) -> GaussianMixture:
     """Return a shallow copy of ``gmm``, of its own class (models are immutable once built)."""
-    new = type(gmm).__new__(type(gmm))
-    new.__dict__.update(gmm.__dict__)
-    return new
+    return copy.copy(gmm)
 

@@ -3,16 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import pyro.distributions as dist
 import torch
 from torch import Tensor
 
 from pyro_vi.factors import NormalWishart
-
-if TYPE_CHECKING:
-    from pyro_vi.models.gmm.model import GMMParams
+from pyro_vi.models.gmm.params import GMMParams
 
 __all__ = ["GMMSummary", "log_predictive_components", "summarize"]
 
@@ -71,7 +68,7 @@ def summarize(params: GMMParams, *, threshold: float = 0.01) -> GMMSummary:
         var = num / ((nu - d) * (nu - d - 1.0) ** 2 * (nu - d - 3.0))
         cov_sd = torch.where(nu > d + 3, var.clamp_min(0).sqrt(), nan)
     else:
-        a, b, beta = comp.shape, comp.rate, comp.precision_scale
+        a, b, beta = comp.concentration, comp.rate, comp.precision_scale
         means_sd = torch.where(a > 1, (b / (beta * (a - 1.0))).clamp_min(0).sqrt(),
                                torch.full_like(a, float("inf")))
         covariances = torch.diag_embed(b / a)
@@ -102,7 +99,7 @@ def log_predictive_components(params: GMMParams, x: Tensor) -> Tensor:
         tril = factor[:, None, None] * torch.linalg.cholesky(comp.precision.scale_inv)
         st = dist.MultivariateStudentT(df, comp.loc, tril)
     else:
-        a, b, beta = comp.shape, comp.rate, comp.precision_scale
+        a, b, beta = comp.concentration, comp.rate, comp.precision_scale
         st = dist.StudentT(2.0 * a, comp.loc, (b * (1.0 + beta) / (a * beta)).sqrt()).to_event(1)
     parts = [st.log_prob(x[i:i + PREDICTIVE_CHUNK].unsqueeze(-2))
              for i in range(0, x.shape[0], PREDICTIVE_CHUNK)]

@@ -1,7 +1,7 @@
 r"""Stochastic variational inference: minibatch CAVI with natural-gradient steps.
 
 Hoffman, Blei, Wang & Paisley (2013) turn CAVI's global update into a stochastic natural-gradient
-step. :func:`svi_cavi` reuses the :class:`~pyro_vi.cavi.ConjugateModel` protocol unchanged: the
+step. :func:`svi_cavi` reuses the :class:`~pyro_vi.cavi.model.ConjugateModel` contract unchanged: the
 local step runs on a minibatch, its (additive) statistics are rescaled by :math:`N/|B|`, the
 model's global step turns them into the intermediate parameters :math:`\hat\lambda`, and every
 global factor moves part of the way there in natural parameters (:func:`pyro_vi.factors.blend`).
@@ -22,7 +22,8 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from pyro_vi.cavi.engine import ConjugateModel, local_pass
+from pyro_vi._checks import check_bool, check_int, check_optional_int, check_real, check_seed
+from pyro_vi.cavi.model import ConjugateModel, check_params, local_pass
 from pyro_vi.errors import ConvergenceWarning, NumericalError
 from pyro_vi.factors import ExpFamFactor, blend
 from pyro_vi.results import CAVIResult, CAVIRun
@@ -56,13 +57,14 @@ def blend_params(old: Any, new: Any, rho: float) -> Any:
     --------
     >>> import torch
     >>> from pyro_vi.factors import Gamma
-    >>> from pyro_vi.models.conjugate import GammaParams
+    >>> from pyro_vi.models.gamma_poisson import GammaParams
     >>> one = torch.tensor(1.0, dtype=torch.float64)
     >>> old, new = GammaParams(Gamma(one, one)), GammaParams(Gamma(3 * one, 3 * one))
     >>> blend_params(old, new, 0.5).rate.rate
     tensor(2., dtype=torch.float64)
     """
-    if not dataclasses.is_dataclass(old) or isinstance(old, type) or type(old) is not type(new):
+    check_params(old)
+    if type(old) is not type(new):
         raise TypeError(f"params must be one dataclass type, got {type(old).__name__} and "
                         f"{type(new).__name__}")
     out = {}
@@ -100,23 +102,24 @@ def _check(local_elbo: Tensor, stats: tuple[Tensor, ...], step: int) -> None:
 
 
 def _validate(batch_size: Any, tau: Any, kappa: Any, num_epochs: Any, max_steps: Any,
-              tol: Any) -> None:
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
-    if not isinstance(tau, int | float) or not math.isfinite(tau) or tau < 0:
-        raise ValueError(f"tau must be a finite number >= 0, got {tau!r}")
-    if not isinstance(kappa, int | float) or not 0.5 < kappa <= 1.0:
+              tol: Any, seed: Any, chunk_size: Any, final_elbo: Any, progress: Any,
+              warn: Any) -> None:
+    check_int("batch_size", batch_size, minimum=1)
+    check_real("tau", tau, minimum=0.0)
+    if not 0.5 < check_real("kappa", kappa) <= 1.0:
         raise ValueError(f"kappa must lie in (0.5, 1] (Robbins–Monro conditions), got {kappa!r}")
     if num_epochs is not None and max_steps is not None:
         raise ValueError("give num_epochs or max_steps, not both")
-    if num_epochs is not None and (isinstance(num_epochs, bool) or not isinstance(
-            num_epochs, int | float) or not math.isfinite(num_epochs) or num_epochs <= 0):
-        raise ValueError(f"num_epochs must be a finite number > 0, got {num_epochs!r}")
-    if max_steps is not None and (isinstance(max_steps, bool) or not isinstance(max_steps, int)
-                                  or max_steps < 1):
-        raise ValueError(f"max_steps must be an int >= 1, got {max_steps!r}")
-    if tol is not None and (not isinstance(tol, int | float) or not math.isfinite(tol) or tol < 0):
-        raise ValueError(f"tol must be None or a finite number >= 0, got {tol!r}")
+    if num_epochs is not None:
+        check_real("num_epochs", num_epochs, positive=True)
+    check_optional_int("max_steps", max_steps, minimum=1)
+    if tol is not None:
+        check_real("tol", tol, minimum=0.0)
+    check_seed("seed", seed)
+    check_optional_int("chunk_size", chunk_size, minimum=0)
+    check_bool("final_elbo", final_elbo)
+    check_bool("progress", progress, optional=True)
+    check_bool("warn", warn)
 
 
 def svi_cavi(
@@ -130,7 +133,6 @@ def svi_cavi(
     max_steps: int | None = None,
     tol: float | None = None,
     seed: int | None = 0,
-    init: Any = "kmeans++",
     init_params: Any = None,
     chunk_size: int | None = None,
     final_elbo: bool = True,
@@ -158,8 +160,8 @@ def svi_cavi(
     Parameters
     ----------
     model : ConjugateModel
-        Any protocol model; its params record must be a dataclass whose fields are
-        :class:`~pyro_vi.factors.ExpFamFactor` s (or fixed values).
+        Any :class:`~pyro_vi.cavi.model.ConjugateModel`; its params record is a frozen
+        dataclass of :class:`~pyro_vi.factors.ExpFamFactor` s (or fixed tensors).
     data : Tensor or tuple of Tensor
         Split along dimension 0.
     batch_size : int, keyword-only
@@ -173,9 +175,9 @@ def svi_cavi(
         ``tol · max(|ELBO|, 1)`` from the previous epoch (``None``: run the whole budget).
     seed : int or None
         Seed of the minibatch order and the initialisation.
-    init, init_params
-        ``init`` is passed to ``model.init_stats`` on the first minibatch (its statistics
-        rescaled by :math:`N/|B|`); ``init_params`` starts from given global parameters instead.
+    init_params : params record, optional
+        Start from these global parameters; by default from ``model.init_stats`` on the first
+        minibatch (its statistics rescaled by :math:`N/|B|`), as the model's options say.
     chunk_size : int or None
         Chunking of each local step (see :func:`pyro_vi.cavi.local_pass`).
     final_elbo : bool
@@ -217,24 +219,26 @@ def svi_cavi(
     [0.5, 0.5]
     """
     if not isinstance(model, ConjugateModel):
-        raise TypeError(f"model must implement pyro_vi.ConjugateModel, got {type(model).__name__}")
-    _validate(batch_size, tau, kappa, num_epochs, max_steps, tol)
+        raise TypeError(f"model must be a pyro_vi.ConjugateModel, got {type(model).__name__}")
+    _validate(batch_size, tau, kappa, num_epochs, max_steps, tol, seed, chunk_size, final_elbo,
+              progress, warn)
     model, data = model.prepare(data)
     n = _rows(data)
-    batch_size = min(batch_size, n)
+    batch_size = min(int(batch_size), n)
     per_epoch = math.ceil(n / batch_size)
     epochs = 10 if num_epochs is None else num_epochs
     total = max_steps if max_steps is not None else max(1, math.ceil(epochs * per_epoch))
     gen = torch.Generator()
-    gen.manual_seed(int(torch.randint(2**62, ())) if seed is None else seed)
+    gen.manual_seed(int(torch.randint(2**62, ())) if seed is None else int(seed))
     t0 = time.perf_counter()
     order = torch.randperm(n, generator=gen)
     if init_params is None:
         first = _take(data, order[:batch_size])
-        stats = model.init_stats(first, init=init, generator=gen)
-        params = model.global_step(tuple(s * (n / batch_size) for s in stats), None)
+        stats = model.init_stats(first, generator=gen)
+        params = check_params(model.global_step(tuple(s * (n / batch_size) for s in stats), None),
+                              where="the global step's params")
     else:
-        params = init_params
+        params = check_params(init_params, where="init_params")
     if progress is None:
         progress = sys.stderr.isatty()
     bar = tqdm(total=total, desc="SVI-CAVI", leave=False) if progress else None
@@ -251,7 +255,7 @@ def svi_cavi(
             _check(local.elbo, local.stats, step)
             estimate = float(scale * local.elbo + model.global_elbo(params))
             target = model.global_step(tuple(s * scale for s in local.stats), params)
-            rho = step_size(step, tau=tau, kappa=kappa)
+            rho = step_size(step, tau=float(tau), kappa=float(kappa))
             params = blend_params(params, target, rho)
             rows.append((step, estimate, time.perf_counter() - t0, rho))
             if bar is not None:

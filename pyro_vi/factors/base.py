@@ -144,7 +144,7 @@ def blend(old: F, new: F, rho: float) -> F:
     >>> from pyro_vi.factors import Gamma
     >>> g = blend(Gamma(torch.tensor(2.0), torch.tensor(1.0)),
     ...           Gamma(torch.tensor(4.0), torch.tensor(3.0)), 0.5)
-    >>> float(g.shape), float(g.rate)
+    >>> float(g.concentration), float(g.rate)
     (3.0, 2.0)
     """
     if not 0.0 <= rho <= 1.0:

@@ -82,6 +82,10 @@ class Beta(ExpFamFactor):
         a, b = self.concentration1, self.concentration0
         return a * b / ((a + b) ** 2 * (a + b + 1.0))
 
+    def stddev(self) -> Tensor:
+        r"""Standard deviation, :math:`\sqrt{\mathrm{Var}[p]}`."""
+        return self.variance().sqrt()
+
     def to_distribution(self) -> td.Beta:
         """Return the same law as a :class:`torch.distributions.Beta`."""
         return td.Beta(self.concentration1, self.concentration0)

@@ -78,6 +78,10 @@ class Dirichlet(ExpFamFactor):
         a0 = a.sum(-1, keepdim=True)
         return a * (a0 - a) / (a0**2 * (a0 + 1.0))
 
+    def stddev(self) -> Tensor:
+        r"""Marginal standard deviations, :math:`\sqrt{\mathrm{Var}[\pi_k]}`."""
+        return self.variance().sqrt()
+
     def to_distribution(self) -> td.Dirichlet:
         """The same law as a :class:`torch.distributions.Dirichlet`."""
         return td.Dirichlet(self.concentration)

@@ -14,14 +14,15 @@ __all__ = ["Gamma", "NormalGamma"]
 
 
 class Gamma(ExpFamFactor):
-    r"""Gamma factor :math:`q(\lambda) = \mathrm{Gam}(\lambda\,|\,a, b)` (shape, rate).
+    r"""Gamma factor :math:`q(\lambda) = \mathrm{Gam}(\lambda\,|\,a, b)` (concentration, rate).
 
     :math:`\eta = (a - 1, -b)`, :math:`T = (\log\lambda, \lambda)`,
     :math:`A = \log\Gamma(a) - a \log b`, and (Bishop 2006, eqs. B.27, B.30)
 
     .. math:: E[\lambda] = a/b, \qquad E[\log\lambda] = \psi(a) - \log b .
 
-    Elementwise: every entry of ``shape``/``rate`` is an independent factor.
+    Elementwise: every entry of ``concentration``/``rate`` is an independent factor. The
+    attributes are named as :class:`torch.distributions.Gamma` names them.
 
     Examples
     --------
@@ -33,16 +34,16 @@ class Gamma(ExpFamFactor):
 
     event_dims = (0, 0)
 
-    def __init__(self, shape: Tensor, rate: Tensor) -> None:
-        self.shape, self.rate = torch.broadcast_tensors(shape, rate)
+    def __init__(self, concentration: Tensor, rate: Tensor) -> None:
+        self.concentration, self.rate = torch.broadcast_tensors(concentration, rate)
 
     @property
     def batch_shape(self) -> torch.Size:
-        return self.shape.shape
+        return self.concentration.shape
 
     @property
     def natural_params(self) -> tuple[Tensor, ...]:
-        return (self.shape - 1.0, -self.rate)
+        return (self.concentration - 1.0, -self.rate)
 
     @classmethod
     def from_natural(cls, *eta: Tensor) -> Gamma:
@@ -50,24 +51,32 @@ class Gamma(ExpFamFactor):
 
     def mean(self) -> Tensor:
         r""":math:`E[\lambda] = a / b`."""
-        return self.shape / self.rate
+        return self.concentration / self.rate
+
+    def variance(self) -> Tensor:
+        r""":math:`\mathrm{Var}[\lambda] = a / b^2` (Bishop 2006, eq. B.28)."""
+        return self.concentration / self.rate**2
+
+    def stddev(self) -> Tensor:
+        r""":math:`\sqrt{a} / b`."""
+        return self.variance().sqrt()
 
     def expected_log(self) -> Tensor:
         r""":math:`E[\log\lambda] = \psi(a) - \log b`."""
-        return torch.digamma(self.shape) - torch.log(self.rate)
+        return torch.digamma(self.concentration) - torch.log(self.rate)
 
     def expected_stats(self) -> tuple[Tensor, ...]:
         return (self.expected_log(), self.mean())
 
     def log_normalizer(self) -> Tensor:
-        return torch.lgamma(self.shape) - self.shape * torch.log(self.rate)
+        return torch.lgamma(self.concentration) - self.concentration * torch.log(self.rate)
 
     def expected_log_base_measure(self) -> Tensor:
-        return torch.zeros_like(self.shape)
+        return torch.zeros_like(self.concentration)
 
     def to_distribution(self) -> td.Gamma:
         """The same law as a :class:`torch.distributions.Gamma` (elementwise batch)."""
-        return td.Gamma(self.shape, self.rate)
+        return td.Gamma(self.concentration, self.rate)
 
 
 class NormalGamma(ExpFamFactor):
@@ -90,7 +99,7 @@ class NormalGamma(ExpFamFactor):
 
     Parameters
     ----------
-    loc, precision_scale, shape, rate : Tensor
+    loc, precision_scale, concentration, rate : Tensor
         :math:`m`, :math:`\beta > 0`, :math:`a > 0`, :math:`b > 0`; broadcast together.
 
     Examples
@@ -103,9 +112,10 @@ class NormalGamma(ExpFamFactor):
 
     event_dims = (0, 0, 0, 0)
 
-    def __init__(self, loc: Tensor, precision_scale: Tensor, shape: Tensor, rate: Tensor) -> None:
-        self.loc, self.precision_scale, self.shape, self.rate = torch.broadcast_tensors(
-            loc, precision_scale, shape, rate
+    def __init__(self, loc: Tensor, precision_scale: Tensor, concentration: Tensor,
+                 rate: Tensor) -> None:
+        self.loc, self.precision_scale, self.concentration, self.rate = torch.broadcast_tensors(
+            loc, precision_scale, concentration, rate
         )
 
     @property
@@ -115,11 +125,11 @@ class NormalGamma(ExpFamFactor):
     @property
     def precision(self) -> Gamma:
         r"""The marginal factor :math:`q(\lambda) = \mathrm{Gam}(a, b)`."""
-        return Gamma(self.shape, self.rate)
+        return Gamma(self.concentration, self.rate)
 
     @property
     def natural_params(self) -> tuple[Tensor, ...]:
-        m, beta, a, b = self.loc, self.precision_scale, self.shape, self.rate
+        m, beta, a, b = self.loc, self.precision_scale, self.concentration, self.rate
         return (beta * m, -0.5 * beta, -b - 0.5 * beta * m**2, a - 0.5)
 
     @classmethod
@@ -130,11 +140,11 @@ class NormalGamma(ExpFamFactor):
 
     def expected_stats(self) -> tuple[Tensor, ...]:
         m, beta = self.loc, self.precision_scale
-        e_lam = self.shape / self.rate
+        e_lam = self.concentration / self.rate
         return (m * e_lam, 1.0 / beta + m**2 * e_lam, e_lam, self.precision.expected_log())
 
     def log_normalizer(self) -> Tensor:
-        return (torch.lgamma(self.shape) - self.shape * torch.log(self.rate)
+        return (torch.lgamma(self.concentration) - self.concentration * torch.log(self.rate)
                 - 0.5 * torch.log(self.precision_scale))
 
     def expected_log_base_measure(self) -> Tensor:
@@ -145,8 +155,8 @@ class NormalGamma(ExpFamFactor):
 
         The diagonal counterpart of Bishop (2006, eq. 10.64).
         """
-        return 1.0 / self.precision_scale + self.shape / self.rate * (x - self.loc) ** 2
+        return 1.0 / self.precision_scale + self.concentration / self.rate * (x - self.loc) ** 2
 
     def marginal_loc_variance(self) -> Tensor:
         r""":math:`\mathrm{Var}[\mu] = b / (\beta (a - 1))` (a Student-t marginal), for ``a > 1``."""
-        return self.rate / (self.precision_scale * (self.shape - 1.0))
+        return self.rate / (self.precision_scale * (self.concentration - 1.0))

@@ -72,6 +72,10 @@ class Normal(ExpFamFactor):
         r""":math:`\mathrm{Var}[\mu] = 1/\lambda`."""
         return 1.0 / self.precision
 
+    def stddev(self) -> Tensor:
+        r""":math:`\lambda^{-1/2}`."""
+        return self.precision.rsqrt()
+
     def second_moment(self) -> Tensor:
         r""":math:`E[\mu^2] = m^2 + 1/\lambda`."""
         return self.loc**2 + 1.0 / self.precision
@@ -173,6 +177,14 @@ class MultivariateNormal(ExpFamFactor):
     def mean(self) -> Tensor:
         """:math:`E[w] = m`."""
         return self.loc
+
+    def variance(self) -> Tensor:
+        r"""Marginal variances :math:`\mathrm{diag}(\Lambda^{-1})`, shape ``(..., D)``."""
+        return torch.diagonal(self.covariance(), dim1=-2, dim2=-1)
+
+    def stddev(self) -> Tensor:
+        """Marginal standard deviations, shape ``(..., D)``."""
+        return self.variance().sqrt()
 
     def second_moment(self) -> Tensor:
         r""":math:`E[w w^T] = \Sigma + m m^T`."""

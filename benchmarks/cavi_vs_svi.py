@@ -200,7 +200,7 @@ def sklearn_estimator(gmm: GaussianMixture, *, max_iter: int = 100, tol: float =
     """
     from sklearn.mixture import BayesianGaussianMixture
 
-    p = gmm.prior
+    p = gmm.hyperparams
     if p is None:
         raise ValueError("resolve the priors first: gmm = gmm.resolve(x)")
     return BayesianGaussianMixture(

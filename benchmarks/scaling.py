@@ -105,7 +105,7 @@ def cavi_sweeps(gmm: GaussianMixture, x: torch.Tensor, sweeps: int, *,
                 chunk_size: int | None = None) -> list[tuple[float, float]]:
     """(CPU s, wall s) of each of ``sweeps`` CAVI sweeps, exactly the loop body of :func:`pyro_vi.cavi.engine`."""
     model, data = gmm.prepare(x)
-    stats = model.init_stats(data, init="kmeans++", generator=torch.Generator().manual_seed(0))
+    stats = model.init_stats(data, generator=torch.Generator().manual_seed(0))
     params = model.global_step(stats, None)
     local = local_pass(model, data, params, chunk_size=None)
     out = []

@@ -80,7 +80,9 @@ __all__ = [
 ]
 
 # The models build on the engine above; the engine never imports them.
-from pyro_vi.models.conjugate import BetaBernoulli, DirichletCategorical, GammaPoisson  # noqa: E402
+from pyro_vi.models.beta_bernoulli import BetaBernoulli  # noqa: E402
+from pyro_vi.models.dirichlet_categorical import DirichletCategorical  # noqa: E402
+from pyro_vi.models.gamma_poisson import GammaPoisson  # noqa: E402
 from pyro_vi.models.gmm import GaussianMixture  # noqa: E402
 from pyro_vi.models.hierarchical import HierarchicalNormal  # noqa: E402
 from pyro_vi.models.linreg import BayesianLinearRegression  # noqa: E402

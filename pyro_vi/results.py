@@ -11,13 +11,15 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
-from typing import Any, ClassVar, cast
+from dataclasses import dataclass, field, fields
+from typing import Any, ClassVar, TypeVar, cast
 
 import pandas as pd
 from torch import Tensor
 
 __all__ = ["CAVIResult", "CAVIRun", "FitResult", "SVIResult"]
+
+_R = TypeVar("_R", bound="SVIResult")
 
 
 @dataclass(frozen=True, repr=False)
@@ -151,19 +153,23 @@ class SVIResult(FitResult):
 
     Beyond :class:`FitResult`: ``params`` maps every param-store name to a detached clone of
     its *constrained* value; ``history`` has a ``loss`` column (the estimator's loss, float64)
-    beside ``elbo = -loss``; ``elbo`` is the mean over the last ``window`` steps (what the
-    stopping rule sees; NaN if no step ran).
+    beside ``elbo = -loss``, an ``epoch`` column when the fit ran on batches, and one column
+    per value of the evaluation hook (NaN on steps without evaluation); ``elbo`` is the mean
+    over the last ``window`` steps (what the stopping rule sees; NaN if no step ran).
 
     Attributes
     ----------
     stop_reason : str
         ``"converged"``, ``"max_steps"``, ``"callback"``, ``"interrupted"`` (Ctrl-C) or, on the
         partial result of a :class:`~pyro_vi.NonFiniteLossError`, ``"non_finite"``.
+    initial_evaluation : dict or None
+        The evaluation hook's values before the first step (None without the hook).
     """
 
     method: ClassVar[str] = "SVI"
 
     stop_reason: str = "max_steps"
+    initial_evaluation: Mapping[str, float] | None = field(default=None, compare=False)
 
     @property
     def interrupted(self) -> bool:
@@ -180,6 +186,35 @@ class SVIResult(FitResult):
         """The fitted param-store values; the guide runs in a scoped store holding them."""
         return cast(Mapping[str, Tensor], self.params)
 
+    @property
+    def evaluations(self) -> pd.DataFrame:
+        """The history rows at which the evaluation hook ran, led by the one before step 1.
+
+        Columns ``step`` (0 for the starting point), ``epoch`` (with batches), ``seconds`` and
+        the evaluation columns; a row counts when one of its evaluation values is a number.
+        """
+        h = self.history
+        extra = [c for c in h.columns if c not in _STEP_COLUMNS]
+        keep = [c for c in ("step", "epoch", "seconds") if c in h.columns] + extra
+        rows = h.loc[h[extra].notna().any(axis=1), keep] if extra else h.loc[[], keep]
+        if self.initial_evaluation is not None:
+            start = {"step": 0, "epoch": 0, "seconds": 0.0} | dict(self.initial_evaluation)
+            first = pd.DataFrame([{c: start.get(c, math.nan) for c in keep}])
+            first = first.astype(h.dtypes[keep].to_dict())
+            rows = pd.concat([first, rows]) if len(rows) else first
+        return rows.reset_index(drop=True)
+
+    @classmethod
+    def from_result(cls: type[_R], result: SVIResult, **changes: Any) -> _R:
+        """``result`` as an instance of ``cls``, with some fields changed or added."""
+        values = {f.name: getattr(result, f.name) for f in fields(result)}
+        return cls(**(values | changes))
+
     def __repr__(self) -> str:
-        return (f"SVIResult(stop_reason={self.stop_reason!r}, n_steps={self.n_steps}, "
-                f"converged={self.converged}, elbo={self.elbo:.6g}, params={sorted(self.params)})")
+        return (f"{type(self).__name__}(stop_reason={self.stop_reason!r}, n_steps={self.n_steps}, "
+                f"converged={self.converged}, elbo={self.elbo:.6g}, "
+                f"params={sorted(self.store_params)})")
+
+
+#: History columns of every SVI fit; the others come from the evaluation hook.
+_STEP_COLUMNS = ("step", "epoch", "loss", "elbo", "seconds")

@@ -10,6 +10,11 @@ store keeps its identity and receives the saved values, so ``nn.Module`` paramet
 with :func:`pyro.module` and :class:`~pyro.nn.PyroModule` attributes that share the store's
 tensors see the restored values too.
 
+:class:`Checkpointer` is the loop's hook that writes them: every ``every`` steps and once at the
+end (not after Ctrl-C or an error, so the file keeps the last periodic state). Resuming is
+:meth:`pyro_vi.svi.runner.SVIRun.init` with the loaded dict; :func:`prime` replays the lazy
+set-up a first step performs, before the saved RNG state is restored.
+
 .. warning::
     Checkpoints are pickles (``torch.load(..., weights_only=False)``: the param store holds
     constraint objects and the RNG states hold NumPy arrays). Load only files you wrote.
@@ -19,17 +24,51 @@ from __future__ import annotations
 
 import os
 import tempfile
+import warnings
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pyro
 import torch
 from pyro.params.param_store import StateDict
 
-__all__ = ["load_checkpoint", "restore_param_store", "save_checkpoint"]
+from pyro_vi.svi.batches import split_batch
+from pyro_vi.svi.guard import PYRO_NAN_WARNING
+from pyro_vi.svi.hooks import Hook
 
-#: Format tag stored in every checkpoint; bumped when the layout changes.
-FORMAT = "pyro_vi.fit_svi/1"
+if TYPE_CHECKING:
+    from pyro_vi.svi.loop import SVIRun
+
+__all__ = ["Checkpointer", "load_checkpoint", "prime", "restore_param_store", "save_checkpoint"]
+
+#: Format tag stored in every checkpoint; bumped when the layout changes (2: epochs and
+#: evaluations in the history).
+FORMAT = "pyro_vi.fit_svi/2"
+
+
+class Checkpointer(Hook):
+    """Save :meth:`SVIRun.snapshot <pyro_vi.svi.runner.SVIRun.snapshot>` to ``path``."""
+
+    def __init__(self, path: str | os.PathLike[str], every: int):
+        self.path, self.every = path, every
+        self.saved_at = -1
+
+    def start(self, run: SVIRun) -> None:
+        """Note the step a resume starts from: it is on disk already."""
+        self.saved_at = run.state.step
+
+    def after_step(self, run: SVIRun) -> bool | None:
+        """Save every ``every`` steps."""
+        if run.state.step % self.every == 0:
+            save_checkpoint(self.path, run.snapshot())
+            self.saved_at = run.state.step
+        return None
+
+    def end(self, run: SVIRun, reason: str | None) -> None:
+        """Save the final state, unless the run broke off or the last step is saved already."""
+        if reason in ("converged", "callback", "max_steps") and self.saved_at != run.state.step:
+            save_checkpoint(self.path, run.snapshot())
 
 
 def save_checkpoint(path: str | os.PathLike[str], state: dict[str, Any]) -> None:
@@ -94,3 +133,21 @@ def restore_param_store(state: dict[str, Any]) -> None:
                 missing["constraints"][name] = state["constraints"][name]
     if missing["params"]:
         store.set_state(missing)
+
+
+def prime(elbo: Any, model: Callable[..., Any], guide: Callable[..., Any],
+          batches: Iterable[Any] | None, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+    """Run one throw-away ``loss_and_grads`` before a resume restores the RNG state.
+
+    Lazily created state (autoguide prototypes, ``pyro.module`` registrations, a guessed
+    ``max_plate_nesting``, JIT compilation) is created here, consuming random numbers that the
+    restored RNG state then overrides, as the first run created it at its step 1.
+    """
+    batch = next(iter(batches)) if batches is not None else ()
+    batch_args, batch_kwargs = split_batch(batch)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=PYRO_NAN_WARNING)
+        elbo.loss_and_grads(model, guide, *batch_args, *args, **kwargs, **batch_kwargs)
+    for _, p in pyro.get_param_store().named_parameters():
+        if p.grad is not None:
+            p.grad = torch.zeros_like(p.grad)

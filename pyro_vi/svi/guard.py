@@ -24,7 +24,10 @@ from pyro.infer.elbo import ELBO
 
 from pyro_vi.errors import NumericalError
 
-__all__ = ["FiniteGuard", "NonFiniteLossError", "NonFiniteStep", "describe"]
+__all__ = ["PYRO_NAN_WARNING", "FiniteGuard", "NonFiniteLossError", "NonFiniteStep", "describe"]
+
+#: Pyro's own NaN warning (``pyro.util.warn_if_nan``); the guard raises an error instead.
+PYRO_NAN_WARNING = r"Encountered (NaN|[+-]?inf)"
 
 
 class NonFiniteLossError(NumericalError):

@@ -1,100 +1,77 @@
-"""The SVI loop Pyro users hand-write, with a stopping rule, a history and checkpoints.
+"""The SVI loop Pyro users hand-write, as one call: :func:`fit_svi`.
 
-:func:`fit_svi` is a thin driver around :class:`pyro.infer.SVI`: any Pyro model/guide pair and
-any ELBO work unchanged. It adds what every hand-written ``for step in range(n): svi.step()``
-loop lacks: a convergence rule, a progress bar, seeding, minibatches, a guard against NaN/inf,
-atomic checkpoints with bitwise-exact resume, clean Ctrl-C, and a typed result.
+:func:`fit_svi` checks its keyword options, builds the hooks (evaluation, progress, the user's
+callback, checkpoints) and runs one :class:`~pyro_vi.svi.loop.SVIRun`, a thin driver around
+:class:`pyro.infer.SVI`, so any Pyro model/guide pair and any ELBO work unchanged. It adds
+what every hand-written ``for step in range(n): svi.step()`` loop lacks: a convergence rule,
+epochs, periodic evaluation, a progress bar, seeding, a guard against NaN/inf, atomic
+checkpoints with bitwise-exact resume, clean Ctrl-C, and a typed :class:`~pyro_vi.SVIResult`.
+The step after a fit is ``fit.diagnose()`` (:func:`pyro_vi.diagnose`): is the ELBO flat, and
+can the guide be trusted?
+
+.. warning::
+    The loop drives Pyro's *global* param store: a run starts from whatever it holds (clear it
+    with :func:`pyro.clear_param_store` for a fresh fit), and two runs must not interleave.
+
+References
+----------
+Ranganath, Gerrish & Blei (2014). Black box variational inference. AISTATS.
+Hoffman, Blei, Wang & Paisley (2013). Stochastic variational inference. JMLR 14.
+Bingham et al. (2019). Pyro: deep universal probabilistic programming. JMLR 20(28).
 """
 
 from __future__ import annotations
 
-import math
-import numbers
 import os
 import sys
-import time
-import warnings
-from collections.abc import Callable, Iterable, Sized
+from collections.abc import Callable, Iterable, Mapping, Sized
 from pathlib import Path
 from typing import Any
 
-import pandas as pd
 import pyro
 import pyro.optim
-import torch
-from pyro.infer import SVI, Trace_ELBO
 from pyro.infer.elbo import ELBO
-from pyro.util import get_rng_state, set_rng_state
-from tqdm.std import tqdm
 
+from pyro_vi._checks import check_bool, check_callable, check_int, check_real, check_seed
 from pyro_vi.results import SVIResult
-from pyro_vi.svi.batches import BatchCursor, split_batch
-from pyro_vi.svi.checkpoint import load_checkpoint, restore_param_store, save_checkpoint
-from pyro_vi.svi.guard import FiniteGuard, NonFiniteLossError, NonFiniteStep, describe
-from pyro_vi.svi.stopping import WindowRule
+from pyro_vi.svi.checkpoint import Checkpointer, load_checkpoint
+from pyro_vi.svi.guard import NonFiniteLossError
+from pyro_vi.svi.hooks import Callback, Evaluate, Hook, Progress
+from pyro_vi.svi.loop import SVIRun, SVIState
+from pyro_vi.svi.stopping import step_budget
 
-__all__ = ["NonFiniteLossError", "SVIResult", "fit_svi"]
-
-#: Pyro's own NaN warning (``pyro.util.warn_if_nan``); fit_svi raises an error instead.
-_PYRO_NAN_WARNING = r"Encountered (NaN|[+-]?inf)"
+__all__ = ["NonFiniteLossError", "SVIResult", "SVIRun", "SVIState", "fit_svi"]
 
 
-def _check_int(name: str, value: Any, minimum: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
-    if value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {value}")
+def _check_batches(batches: Any) -> None:
+    if batches is None:
+        return
+    if not isinstance(batches, Iterable) or isinstance(batches, str | bytes):
+        raise TypeError(f"batches must be an iterable of batches, got {type(batches).__name__}")
+    if iter(batches) is batches:
+        raise TypeError("batches must be re-iterable (a list, a DataLoader), not a one-shot "
+                        "iterator or generator: it is iterated again at every epoch")
+    if isinstance(batches, Sized) and len(batches) == 0:
+        raise ValueError("batches is empty")
 
 
-def _validate(model: Any, guide: Any, elbo: Any, optim: Any, num_steps: Any, batches: Any,
-              tol: Any, window: Any, patience: Any, seed: Any, progress: Any, checkpoint: Any,
-              checkpoint_every: Any, resume: Any, callback: Any) -> None:
-    """Raise TypeError/ValueError naming the first bad argument, before any work."""
-    for name, fn in (("model", model), ("guide", guide)):
-        if not callable(fn):
-            raise TypeError(f"{name} must be callable, got {type(fn).__name__}")
-    if elbo is not None and not isinstance(elbo, ELBO):
-        raise TypeError(f"elbo must be a pyro.infer.ELBO instance, got {type(elbo).__name__}")
-    if optim is not None and not isinstance(optim, pyro.optim.PyroOptim):
-        raise TypeError(f"optim must be a pyro.optim.PyroOptim, got {type(optim).__name__}")
-    for name, value, low in (("num_steps", num_steps, 1), ("window", window, 1),
-                             ("patience", patience, 1), ("checkpoint_every", checkpoint_every, 1)):
-        _check_int(name, value, low)
-    if isinstance(tol, bool) or not isinstance(tol, numbers.Real):
-        raise TypeError(f"tol must be a real number, got {type(tol).__name__}")
-    if not (float(tol) >= 0 and math.isfinite(tol)):
-        raise ValueError(f"tol must be finite and >= 0, got {tol}")
-    if seed is not None:
-        _check_int("seed", seed, 0)
-    if progress is not None and not isinstance(progress, bool):
-        raise TypeError(f"progress must be None, True or False, got {type(progress).__name__}")
-    if batches is not None:
-        if not isinstance(batches, Iterable) or isinstance(batches, str | bytes):
-            raise TypeError(f"batches must be an iterable of batches, got {type(batches).__name__}")
-        if iter(batches) is batches:
-            raise TypeError("batches must be re-iterable (a list, a DataLoader), not a one-shot "
-                            "iterator or generator: it is iterated again at every epoch")
-        if isinstance(batches, Sized) and len(batches) == 0:
-            raise ValueError("batches is empty")
-    if checkpoint is not None and not isinstance(checkpoint, str | os.PathLike):
-        raise TypeError(f"checkpoint must be a path, got {type(checkpoint).__name__}")
-    if checkpoint is not None and not Path(checkpoint).parent.is_dir():
-        raise ValueError(f"checkpoint={str(checkpoint)!r}: directory does not exist")
-    if not isinstance(resume, bool):
-        raise TypeError(f"resume must be a bool, got {type(resume).__name__}")
-    if resume and checkpoint is None:
-        raise ValueError("resume=True needs checkpoint=<path>")
-    if callback is not None and not callable(callback):
-        raise TypeError(f"callback must be callable, got {type(callback).__name__}")
+def _check_evaluate(evaluate: Any) -> tuple[int, Callable[..., Any]] | None:
+    if evaluate is None:
+        return None
+    if not isinstance(evaluate, tuple | list) or len(evaluate) != 2:
+        raise TypeError(f"evaluate must be a pair (every, fn), got {type(evaluate).__name__}")
+    return (check_int("evaluate every", evaluate[0], minimum=1),
+            check_callable("evaluate fn", evaluate[1]))
 
 
 def fit_svi(model: Callable[..., Any], guide: Callable[..., Any], *args: Any,
             elbo: ELBO | None = None, optim: pyro.optim.PyroOptim | None = None,
-            num_steps: int = 5000, batches: Iterable[Any] | None = None, tol: float = 1e-4,
-            window: int = 100, patience: int = 3, seed: int | None = None,
-            progress: bool | None = None, checkpoint: str | os.PathLike[str] | None = None,
-            checkpoint_every: int = 500, resume: bool = False,
-            callback: Callable[[int, float], bool | None] | None = None,
+            num_steps: int | None = None, num_epochs: int | None = None,
+            batches: Iterable[Any] | None = None, tol: float = 1e-4, window: int = 100,
+            patience: int = 3, seed: int | None = None, progress: bool | None = None,
+            checkpoint: str | os.PathLike[str] | None = None, checkpoint_every: int = 500,
+            resume: bool = False, callback: Callable[[int, float], bool | None] | None = None,
+            evaluate: tuple[int, Callable[[SVIState], Mapping[str, Any]]] | None = None,
             **kwargs: Any) -> SVIResult:
     r"""Fit ``guide`` to ``model`` by stochastic variational inference.
 
@@ -110,18 +87,28 @@ def fit_svi(model: Callable[..., Any], guide: Callable[..., Any], *args: Any,
         \frac{|\bar L_k - \bar L_{k-1}|}{\max(|\bar L_{k-1}|, 1)} < \mathrm{tol}
 
     for ``patience`` consecutive windows (the floor of 1 nat keeps a loss near zero from
-    inflating the ratio); otherwise it stops after ``num_steps`` steps in total.
+    inflating the ratio); otherwise it stops when the step budget is spent. Every rule and its
+    ``stop_reason`` is listed in :mod:`pyro_vi.svi.stopping`.
 
-    **Minibatches.** With ``batches`` (a list of tensors or tuples, a ``DataLoader``, any
-    re-iterable), step :math:`t` takes the next batch and the iterable is re-iterated at the
-    end of each epoch. A tuple/list batch is unpacked into positional arguments before
-    ``args``, a mapping is merged into ``kwargs``. The model must scale its likelihood by
-    :math:`N/|B|` so that the minibatch loss is unbiased for the full-data loss (Hoffman et al.
-    2013, §2): declare ``pyro.plate("data", size=N, subsample=idx)`` and Pyro applies the
-    factor. E.g. with ``DataLoader(TensorDataset(x, torch.arange(N)), batch_size=B,
-    shuffle=True)`` each batch is ``[x_b, idx_b]`` and the call is
-    ``model(x_b, idx_b, *args)``. On resume the epoch is rebuilt and the batches already used
-    are skipped (see :mod:`pyro_vi.svi.batches`).
+    **Minibatches and epochs.** With ``batches`` (a list of tensors or tuples, a
+    ``DataLoader``, any re-iterable), step :math:`t` takes the next batch and the iterable is
+    re-iterated at the end of each epoch; the history gains an ``epoch`` column (1-based). A
+    tuple/list batch is unpacked into positional arguments before ``args``, a mapping is
+    merged into ``kwargs``. The model must scale its likelihood by :math:`N/|B|` so that the
+    minibatch loss is unbiased for the full-data loss (Hoffman et al. 2013, §2): declare
+    ``pyro.plate("data", size=N, subsample=idx)`` and Pyro applies the factor. E.g. with
+    ``DataLoader(TensorDataset(x, torch.arange(N)), batch_size=B, shuffle=True)`` each batch
+    is ``[x_b, idx_b]`` and the call is ``model(x_b, idx_b, *args)``. The budget is either
+    ``num_steps`` steps or ``num_epochs`` whole passes (``num_epochs * len(batches)`` steps),
+    never both. On resume the epoch is rebuilt and the batches already used are skipped (see
+    :mod:`pyro_vi.svi.batches`).
+
+    **Evaluation.** ``evaluate=(every, fn)`` calls ``fn(state)`` (an :class:`SVIState`) before
+    the first step, every ``every`` steps and after the last one, and the mapping of numbers
+    it returns becomes extra history columns (NaN on the other steps; the values before the
+    first step are ``result.initial_evaluation``). Evaluations take no part in the stopping
+    rule, their time is left out of ``seconds``, and they leave the RNG state as they found
+    it (see :class:`~pyro_vi.svi.hooks.Evaluate`).
 
     Parameters
     ----------
@@ -132,11 +119,13 @@ def fit_svi(model: Callable[..., Any], guide: Callable[..., Any], *args: Any,
     optim
         A :class:`pyro.optim.PyroOptim` (default ``Adam({"lr": 0.01})``).
     num_steps
-        Total step budget, counting steps before a resume.
+        Total step budget, counting steps before a resume (default 5000).
+    num_epochs
+        Total budget in passes over ``batches``, which must have a ``len()``.
     batches
         Re-iterable of minibatches, or None.
     tol, window, patience
-        The stopping rule above; ``tol=0`` runs all ``num_steps``.
+        The stopping rule above; ``tol=0`` runs the whole budget.
     seed
         If given, :func:`pyro.set_rng_seed` first: on CPU, equal seeds with a fresh param store
         and fresh guide give bitwise equal histories.
@@ -144,17 +133,20 @@ def fit_svi(model: Callable[..., Any], guide: Callable[..., Any], *args: Any,
         tqdm bar on stderr with the running ELBO; None shows it only when stderr is a terminal.
     checkpoint, checkpoint_every
         Path of a checkpoint written atomically every ``checkpoint_every`` steps and at the end
-        (param store, optimizer state, torch/python/numpy RNG states, history, loop and batch
-        position). See :mod:`pyro_vi.svi.checkpoint`.
+        (param store, optimizer state, torch/python/numpy RNG states, history, evaluations,
+        loop and batch position). See :mod:`pyro_vi.svi.checkpoint`.
     resume
         Continue from ``checkpoint`` if the file exists (else start afresh).
     callback
         ``callback(step, loss)`` after every step; returning True stops the run.
+    evaluate
+        ``(every, fn)``: periodic evaluation, as above.
 
     Returns
     -------
     SVIResult
-        Params, history, converged flag, steps and the stop reason.
+        Params, history, converged flag, steps and the stop reason. Next, ``fit.diagnose()``
+        reports whether the fit can be trusted, and ``fit.to_inference_data()`` exports it.
 
     Raises
     ------
@@ -166,10 +158,10 @@ def fit_svi(model: Callable[..., Any], guide: Callable[..., Any], *args: Any,
         ``tol`` may never be met (raise ``window`` or ``tol``) or be met by chance early (raise
         ``patience``). Exceptions other than Ctrl-C propagate; a resume continues from the last
         checkpoint, not from the crash or Ctrl-C point. Resume reproduces an uninterrupted run
-        bitwise on CPU only with the first run's model, guide and data, a fresh optimizer, and
-        a batch iterable whose randomness comes from the global RNG (a ``DataLoader`` with or
-        without ``shuffle``; not one with its own generator seeded once per process). Ctrl-C
-        during a step may leave that step half applied.
+        bitwise on CPU only with the first run's model, guide, data and evaluation, a fresh
+        optimizer, and a batch iterable whose randomness comes from the global RNG (a
+        ``DataLoader`` with or without ``shuffle``; not one with its own generator seeded once
+        per process). Ctrl-C during a step may leave that step half applied.
         Same-seed runs are bitwise equal only from an equal param store and a fresh guide
         (autoguides keep their parameters).
 
@@ -198,123 +190,68 @@ def fit_svi(model: Callable[..., Any], guide: Callable[..., Any], *args: Any,
     >>> loc, scale = fit.params["AutoNormal.locs.mu"], fit.params["AutoNormal.scales.mu"]
     >>> abs(loc.item() - 4 / 4.01) < 0.1, abs(scale.item() - 4.01 ** -0.5) < 0.05
     (True, True)
+
+    Two epochs over two minibatches (the plate scales each half by 2), with the posterior mean
+    evaluated after each epoch (before step 1 the autoguide has no parameters yet):
+
+    >>> def halves(xb):
+    ...     mu = pyro.sample("mu", dist.Normal(0.0, 10.0))
+    ...     with pyro.plate("data", 4, subsample_size=len(xb)):
+    ...         pyro.sample("x", dist.Normal(mu, 1.0), obs=xb)
+    >>> def mean(state):
+    ...     return {"loc": pyro.param("AutoNormal.locs.mu").item()} if state.step else {}
+    >>> pyro.clear_param_store()
+    >>> fit = fit_svi(halves, AutoNormal(halves), batches=[x[:2], x[2:]], num_epochs=2, seed=0,
+    ...               progress=False, evaluate=(2, mean))
+    >>> fit.history[["step", "epoch"]].values.tolist(), fit.history["loc"].notna().tolist()
+    ([[1, 1], [2, 1], [3, 2], [4, 2]], [False, True, False, True])
+    >>> fit.evaluations["step"].tolist()
+    [0, 2, 4]
     """
-    _validate(model, guide, elbo, optim, num_steps, batches, tol, window, patience, seed,
-              progress, checkpoint, checkpoint_every, resume, callback)
-    elbo = Trace_ELBO() if elbo is None else elbo
-    loss_fn: Any = elbo  # pyro.infer.ELBO declares neither .loss nor .loss_and_grads
-    optim = pyro.optim.Adam({"lr": 0.01}) if optim is None else optim  # type: ignore[attr-defined]
-    guard = FiniteGuard(elbo)
-    svi = SVI(model, guide, optim, loss=loss_fn.loss, loss_and_grads=guard)
-    rule = WindowRule(float(tol), window, patience)
-    cursor = BatchCursor(batches, track_rng=checkpoint is not None)
-    steps: list[int] = []
-    losses: list[float] = []
-    seconds: list[float] = []
-    converged = False
-    if seed is not None:
-        pyro.set_rng_seed(seed)
+    for name, fn in (("model", model), ("guide", guide)):
+        check_callable(name, fn)
+    if elbo is not None and not isinstance(elbo, ELBO):
+        raise TypeError(f"elbo must be a pyro.infer.ELBO instance, got {type(elbo).__name__}")
+    if optim is not None and not isinstance(optim, pyro.optim.PyroOptim):
+        raise TypeError(f"optim must be a pyro.optim.PyroOptim, got {type(optim).__name__}")
+    _check_batches(batches)
+    budget = step_budget(num_steps=num_steps, num_epochs=num_epochs, batches=batches)
+    for name, value in (("window", window), ("patience", patience),
+                        ("checkpoint_every", checkpoint_every)):
+        check_int(name, value, minimum=1)
+    tol = check_real("tol", tol, minimum=0.0)
+    seed = check_seed("seed", seed)
+    show = check_bool("progress", progress, optional=True)
+    if checkpoint is not None and not isinstance(checkpoint, str | os.PathLike):
+        raise TypeError(f"checkpoint must be a path, got {type(checkpoint).__name__}")
+    if checkpoint is not None and not Path(checkpoint).parent.is_dir():
+        raise ValueError(f"checkpoint={str(checkpoint)!r}: directory does not exist")
+    check_bool("resume", resume)
+    if resume and checkpoint is None:
+        raise ValueError("resume=True needs checkpoint=<path>")
+    if callback is not None:
+        check_callable("callback", callback)
+    periodic = _check_evaluate(evaluate)
+
+    hooks: list[Hook] = []
+    if periodic is not None:
+        hooks.append(Evaluate(*periodic))
+    if _stderr_is_terminal() if show is None else show:
+        hooks.append(Progress(budget, window))
+    if callback is not None:
+        hooks.append(Callback(callback))
+    if checkpoint is not None:
+        hooks.append(Checkpointer(checkpoint, checkpoint_every))
+    run = SVIRun(model, guide, *args, elbo=elbo, optim=optim, num_steps=budget,
+                 batches=batches, tol=tol, window=window, patience=patience, seed=seed,
+                 hooks=hooks, **kwargs)
+    saved = None
     if resume and checkpoint is not None and Path(checkpoint).exists():
         saved = load_checkpoint(checkpoint)
-        if seed is not None and saved["seed"] is not None and saved["seed"] != seed:
-            raise ValueError(f"seed={seed} differs from the checkpoint's seed {saved['seed']}")
-        _prime(elbo, model, guide, batches, args, kwargs)
-        restore_param_store(saved["param_store"])
-        optim.set_state(saved["optim"])
-        steps, losses, seconds = (list(saved["history"][k]) for k in ("step", "loss", "seconds"))
-        rule = WindowRule(**saved["rule"])
-        converged = saved["converged"]
-        cursor.restore(saved["cursor"])
-        set_rng_state(saved["rng"])
-    step, saved_at = len(losses), len(losses)
-
-    def snapshot() -> dict[str, Any]:
-        return {"step": step, "seed": seed, "converged": converged,
-                "param_store": pyro.get_param_store().get_state(), "optim": optim.get_state(),
-                "rng": get_rng_state(), "cursor": cursor.state(), "rule": vars(rule).copy(),
-                "history": {"step": steps, "loss": losses, "seconds": seconds}}
-
-    show = _stderr_is_terminal() if progress is None else progress
-    bar = tqdm(total=num_steps, initial=step, desc="SVI", file=sys.stderr, disable=not show,
-               dynamic_ncols=True)
-    reason = "converged" if converged else "max_steps"
-    t0 = time.perf_counter() - (seconds[-1] if seconds else 0.0)
-    batch_args: tuple[Any, ...] = ()
-    batch_kwargs: dict[str, Any] = {}
-    try:
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=_PYRO_NAN_WARNING)
-            while step < num_steps and not converged:
-                batch_args, batch_kwargs = cursor.next()
-                loss = float(svi.step(*batch_args, *args, **kwargs, **batch_kwargs))
-                step += 1
-                steps.append(step)
-                losses.append(loss)
-                seconds.append(time.perf_counter() - t0)
-                converged = rule.update(loss)
-                if show:
-                    bar.update(1)
-                    if step % 10 == 0:
-                        recent = losses[-window:]
-                        bar.set_postfix_str(f"elbo={-sum(recent) / len(recent):.6g}",
-                                            refresh=False)
-                if callback is not None and callback(step, loss):
-                    reason = "callback"
-                    break
-                if checkpoint is not None and step % checkpoint_every == 0:
-                    save_checkpoint(checkpoint, snapshot())
-                    saved_at = step
-            reason = "converged" if converged else reason
-    except KeyboardInterrupt:
-        reason = "interrupted"
-    except NonFiniteStep as bad:
-        msg, sites = describe(bad, step + 1, guard, model, guide, (*batch_args, *args),
-                              {**kwargs, **batch_kwargs})
-        partial = _result(steps, losses, seconds, window, False, "non_finite", model, guide, args)
-        raise NonFiniteLossError(msg, step=step + 1, sites=sites, result=partial) from None
-    finally:
-        bar.close()
-    if checkpoint is not None and reason != "interrupted" and saved_at != step:
-        save_checkpoint(checkpoint, snapshot())
-    return _result(steps, losses, seconds, window, converged, reason, model, guide, args)
-
-
-def _prime(elbo: Any, model: Callable[..., Any], guide: Callable[..., Any],
-           batches: Iterable[Any] | None, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
-    """Run one throw-away ``loss_and_grads`` before a resume restores the RNG state.
-
-    Lazily created state (autoguide prototypes, ``pyro.module`` registrations, a guessed
-    ``max_plate_nesting``, JIT compilation) is created here, consuming random numbers that the
-    restored RNG state then overrides, as the first run created it at its step 1.
-    """
-    batch = next(iter(batches)) if batches is not None else ()
-    batch_args, batch_kwargs = split_batch(batch)
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=_PYRO_NAN_WARNING)
-        elbo.loss_and_grads(model, guide, *batch_args, *args, **kwargs, **batch_kwargs)
-    for _, p in pyro.get_param_store().named_parameters():
-        if p.grad is not None:
-            p.grad = torch.zeros_like(p.grad)
+    run.init(checkpoint=saved)
+    return run.run()
 
 
 def _stderr_is_terminal() -> bool:
     isatty = getattr(sys.stderr, "isatty", None)  # sys.stderr may be None (pythonw) or a stub
     return bool(isatty()) if callable(isatty) else False
-
-
-def _params() -> dict[str, torch.Tensor]:
-    store = pyro.get_param_store()
-    return {name: store[name].detach().clone() for name in store.keys()}
-
-
-def _result(steps: list[int], losses: list[float], seconds: list[float], window: int,
-            converged: bool, reason: str, model: Callable[..., Any],
-            guide: Callable[..., Any], args: tuple[Any, ...]) -> SVIResult:
-    history = pd.DataFrame({"step": pd.Series(steps, dtype="int64"),
-                            "loss": pd.Series(losses, dtype="float64"),
-                            "seconds": pd.Series(seconds, dtype="float64")})
-    history.insert(2, "elbo", -history["loss"])
-    recent = losses[-window:]
-    final = sum(recent) / len(recent) if recent else math.nan
-    return SVIResult(params=_params(), elbo=-final, converged=converged, n_steps=len(losses),
-                     history=history, model=model, guide=guide, data=args, stop_reason=reason)

@@ -56,7 +56,7 @@ __all__ = [
     "UnivariateNormal",
     "VAE",
     "VAEConfig",
-    "VAEFit",
+    "VAEResult",
     "__version__",
     "blend_params",
     "cavi",
@@ -89,4 +89,4 @@ from pyro_vi.models.linreg import BayesianLinearRegression  # noqa: E402
 from pyro_vi.models.normal import UnivariateNormal  # noqa: E402
 from pyro_vi.models.vae import VAE, VAEConfig, load_vae, save_vae  # noqa: E402
 from pyro_vi.models.vae.evaluate import LogLikEstimate, elbo_per_image, iw_log_likelihood  # noqa: E402
-from pyro_vi.models.vae.train import VAEFit, fit_vae  # noqa: E402
+from pyro_vi.models.vae.train import VAEResult, fit_vae  # noqa: E402

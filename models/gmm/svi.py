@@ -17,26 +17,31 @@ Three routes, all through :func:`pyro_vi.fit_svi`:
 Defaults (documented in :data:`SVI_DEFAULTS`): parameters start where CAVI starts (seeded
 k-means++ responsibilities, one global step), :class:`pyro.optim.ClippedAdam` with the learning
 rate decayed geometrically to a tenth over the run, 8 vectorized particles. Every ``eval_every``
-steps the analytic mean-field ELBO (:meth:`GaussianMixture.elbo`, with optimal q(z)) is evaluated
-at the current global parameters; the time it takes is excluded from the reported seconds, which
-do include the initialisation (as CAVI's history does).
+steps fit_svi's evaluation hook computes the analytic mean-field ELBO (:meth:`GaussianMixture.elbo`,
+with optimal q(z)) at the current global parameters, as the history column ``analytic_elbo``;
+the time it takes is excluded from the history's seconds, which do include the initialisation
+(as CAVI's history does).
 """
 
 from __future__ import annotations
 
+import math
 import time
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
-import pandas as pd
 import pyro
 from pyro.infer import Trace_ELBO, TraceEnum_ELBO
 from pyro.infer.elbo import ELBO
+from torch import Tensor
 
-from pyro_vi.models.gmm.model import GaussianMixture, GMMParams, replace_model
-from pyro_vi.svi.runner import SVIResult, fit_svi
+from pyro_vi._checks import check_int, check_optional_int, check_real, check_seed
+from pyro_vi.models.gmm.model import GaussianMixture, replace_model
+from pyro_vi.results import SVIResult
+from pyro_vi.svi.runner import fit_svi
 
-__all__ = ["GUIDES", "SVI_DEFAULTS", "GMMSVIFit", "fit_gmm_svi"]
+__all__ = ["GUIDES", "SVI_DEFAULTS", "GMMSVIResult", "fit_gmm_svi"]
 
 #: Learning rate, step budget and vectorized particles per method, measured on Old Faithful (K=6,
 #: alpha0=1e-3; CAVI optimum -441.02) and standardized iris (K=6; single-start CAVI ends at
@@ -64,29 +69,35 @@ SVI_DEFAULTS: dict[str, dict[str, float]] = {
 GUIDES = {"trace": "guide_optimal_z", "trace-free": "guide", "enum": "guide_enum"}
 
 
-@dataclass(frozen=True)
-class GMMSVIFit:
-    """A GMM fitted by SVI.
+@dataclass(frozen=True, repr=False)
+class GMMSVIResult(SVIResult):
+    """A GMM fitted by SVI, scored like CAVI: ``params`` and ``elbo`` on the analytic scale.
+
+    Beyond :class:`~pyro_vi.SVIResult`: ``params`` is the :class:`GMMParams` record of the
+    fitted global factors (detached float64, read back from the param store) and ``elbo`` the
+    analytic mean-field ELBO there with optimal q(z), the scale CAVI reports. ``history`` adds
+    the column ``analytic_elbo`` (NaN between evaluations); ``evaluations`` lists those rows
+    (led by the k-means++ start, ``initial_evaluation``, at 0 s); the other rows' ``seconds``
+    include the time the start took.
 
     Attributes
     ----------
-    svi : SVIResult
-        The raw :func:`pyro_vi.fit_svi` result (loss history, stop reason, ...).
-    params : GMMParams
-        The fitted global factors, read back from the param store (detached float64).
-    elbo : float
-        Analytic mean-field ELBO at ``params`` with optimal q(z) — the scale CAVI reports.
-    trace : pandas.DataFrame
-        Columns ``step``, ``seconds`` (fitting time only), ``elbo`` (analytic).
-    method : str
+    gmm : GaussianMixture
+        The model with its priors resolved from the data: ``fit.gmm.summary(fit.params)``.
+    store : dict
+        The param-store values the guide reads (:attr:`store_params`).
+    svi_method : str
         ``"trace"``, ``"trace-free"`` or ``"enum"``.
     """
 
-    svi: SVIResult
-    params: GMMParams
-    elbo: float
-    trace: pd.DataFrame
-    method: str
+    gmm: Any = field(default=None, compare=False)
+    store: Mapping[str, Tensor] = field(default_factory=dict, compare=False)
+    svi_method: str = "enum"
+
+    @property
+    def store_params(self) -> Mapping[str, Tensor]:
+        """The fitted param-store values; the guide runs in a scoped store holding them."""
+        return self.store
 
 
 def fit_gmm_svi(
@@ -102,7 +113,7 @@ def fit_gmm_svi(
     eval_every: int = 50,
     progress: bool | None = False,
     **fit_kwargs: Any,
-) -> GMMSVIFit:
+) -> GMMSVIResult:
     """Fit ``gmm`` by SVI and score it on the analytic ELBO.
 
     Parameters
@@ -123,7 +134,7 @@ def fit_gmm_svi(
     seed : int
         Seeds the k-means++ start of the parameters and the Monte-Carlo draws.
     eval_every : int
-        Steps between analytic-ELBO evaluations recorded in ``trace``.
+        Steps between analytic-ELBO evaluations (the history column ``analytic_elbo``).
     progress : bool or None
         tqdm bar (see :func:`pyro_vi.fit_svi`).
     **fit_kwargs
@@ -131,7 +142,8 @@ def fit_gmm_svi(
 
     Returns
     -------
-    GMMSVIFit
+    GMMSVIResult
+        ``fit.diagnose()`` is the step that follows (see :meth:`~pyro_vi.FitResult.diagnose`).
 
     .. warning::
         The param store is cleared first: the guide's ``pyro.param`` names (``"gmm.*"``)
@@ -147,56 +159,41 @@ def fit_gmm_svi(
     --------
     >>> from pyro_vi import load_old_faithful
     >>> fit = fit_gmm_svi(GaussianMixture(2), load_old_faithful(standardize=True), num_steps=20)
-    >>> fit.method, len(fit.trace) > 0
-    ('enum', True)
+    >>> fit.svi_method, fit.n_steps, fit.evaluations["step"].tolist()
+    ('enum', 20, [0, 20])
     """
     if method not in SVI_DEFAULTS:
         raise ValueError(f"method must be one of {sorted(SVI_DEFAULTS)}, got {method!r}")
-    if not 0.0 < lr_decay <= 1.0:
+    if not 0.0 < check_real("lr_decay", lr_decay) <= 1.0:
         raise ValueError(f"lr_decay must lie in (0, 1], got {lr_decay}")
-    if eval_every < 1:
-        raise ValueError(f"eval_every must be >= 1, got {eval_every}")
+    every = check_int("eval_every", eval_every, minimum=1)
+    seed = check_seed("seed", seed) or 0
+    defaults = SVI_DEFAULTS[method]
+    steps = check_optional_int("num_steps", num_steps, minimum=1) or int(defaults["num_steps"])
+    rate = defaults["lr"] if lr is None else check_real("lr", lr, positive=True)
+    particles = (check_optional_int("num_particles", num_particles, minimum=1)
+                 or int(defaults["num_particles"]))
     gmm, x = gmm.prepare(x)
     gmm = replace_model(gmm)  # a copy, so the seed set here leaves the caller's model alone
     gmm.svi_seed = seed
-    defaults = SVI_DEFAULTS[method]
-    steps = int(num_steps if num_steps is not None else defaults["num_steps"])
-    rate = float(lr if lr is not None else defaults["lr"])
-    particles = int(num_particles if num_particles is not None else defaults["num_particles"])
-    if steps < 1 or rate <= 0 or particles < 1:
-        raise ValueError(f"num_steps and num_particles must be >= 1 and lr > 0, got {steps}, "
-                         f"{particles} and {rate}")
     vec = {"num_particles": particles, "vectorize_particles": particles > 1, "max_plate_nesting": 1}
     optim = pyro.optim.ClippedAdam({"lr": rate, "lrd": lr_decay ** (1.0 / steps)})
     guide = getattr(gmm, GUIDES[method])
     elbo: ELBO = TraceEnum_ELBO(**vec) if method == "enum" else Trace_ELBO(**vec)
     pyro.clear_param_store()
     pyro.set_rng_seed(seed)
-    rows: list[tuple[int, float, float]] = []
-    spent = {"eval": 0.0}
     t0 = time.perf_counter()  # the clock includes the k-means++ start, as CAVI's does
     guide(x)  # create the params at the CAVI-style initialisation
+    start_seconds = time.perf_counter() - t0
 
-    def record(step: int) -> None:
-        e0 = time.perf_counter()
-        fitting_seconds = e0 - t0 - spent["eval"]
-        value = gmm.elbo(x, gmm.params_from_store(x))
-        spent["eval"] += time.perf_counter() - e0
-        rows.append((step, fitting_seconds, value))
+    def analytic(state: Any) -> dict[str, float]:
+        return {"analytic_elbo": gmm.elbo(x, gmm.params_from_store(x))}
 
-    record(0)
-    user_cb = fit_kwargs.pop("callback", None)
-
-    def callback(step: int, loss: float) -> bool | None:
-        if step % eval_every == 0:
-            record(step)
-        return user_cb(step, loss) if user_cb is not None else None
-
-    result = fit_svi(gmm.model, guide, x, elbo=elbo, optim=optim, num_steps=steps,
-                     seed=seed, progress=progress, callback=callback, **fit_kwargs)
+    result = fit_svi(gmm.model, guide, x, elbo=elbo, optim=optim, num_steps=steps, seed=seed,
+                     progress=progress, evaluate=(every, analytic), **fit_kwargs)
     params = gmm.params_from_store(x)
-    final = gmm.elbo(x, params)
-    if not rows or rows[-1][0] != result.n_steps:
-        rows.append((result.n_steps, time.perf_counter() - t0 - spent["eval"], final))
-    trace = pd.DataFrame(rows, columns=["step", "seconds", "elbo"])
-    return GMMSVIFit(svi=result, params=params, elbo=final, trace=trace, method=method)
+    last = result.history["analytic_elbo"].iloc[-1] if result.n_steps else math.nan
+    final = float(last) if not math.isnan(last) else gmm.elbo(x, params)
+    history = result.history.assign(seconds=result.history["seconds"] + start_seconds)
+    return GMMSVIResult.from_result(result, params=params, elbo=final, history=history,
+                                    gmm=gmm, store=result.params, svi_method=method)

@@ -138,7 +138,7 @@ def plot_elbo_curves(curves: pd.DataFrame, path: str | Path) -> Path:
     """Plot train and test ELBO per image against epoch.
 
     ``curves`` has columns ``epoch``, ``train_elbo`` and ``test_elbo``, as
-    :attr:`pyro_vi.models.vae.train.VAEFit.curves`.
+    :attr:`pyro_vi.models.vae.train.VAEResult.curves`.
     """
     missing = {"epoch", "train_elbo", "test_elbo"} - set(curves.columns)
     if missing:

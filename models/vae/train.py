@@ -7,7 +7,7 @@ eq. 8; Li & Turner 2016, eq. 5).
 
 from __future__ import annotations
 
-import time
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -16,30 +16,38 @@ import pandas as pd
 from pyro.infer import ELBO, RenyiELBO, Trace_ELBO
 from pyro.optim import Adam  # type: ignore[attr-defined]  # made at import time
 
+from pyro_vi._checks import check_int, check_real, check_seed
 from pyro_vi.models.vae.evaluate import elbo_per_image
 from pyro_vi.models.vae.model import VAE
-from pyro_vi.svi.runner import SVIResult, fit_svi
+from pyro_vi.results import SVIResult
+from pyro_vi.svi.loop import SVIState
+from pyro_vi.svi.runner import fit_svi
 
-__all__ = ["VAEFit", "fit_vae", "make_elbo"]
+__all__ = ["VAEResult", "fit_vae", "make_elbo"]
+
+#: The per-epoch columns of :attr:`VAEResult.curves`.
+CURVE_COLUMNS = ["epoch", "step", "train_elbo", "test_elbo", "train_seconds", "images_per_second"]
 
 
-@dataclass(frozen=True)
-class VAEFit:
-    """Outcome of :func:`fit_vae`.
+@dataclass(frozen=True, repr=False)
+class VAEResult(SVIResult):
+    """The :class:`~pyro_vi.SVIResult` of :func:`fit_vae`, evaluated once per epoch.
 
-    Attributes
-    ----------
-    svi : SVIResult
-        The :func:`pyro_vi.fit_svi` result (per-step history, stop reason).
-    curves : pandas.DataFrame
-        One row per epoch (row 0 = before training): ``epoch``, ``step``, ``train_elbo``
-        (mean minibatch objective per image over the epoch: the ELBO, or the IW bound for
-        ``"iwae"``), ``test_elbo`` (per image, NaN without ``x_test``), ``train_seconds``
-        (cumulative, evaluation excluded) and ``images_per_second`` (that epoch's throughput).
+    ``history`` has the per-step columns of any SVI fit on batches (``step``, ``epoch``,
+    ``loss``, ``elbo``, ``seconds``) and, on the last step of each epoch, ``test_elbo`` (per
+    image, NaN without ``x_test``), ``train_elbo`` (that epoch's mean minibatch objective per
+    image: the ELBO, or the IW bound for ``"iwae"``) and ``images_per_second`` (that epoch's
+    throughput, evaluation excluded). ``initial_evaluation`` holds the test ELBO before training.
     """
 
-    svi: SVIResult
-    curves: pd.DataFrame
+    @property
+    def curves(self) -> pd.DataFrame:
+        """One row per epoch (row 0: before training), columns :data:`CURVE_COLUMNS`.
+
+        ``train_seconds`` is the history's cumulative fitting time, evaluation excluded.
+        """
+        rows = self.evaluations.rename(columns={"seconds": "train_seconds"})
+        return rows.reindex(columns=CURVE_COLUMNS)
 
 
 def make_elbo(kind: Literal["trace", "iwae"], *, num_particles: int = 1) -> ELBO:
@@ -50,8 +58,7 @@ def make_elbo(kind: Literal["trace", "iwae"], *, num_particles: int = 1) -> ELBO
     >>> type(make_elbo("iwae", num_particles=5)).__name__
     'RenyiELBO'
     """
-    if isinstance(num_particles, bool) or not isinstance(num_particles, int) or num_particles < 1:
-        raise ValueError(f"num_particles must be a positive int, got {num_particles!r}")
+    check_int("num_particles", num_particles, minimum=1)
     vectorize = num_particles > 1
     if kind == "trace":
         return Trace_ELBO(num_particles=num_particles, vectorize_particles=vectorize,
@@ -66,14 +73,15 @@ def fit_vae(vae: VAE, x_train: Any, *, x_test: Any = None, epochs: int = 10,
             batch_size: int = 100, elbo: Literal["trace", "iwae"] = "trace",
             num_particles: int = 1, lr: float = 1e-3, seed: int = 0,
             progress: bool | None = None, eval_particles: int = 1,
-            on_epoch: Callable[[int, dict[str, float]], None] | None = None) -> VAEFit:
+            on_epoch: Callable[[int, dict[str, float]], None] | None = None) -> VAEResult:
     r"""Train ``vae`` for ``epochs`` passes over ``x_train`` with Adam, evaluating each epoch.
 
-    Each epoch is ``ceil(N / batch_size)`` steps of :func:`pyro_vi.fit_svi` on shuffled
-    minibatches (:meth:`VAE.batches`; dynamic binarization if configured), with ``tol=0`` so
-    the whole budget runs. After each epoch the test ELBO per image is estimated with
-    ``eval_particles`` draws (:func:`pyro_vi.elbo_per_image`) and ``on_epoch(epoch, row)`` is
-    called.
+    One call of :func:`pyro_vi.fit_svi` with ``num_epochs=epochs`` on shuffled minibatches
+    (:meth:`VAE.batches`; dynamic binarization if configured) and ``tol=0``, so the whole budget
+    runs. Its evaluation hook runs before training and at the end of each epoch: the test ELBO
+    per image with ``eval_particles`` draws (:func:`pyro_vi.elbo_per_image`), the epoch's
+    train objective and throughput; then ``on_epoch(epoch, row)`` is called with that epoch's
+    row of :attr:`VAEResult.curves`.
 
     With ``elbo="trace"`` the model sees ``num_data=N`` and Pyro scales each minibatch
     likelihood by :math:`N / n` (Hoffman et al. 2013, eq. 14). With ``elbo="iwae"`` the
@@ -81,6 +89,12 @@ def fit_vae(vae: VAE, x_train: Any, *, x_test: Any = None, epochs: int = 10,
     log-mean-exp over particles, which changes the objective (pyro-ppl 1.9.2); unscaled, each
     step maximizes :math:`\sum_{i \in B} \hat{\mathcal L}_k(x_i)`, proportional to the
     full-data IWAE bound, and Adam is insensitive to that constant.
+
+    Returns
+    -------
+    VAEResult
+        An :class:`~pyro_vi.SVIResult` with the epoch metrics as history columns; next,
+        ``fit.diagnose()`` (see :meth:`~pyro_vi.FitResult.diagnose`).
 
     .. warning::
         Stochastic optimization of a non-convex objective: results depend on ``seed``, the
@@ -101,51 +115,37 @@ def fit_vae(vae: VAE, x_train: Any, *, x_test: Any = None, epochs: int = 10,
     >>> fit = fit_vae(vae, x, x_test=x[:10], epochs=2, batch_size=20, progress=False)
     >>> fit.curves[["epoch", "step"]].values.tolist()
     [[0, 0], [1, 2], [2, 4]]
+    >>> fit.n_steps, fit.history["test_elbo"].notna().tolist()
+    (4, [False, True, False, True])
     """
     for name, value in (("epochs", epochs), ("batch_size", batch_size),
                         ("eval_particles", eval_particles)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{name} must be a positive int, got {value!r}")
-    if not lr > 0:
-        raise ValueError(f"lr must be positive, got {lr!r}")
+        check_int(name, value, minimum=1)
+    check_real("lr", lr, positive=True)
+    seed = check_seed("seed", seed) or 0
     estimator = make_elbo(elbo, num_particles=num_particles)
     batches = vae.batches(x_train, batch_size=batch_size)
     n_train = batches.num_data  # type: ignore[attr-defined]
-    per_epoch = len(batches)  # type: ignore[arg-type]
     xt = None if x_test is None else vae.prepare(x_test, name="x_test")
     kwargs = {"num_data": n_train} if elbo == "trace" else {}
 
-    def test_elbo() -> float:
-        if xt is None:
-            return float("nan")
-        return elbo_per_image(vae, xt, num_particles=eval_particles, seed=seed).value
+    def per_epoch(state: SVIState) -> dict[str, float]:
+        test = math.nan if xt is None else elbo_per_image(
+            vae, xt, num_particles=eval_particles, seed=seed).value
+        row = {"test_elbo": test}
+        if state.step:
+            n = state.epochs.count(state.epoch)  # the steps of the epoch just finished
+            total = sum(state.losses[-n:])
+            start = state.seconds[-n - 1] if len(state.seconds) > n else 0.0
+            # trace: each loss estimates -N * ELBO/image; iwae: the batch losses sum over N images
+            row["train_elbo"] = -(total / n if elbo == "trace" else total) / n_train
+            row["images_per_second"] = n_train / (state.seconds[-1] - start)
+            if on_epoch is not None:
+                on_epoch(state.epoch, {"epoch": state.epoch, "step": state.step, **row,
+                                       "train_seconds": state.seconds[-1]})
+        return row
 
-    rows = [{"epoch": 0, "step": 0, "train_elbo": float("nan"), "test_elbo": test_elbo(),
-             "train_seconds": 0.0, "images_per_second": float("nan")}]
-    epoch_losses: list[float] = []
-    clock = {"start": time.perf_counter(), "train": 0.0}
-
-    def callback(step: int, loss: float) -> bool:
-        epoch_losses.append(loss)
-        if step % per_epoch:
-            return False
-        seconds = time.perf_counter() - clock["start"]
-        clock["train"] += seconds
-        total = sum(epoch_losses)
-        # trace: each loss estimates -N * ELBO/image; iwae: the batch losses sum over N images
-        per_image = -(total / len(epoch_losses) if elbo == "trace" else total) / n_train
-        row = {"epoch": step // per_epoch, "step": step, "train_elbo": per_image,
-               "test_elbo": test_elbo(), "train_seconds": clock["train"],
-               "images_per_second": n_train / seconds}
-        rows.append(row)
-        epoch_losses.clear()
-        if on_epoch is not None:
-            on_epoch(int(row["epoch"]), row)
-        clock["start"] = time.perf_counter()
-        return False
-
-    clock["start"] = time.perf_counter()
     result = fit_svi(vae.model, vae.guide, elbo=estimator, optim=Adam({"lr": lr}),
-                     num_steps=epochs * per_epoch, batches=batches, tol=0.0, seed=seed,
-                     progress=progress, callback=callback, **kwargs)
-    return VAEFit(svi=result, curves=pd.DataFrame(rows))
+                     num_epochs=epochs, batches=batches, tol=0.0, seed=seed, progress=progress,
+                     evaluate=(len(batches), per_epoch), **kwargs)  # type: ignore[arg-type]
+    return VAEResult.from_result(result)

@@ -7,6 +7,7 @@ import pytest
 import torch
 from pyro.infer import RenyiELBO, Trace_ELBO
 
+from pyro_vi import SVIResult
 from pyro_vi.data.images import load_digits
 from pyro_vi.models.vae.model import VAE, VAEConfig
 from pyro_vi.models.vae.train import fit_vae, make_elbo
@@ -31,13 +32,19 @@ def test_short_training_run_improves_the_test_elbo_far_beyond_noise(digits, elbo
     curves = fit.curves
     assert list(curves["epoch"]) == [0, 1, 2, 3, 4, 5]
     assert list(curves["step"]) == [0, 15, 30, 45, 60, 75]
-    assert fit.svi.n_steps == 75
-    assert fit.svi.stop_reason == "max_steps"
+    assert fit.n_steps == 75
+    assert fit.stop_reason == "max_steps"
     gain = curves["test_elbo"].iloc[-1] - curves["test_elbo"].iloc[0]
     assert gain > 12.0, curves
     # the train objective tracks the test ELBO (same units: nats per image), within a few nats
     assert abs(curves["train_elbo"].iloc[-1] - curves["test_elbo"].iloc[-1]) < 3.0
     assert (curves["images_per_second"].iloc[1:] > 0).all()
+    # one result kind: the epoch metrics are history columns on each epoch's last step
+    assert isinstance(fit, SVIResult)
+    ends = fit.history["test_elbo"].notna()
+    assert fit.history.loc[ends, "step"].tolist() == [15, 30, 45, 60, 75]
+    assert fit.history.loc[ends, "epoch"].tolist() == [1, 2, 3, 4, 5]
+    assert fit.initial_evaluation["test_elbo"] == curves["test_elbo"].iloc[0]
 
 
 def test_training_is_reproducible_with_a_seed(digits):
@@ -47,7 +54,7 @@ def test_training_is_reproducible_with_a_seed(digits):
         pyro.clear_param_store()
         vae = VAE(VAEConfig(input_dim=64, latent_dim=2, hidden=(16,), seed=0))
         fit = fit_vae(vae, x, epochs=2, batch_size=100, seed=3, progress=False)
-        runs.append((fit.svi.history["loss"].tolist(), vae.decoder.net[0].weight.detach()))
+        runs.append((fit.history["loss"].tolist(), vae.decoder.net[0].weight.detach()))
     assert runs[0][0] == runs[1][0]
     assert torch.equal(runs[0][1], runs[1][1])
 
@@ -75,12 +82,12 @@ def test_make_elbo_and_fit_vae_reject_bad_options(digits):
     assert iwae.num_particles == 3
     with pytest.raises(ValueError, match="elbo must be 'trace' or 'iwae'"):
         make_elbo("renyi")
-    with pytest.raises(ValueError, match="num_particles must be a positive int"):
+    with pytest.raises(ValueError, match="num_particles must be >= 1"):
         make_elbo("iwae", num_particles=0)
     vae = VAE(VAEConfig(input_dim=64, hidden=(8,)))
-    with pytest.raises(ValueError, match="epochs must be a positive int"):
+    with pytest.raises(ValueError, match="epochs must be >= 1"):
         fit_vae(vae, digits.x_train, epochs=0)
-    with pytest.raises(ValueError, match="lr must be positive"):
+    with pytest.raises(ValueError, match="lr must be > 0"):
         fit_vae(vae, digits.x_train, lr=-1.0)
     with pytest.raises(ValueError, match=r"x: values must lie in \[0, 1\]"):
         fit_vae(vae, digits.x_train * 16, epochs=1)
@@ -110,3 +117,19 @@ def test_checkpointed_vae_training_resumes_bitwise(digits, tmp_path):
     losses, weight = run(12, checkpoint=ckpt, resume=True)
     assert losses == full_losses
     assert torch.equal(weight, full_weight)
+
+
+def test_on_epoch_sees_each_epoch_row_and_x_test_is_optional(digits):
+    seen = []
+    vae = VAE(VAEConfig(input_dim=64, latent_dim=2, hidden=(8,), seed=0))
+    fit = fit_vae(vae, digits.x_train[:200], epochs=2, batch_size=100, seed=0, progress=False,
+                  on_epoch=lambda epoch, row: seen.append((epoch, dict(row))))
+    curves = fit.curves
+    assert [e for e, _ in seen] == [1, 2]
+    assert curves["test_elbo"].isna().all()  # no x_test
+    for (_, row), (_, expected) in zip(seen, curves.iloc[1:].iterrows(), strict=True):
+        assert row["step"] == expected["step"]
+        assert row["train_elbo"] == expected["train_elbo"]
+    # the train objective is the mean per-image loss of the epoch's two steps
+    losses = fit.history["loss"].tolist()
+    assert curves["train_elbo"].iloc[2] == pytest.approx(-(losses[2] + losses[3]) / 2 / 200)

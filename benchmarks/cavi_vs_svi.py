@@ -276,8 +276,8 @@ def run_svi(gmm: GaussianMixture, x: torch.Tensor, seed: int, method: str, *, st
         warnings.simplefilter("ignore")  # Pyro's enumeration warnings on valid code
         fit = fit_gmm_svi(gmm, x, method=method, num_steps=steps, lr=SVI_LR[method], seed=seed,
                           eval_every=eval_every, tol=0.0)
-    tr = fit.trace
-    return Run(f"SVI {method}", tr.step.to_numpy(), tr.seconds.to_numpy(), tr.elbo.to_numpy(), fit.params)
+    tr = fit.evaluations
+    return Run(f"SVI {method}", tr.step.to_numpy(), tr.seconds.to_numpy(), tr.analytic_elbo.to_numpy(), fit.params)
 
 
 # ---------------------------------------------------------------------------------------- metrics

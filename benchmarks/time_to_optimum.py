@@ -83,9 +83,9 @@ def run(name: str, x: torch.Tensor, gmm: GaussianMixture, *, steps: int, eval_ev
         svi = fit_gmm_svi(gmm, x, method=method, num_steps=budget, seed=0, tol=0.0,
                           eval_every=eval_every)
         label = f"SVI {method}"
-        traces[label] = svi.trace
+        traces[label] = svi.evaluations.rename(columns={"analytic_elbo": "elbo"})
         rows.append({"data": name, "method": label, "final_elbo": svi.elbo,
-                     "total_seconds": float(svi.trace.seconds.iloc[-1]), "steps": svi.svi.n_steps})
+                     "total_seconds": float(svi.history.seconds.iloc[-1]), "steps": svi.n_steps})
     for row in rows:
         trace = traces[str(row["method"])]
         row["gap_percent"] = 100 * (best - float(row["final_elbo"])) / abs(best)  # type: ignore[arg-type]

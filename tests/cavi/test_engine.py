@@ -8,13 +8,17 @@ and the Bayesian GMM of :mod:`pyro_vi.models.gmm.model`.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import pandas as pd
+import pyro
+import pyro.distributions as dist
 import pytest
 import scipy.stats
 import torch
+from pyro.distributions import constraints
 from torch import Tensor
 
 from pyro_vi import (
@@ -25,39 +29,66 @@ from pyro_vi import (
     Local,
     NumericalError,
     cavi,
+    elbo_estimate,
     load_old_faithful,
 )
 from pyro_vi.cavi.engine import local_pass
+from pyro_vi.factors import Normal
 from pyro_vi.models.gmm.model import GaussianMixture
 
 
-class NormalMean:
+@dataclass(frozen=True)
+class MeanParams:
+    loc: Normal
+
+
+class NormalMean(ConjugateModel[Tensor, MeanParams, tuple[Tensor, ...]]):
     """x_n ~ N(mu, 1/tau), tau known, mu ~ N(m0, 1/l0); q(mu) = N(m, 1/l) is exact (PRML 2.141)."""
 
     def __init__(self, m0: float = 0.5, l0: float = 2.0, tau: float = 3.0) -> None:
+        super().__init__()
         self.m0, self.l0, self.tau = m0, l0, tau
 
     def prepare(self, data: Any) -> tuple[NormalMean, Tensor]:
         return self, torch.as_tensor(data, dtype=torch.float64)
 
-    def init_stats(self, data: Tensor, *, init: Any, generator: torch.Generator) -> tuple:
-        return self.local_step(data, (torch.tensor(0.0), torch.tensor(1.0))).stats
+    def init_stats(self, data: Tensor, *, generator: torch.Generator) -> tuple:
+        return self.local_step(data, self.prior_params()).stats
 
-    def local_step(self, data: Tensor, params: tuple) -> Local:
-        m, lam = params
+    def local_step(self, data: Tensor, params: MeanParams) -> Local:
+        m, lam = params.loc.loc, params.loc.precision
         t = self.tau
         ell = 0.5 * math.log(t / (2 * math.pi)) - 0.5 * t * ((data - m) ** 2 + 1.0 / lam)
         n = torch.tensor(float(data.shape[0]), dtype=torch.float64)
         return Local((n, data.sum()), ell.sum())
 
-    def global_step(self, stats: tuple, params: Any) -> tuple:
+    def global_step(self, stats: tuple, params: Any) -> MeanParams:
         n, sx = stats
         lam = self.l0 + self.tau * n
-        return (self.l0 * self.m0 + self.tau * sx) / lam, lam
+        return MeanParams(Normal((self.l0 * self.m0 + self.tau * sx) / lam, precision=lam))
 
-    def global_elbo(self, params: tuple) -> Tensor:
-        m, lam = params
-        return -0.5 * (torch.log(lam / self.l0) + self.l0 / lam + self.l0 * (m - self.m0) ** 2 - 1)
+    def prior_params(self) -> MeanParams:
+        return MeanParams(Normal(self._t(self.m0), precision=self._t(self.l0)))
+
+    def model(self, x: Tensor) -> None:
+        mu = pyro.sample("mu", dist.Normal(self._t(self.m0), self._t(self.l0**-0.5)))
+        with pyro.plate("data", x.shape[0], dim=-1):
+            pyro.sample("obs", dist.Normal(mu, self.tau**-0.5), obs=x)
+
+    def sample_guide(self, params: MeanParams, *data: Any) -> dict[str, Tensor]:
+        q = params.loc
+        return {"mu": pyro.sample("mu", dist.Normal(q.loc, q.precision.rsqrt()))}
+
+    def guide_params(self, *data: Any) -> MeanParams:
+        prior = self.prior_params().loc
+        return MeanParams(Normal(pyro.param("toy.loc", prior.loc.clone),
+                                 precision=pyro.param("toy.precision", prior.precision.clone,
+                                                      constraint=constraints.positive)))
+
+
+def _params(m: float, lam: float) -> MeanParams:
+    f = torch.tensor
+    return MeanParams(Normal(f(m, dtype=torch.float64), precision=f(lam, dtype=torch.float64)))
 
 
 @pytest.fixture(scope="module")
@@ -82,15 +113,36 @@ def test_toy_model_elbo_equals_log_evidence():
     assert fit.history["elbo"].iloc[0] == pytest.approx(log_z, rel=1e-10)
 
 
-def test_guide_needs_fitted_guide_on_the_model():
-    fit = cavi(NormalMean(), torch.randn(5, dtype=torch.float64))
-    with pytest.raises(AttributeError, match="fitted_guide"):
-        _ = fit.guide
+def test_result_carries_the_contract_model_and_fitted_guide():
+    # The contract's defaults give every model its Pyro program and a fitted guide, and its
+    # default global ELBO (-KL to prior_params) is this toy's whole global term.
+    model = NormalMean()
+    x = torch.randn(5, dtype=torch.float64)
+    fit = cavi(model, x)
+    assert fit.model == model.model
+    assert fit.guide.params is fit.params
+    est = elbo_estimate(fit.model, fit.guide, x, num_particles=200)
+    # q is the exact posterior: zero-variance estimator, equal to the bound up to round-off
+    assert est.mean == pytest.approx(fit.elbo, rel=1e-9)
 
 
-def test_model_must_implement_the_protocol():
+def test_model_must_implement_the_contract():
     with pytest.raises(TypeError, match="ConjugateModel"):
         cavi(object(), torch.randn(5, dtype=torch.float64))
+    with pytest.raises(TypeError, match="ConjugateModel"):
+        local_pass(object(), torch.randn(5, dtype=torch.float64), None, chunk_size=0)
+
+
+class _Tuples(NormalMean):
+    """A global step that breaks the params rule: a tuple, not a frozen dataclass."""
+
+    def global_step(self, stats: tuple, params: Any) -> Any:
+        return tuple(vars(super().global_step(stats, params).loc).values())
+
+
+def test_params_must_be_a_frozen_dataclass_of_factors():
+    with pytest.raises(TypeError, match="frozen dataclass"):
+        cavi(_Tuples(), torch.randn(5, dtype=torch.float64))
 
 
 class _Chunky(NormalMean):
@@ -102,7 +154,7 @@ class _Chunky(NormalMean):
     def local_bytes_per_point(self, data: Tensor) -> int:
         return self.per_point
 
-    def local_step(self, data: Tensor, params: tuple) -> Local:
+    def local_step(self, data: Tensor, params: MeanParams) -> Local:
         self.calls.append(int(data.shape[0]))
         return super().local_step(data, params)
 
@@ -111,7 +163,7 @@ class _Chunky(NormalMean):
 def test_local_pass_is_additive_over_chunks(chunk_size):
     model = NormalMean()
     x = torch.randn(100, dtype=torch.float64)
-    params = (torch.tensor(0.3, dtype=torch.float64), torch.tensor(4.0, dtype=torch.float64))
+    params = _params(0.3, 4.0)
     whole = local_pass(model, x, params, chunk_size=0)
     parts = local_pass(model, x, params, chunk_size=chunk_size)
     # sums of <= 100 O(1) terms in a different order: round-off ~1e-14 relative
@@ -125,7 +177,7 @@ def test_automatic_chunk_size_from_memory_estimate():
     # 2500 points run as chunks of 1024, 1024, 452.
     model = _Chunky(per_point=2**30)
     x = torch.randn(2500, dtype=torch.float64)
-    params = (torch.tensor(0.0, dtype=torch.float64), torch.tensor(1.0, dtype=torch.float64))
+    params = _params(0.0, 1.0)
     local_pass(model, x, params, chunk_size=None)
     assert model.calls == [1024, 1024, 452]
     small = _Chunky(per_point=8)  # 64 MiB / 8 B: the whole set fits in one chunk
@@ -135,7 +187,7 @@ def test_automatic_chunk_size_from_memory_estimate():
     assert local_pass(NormalMean(), x, params, chunk_size=None).stats[0] == 2500
 
 
-class _Pairs:
+class _Pairs(NormalMean):
     """local_step on (x, w) tuples: chunking must split both members alike."""
 
     def local_step(self, data: tuple[Tensor, Tensor], params: Any) -> Local:
@@ -237,8 +289,8 @@ def test_n_init_keeps_the_best_and_restarts_use_consecutive_seeds(faithful):
 
 def test_same_seed_same_history_and_seed_none_runs(faithful):
     for init in ("kmeans++", "random"):
-        a = cavi(GaussianMixture(3), faithful, init=init, seed=3, max_iter=25, warn=False)
-        b = cavi(GaussianMixture(3), faithful, init=init, seed=3, max_iter=25, warn=False)
+        a = cavi(GaussianMixture(3, init=init), faithful, seed=3, max_iter=25, warn=False)
+        b = cavi(GaussianMixture(3, init=init), faithful, seed=3, max_iter=25, warn=False)
         assert a.history["elbo"].tolist() == b.history["elbo"].tolist()
     c = cavi(GaussianMixture(3), faithful, seed=None, max_iter=25, warn=False)
     assert np.isfinite(c.elbo)
@@ -296,29 +348,39 @@ class _NoPrepare(GaussianMixture):
         raise AssertionError("options must be checked before the data are touched")
 
 
+# The wrong kind of value is a TypeError, the right kind out of range a ValueError (_checks.py).
 @pytest.mark.parametrize(
-    ("options", "match"),
+    ("options", "error", "match"),
     [
-        ({"max_iter": 0}, "max_iter"),
-        ({"max_iter": -3}, "max_iter"),
-        ({"max_iter": 2.5}, "max_iter"),
-        ({"max_iter": True}, "max_iter"),
-        ({"tol": -1e-3}, "tol"),
-        ({"tol": float("nan")}, "tol"),
-        ({"tol": float("inf")}, "tol"),
-        ({"tol": "1e-3"}, "tol"),
-        ({"n_init": 0}, "n_init"),
-        ({"n_init": 1.0}, "n_init"),
-        ({"init": torch.full((272, 2), 0.5, dtype=torch.float64), "n_init": 2}, "n_init"),
-        ({"chunk_size": -1}, "chunk_size"),
-        ({"chunk_size": 7.0}, "chunk_size"),
-        ({"monotone_rtol": -1e-9}, "monotone_rtol"),
-        ({"monotone_rtol": float("nan")}, "monotone_rtol"),
+        ({"max_iter": 0}, ValueError, "max_iter"),
+        ({"max_iter": -3}, ValueError, "max_iter"),
+        ({"max_iter": 2.5}, TypeError, "max_iter"),
+        ({"max_iter": True}, TypeError, "max_iter"),
+        ({"tol": -1e-3}, ValueError, "tol"),
+        ({"tol": float("nan")}, ValueError, "tol"),
+        ({"tol": float("inf")}, ValueError, "tol"),
+        ({"tol": "1e-3"}, TypeError, "tol"),
+        ({"tol": True}, TypeError, "tol"),
+        ({"n_init": 0}, ValueError, "n_init"),
+        ({"n_init": 1.0}, TypeError, "n_init"),
+        ({"chunk_size": -1}, ValueError, "chunk_size"),
+        ({"chunk_size": 7.0}, TypeError, "chunk_size"),
+        ({"monotone_rtol": -1e-9}, ValueError, "monotone_rtol"),
+        ({"monotone_rtol": float("nan")}, ValueError, "monotone_rtol"),
+        ({"seed": -1}, ValueError, "seed"),
+        ({"seed": 1.5}, TypeError, "seed"),
+        ({"warn": 1}, TypeError, "warn"),
     ],
 )
-def test_bad_options_raise_before_any_work(faithful, options, match):
-    with pytest.raises(ValueError, match=match):
+def test_bad_options_raise_before_any_work(faithful, options, error, match):
+    with pytest.raises(error, match=match):
         cavi(_NoPrepare(2), faithful, **options)
+
+
+def test_numpy_scalars_are_accepted(faithful):
+    fit = cavi(GaussianMixture(np.int64(2)), faithful, max_iter=np.int64(5), tol=np.float64(0.0),
+               seed=np.int64(1), warn=False)
+    assert fit.n_steps == 5
 
 
 @pytest.mark.parametrize(
@@ -333,12 +395,12 @@ def test_bad_options_raise_before_any_work(faithful, options, match):
 )
 def test_bad_init_raises_before_the_first_sweep(faithful, init, match):
     with pytest.raises(ValueError, match=match):
-        cavi(GaussianMixture(2), faithful, init=init)
+        cavi(GaussianMixture(2, init=init), faithful)
 
 
-def test_init_of_another_type_is_a_type_error(faithful):
+def test_init_of_another_type_is_a_type_error():
     with pytest.raises(TypeError, match="init must be a method name or a Tensor"):
-        cavi(_NoPrepare(2), faithful, init=np.full((272, 2), 0.5))
+        GaussianMixture(2, init=np.full((272, 2), 0.5))
 
 
 def test_float32_fit_is_not_mistaken_for_an_elbo_decrease(faithful):

@@ -45,7 +45,7 @@ def groups(j: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     return theta + sigma * torch.randn(j, generator=g, dtype=F64), sigma
 
 
-HIER = HierarchicalNormal(mean_prior=0.0, mean_scale=10.0, precision_shape=1.0,
+HIER = HierarchicalNormal(mean_prior=0.0, mean_scale=10.0, precision_concentration=1.0,
                           precision_rate=1.0)
 
 

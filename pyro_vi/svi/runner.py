@@ -18,6 +18,21 @@ References
 Ranganath, Gerrish & Blei (2014). Black box variational inference. AISTATS.
 Hoffman, Blei, Wang & Paisley (2013). Stochastic variational inference. JMLR 14.
 Bingham et al. (2019). Pyro: deep universal probabilistic programming. JMLR 20(28).
+
+Examples
+--------
+>>> import pyro, torch, pyro.distributions as dist
+>>> def model(x):
+...     mu = pyro.sample("mu", dist.Normal(0.0, 10.0))
+...     with pyro.plate("data", len(x)):
+...         pyro.sample("x", dist.Normal(mu, 1.0), obs=x)
+>>> def guide(x):
+...     pyro.sample("mu", dist.Delta(pyro.param("m", torch.tensor(0.0))))
+>>> pyro.clear_param_store()
+>>> fit = fit_svi(model, guide, torch.full((4,), 2.0), num_steps=200, seed=0, progress=False,
+...               optim=pyro.optim.Adam({"lr": 0.1}))
+>>> abs(fit.params["m"].item() - 8 / 4.01) < 1e-3          # the MAP of mu
+True
 """
 
 from __future__ import annotations

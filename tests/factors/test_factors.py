@@ -26,10 +26,13 @@ from hypothesis import strategies as st
 from scipy.special import digamma, gammaln, multigammaln
 
 from pyro_vi.factors import (
+    Beta,
     Categorical,
     Dirichlet,
     ExpFamFactor,
     Gamma,
+    MultivariateNormal,
+    Normal,
     NormalGamma,
     NormalWishart,
     Wishart,
@@ -105,9 +108,9 @@ def params(f: ExpFamFactor) -> tuple[torch.Tensor, ...]:
     if isinstance(f, Categorical):
         return (f.probs,)
     if isinstance(f, Gamma):
-        return (f.shape, f.rate)
+        return (f.concentration, f.rate)
     if isinstance(f, NormalGamma):
-        return (f.loc, f.precision_scale, f.shape, f.rate)
+        return (f.loc, f.precision_scale, f.concentration, f.rate)
     if isinstance(f, Wishart):
         return (f.scale_tril, f.df)
     assert isinstance(f, NormalWishart)
@@ -123,7 +126,7 @@ def assert_valid(f: ExpFamFactor) -> None:
     elif isinstance(f, Categorical):
         close(f.probs.sum(-1), torch.ones(f.batch_shape, dtype=F64))
     elif isinstance(f, Gamma | NormalGamma):
-        assert (f.shape > 0).all()
+        assert (f.concentration > 0).all()
         assert (f.rate > 0).all()
     if isinstance(f, NormalGamma | NormalWishart):
         assert (f.precision_scale > 0).all()
@@ -156,7 +159,7 @@ def torch_law(f: ExpFamFactor):
         law = f.to_distribution()
         return (lambda n: (law.sample((n,)),)), (lambda pt: law.log_prob(pt[0]))
     if isinstance(f, NormalGamma):
-        gam = td.Gamma(f.shape, f.rate)
+        gam = td.Gamma(f.concentration, f.rate)
 
         def normal(lam):
             return td.Normal(f.loc, (f.precision_scale * lam).rsqrt())
@@ -266,15 +269,15 @@ def test_dirichlet_closed_forms_vs_scipy_and_torch(pair):
 @given(pairs("Gamma"), _floats(0.01, 20.0))
 def test_gamma_closed_forms_vs_scipy_and_torch(pair, lam):
     q, p = pair
-    a, b = float(q.shape), float(q.rate)
-    ref = td.Gamma(q.shape, q.rate)
+    a, b = float(q.concentration), float(q.rate)
+    ref = td.Gamma(q.concentration, q.rate)
     close(q.log_normalizer(), gammaln(a) - a * math.log(b))
     # log_prob(λ) = <η, T(λ)> - A with h = 1, so A follows from torch's density at any λ.
     close(q.log_normalizer(), (a - 1) * math.log(lam) - b * lam - ref.log_prob(t(lam)))
     close(q.mean(), ref.mean)
     close(q.expected_log(), digamma(a) - math.log(b))
     close(q.entropy(), ref.entropy())
-    close(q.kl(p), td.kl_divergence(ref, td.Gamma(p.shape, p.rate)))
+    close(q.kl(p), td.kl_divergence(ref, td.Gamma(p.concentration, p.rate)))
 
 
 # ---------------------------------------------------------------- Categorical
@@ -427,10 +430,10 @@ def test_normal_gamma_kl_decomposes(pair):
     # KL(q(μ,λ)||p(μ,λ)) = E_q(λ)[KL(N_q(μ|λ) || N_p(μ|λ))] + KL(Gam_q || Gam_p). The Normal KL
     # is affine in λ (both variances scale with 1/λ), so its expectation is its value at E[λ].
     q, p = pair
-    lam = q.shape / q.rate
+    lam = q.concentration / q.rate
     normal_kl = td.kl_divergence(td.Normal(q.loc, (q.precision_scale * lam).rsqrt()),
                                  td.Normal(p.loc, (p.precision_scale * lam).rsqrt()))
-    gamma_kl = td.kl_divergence(td.Gamma(q.shape, q.rate), td.Gamma(p.shape, p.rate))
+    gamma_kl = td.kl_divergence(td.Gamma(q.concentration, q.rate), td.Gamma(p.concentration, p.rate))
     close(q.kl(p), normal_kl + gamma_kl)
 
 
@@ -476,7 +479,7 @@ def test_normal_gamma_expected_mahalanobis():
     x = torch.randn(5, 1, 1, dtype=F64) * 2
     got = q.expected_mahalanobis(x)
     assert got.shape == (5, 2, 3)
-    direct = 1 / q.precision_scale + q.shape / q.rate * (x - q.loc) ** 2
+    direct = 1 / q.precision_scale + q.concentration / q.rate * (x - q.loc) ** 2
     close(got, direct)
     mu, lam = torch_law(q)[0](S)  # (S, 2, 3) each
     draws = (lam * (x[:, None] - mu) ** 2).transpose(0, 1)  # (S, 5, 2, 3)
@@ -588,3 +591,21 @@ def test_expected_log_prob_is_entropy_minus_kl(family):
     # E_q[log p] = -H[q] - KL(q||p): the cross term agrees with the other two.
     q, p = make(family, (3,), seed=17), make(family, (3,), seed=18)
     close(q.expected_log_prob(p), -q.entropy() - q.kl(p))
+
+
+# ------------------------------------------------------------ moments against torch
+def test_mean_variance_and_stddev_match_torch():
+    # torch.distributions computes the same closed forms independently; float64 round-off only.
+    t = torch.tensor
+    a, b = t([0.5, 2.0, 7.0], dtype=F64), t([1.5, 0.3, 2.0], dtype=F64)
+    factors = [(Gamma(a, b), td.Gamma(a, b)), (Beta(a, b), td.Beta(a, b)),
+               (Dirichlet(a), td.Dirichlet(a)), (Normal(a, precision=b), td.Normal(a, b.rsqrt()))]
+    for f, ref in factors:
+        close(f.mean(), ref.mean)
+        close(f.variance(), ref.variance)
+        close(f.stddev(), ref.stddev)
+    tril = t([[2.0, 0.0], [0.5, 1.0]], dtype=F64)
+    mvn = MultivariateNormal(t([0.1, -0.2], dtype=F64), tril)
+    ref = td.MultivariateNormal(mvn.loc, precision_matrix=tril @ tril.T)
+    close(mvn.variance(), ref.variance)
+    close(mvn.stddev(), ref.stddev)

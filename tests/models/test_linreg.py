@@ -4,22 +4,18 @@ Exact tier: with both precisions fixed, q(w) is the exact Gaussian posterior (Bi
 eqs. 3.53–3.54), the ELBO is the exact log evidence (eq. 3.86, here scipy's multivariate
 normal density of y ~ N(0, I/β + X Xᵀ/α)) and ``predict`` is the exact predictive (eqs.
 3.58–3.59), all to 1e-10 relative (round-off ~1e-13 at these sizes). Behaviour tier: ARD
-prunes irrelevant inputs of seeded synthetic data. Invariant tier: the ELBO never decreases
-(property-based). Stochastic tier: Trace_ELBO on the CAVI guide within 4 standard errors
-(failure probability 6e-5 per seed; seed fixed).
+prunes irrelevant inputs of seeded synthetic data. The contract's invariants (monotone ELBO,
+Trace_ELBO agreement, SVI) are checked in ``tests/models/test_contract.py``.
 """
 
 from __future__ import annotations
 
 import numpy as np
-import pyro.optim
 import pytest
 import torch
-from hypothesis import given, settings
-from hypothesis import strategies as st
 from scipy.stats import multivariate_normal
 
-from pyro_vi import BayesianLinearRegression, cavi, elbo_estimate, fit_svi
+from pyro_vi import BayesianLinearRegression, cavi
 
 F64 = torch.float64
 W_TRUE = torch.tensor([1.5, -2.0, 0.7, 0.0, 0.0, 0.0], dtype=F64)  # last three irrelevant
@@ -78,53 +74,11 @@ def test_predict_is_the_student_t_style_mean_and_variance_of_the_fitted_factors(
     xn = x_new.numpy()
     # Bishop (2006) eq. 10.105 with E[β]: noise 1/E[β] = b/a plus parameter term xᵀ Σ_w x.
     np.testing.assert_allclose(pred.mean, xn @ fit.params.weights.mean().numpy(), rtol=1e-12)
-    np.testing.assert_allclose(pred.variance, float(q_beta.rate / q_beta.shape)
+    np.testing.assert_allclose(pred.variance, float(q_beta.rate / q_beta.concentration)
                                + np.einsum("md,de,me->m", xn, cov, xn), rtol=1e-9)
     # The parameter term grows quadratically away from the data.
     far = model.predict(fit.params, 10 * x_new).variance
-    assert (far - pred.variance > 50 * (pred.variance - float(q_beta.rate / q_beta.shape))).all()
-
-
-@settings(max_examples=12, deadline=None, derandomize=True)
-@given(n=st.integers(3, 60), d=st.integers(1, 5), seed=st.integers(0, 2**16),
-       noise=st.floats(0.01, 3.0), ard=st.booleans(), a0=st.floats(1e-6, 2.0),
-       c0=st.floats(1e-6, 2.0))
-def test_elbo_never_decreases(n, d, seed, noise, ard, a0, c0):
-    g = torch.Generator().manual_seed(seed)
-    w = torch.randn(d, generator=g, dtype=F64) * (torch.rand(d, generator=g, dtype=F64) < 0.5)
-    x, y = synthetic(n, seed, w, noise)
-    model = BayesianLinearRegression(ard=ard, weight_shape=a0, weight_rate=a0, noise_shape=c0,
-                                     noise_rate=c0)
-    # cavi raises ELBODecreaseError at the first sweep that lowers the bound by more than
-    # 1e-10 relative (round-off in a D<=5 Cholesky is ~1e-14 relative).
-    fit = cavi(model, (x, y), max_iter=40, tol=0.0, monotone_rtol=1e-10, warn=False)
-    assert np.isfinite(fit.elbo)
-
-
-def test_trace_elbo_on_the_cavi_guide_agrees_within_4_se():
-    x, y = synthetic(30, seed=4, w=W_TRUE[:4])
-    model = BayesianLinearRegression(weight_shape=0.5, weight_rate=0.5, noise_shape=1.0,
-                                     noise_rate=0.1)
-    fit = cavi(model, (x, y), max_iter=1000)
-    est = elbo_estimate(model.model, fit.guide, x, y, num_particles=20_000)
-    assert abs(est.mean - fit.elbo) < 4 * est.stderr, (est, fit.elbo)
-    assert est.stderr < 0.05
-
-
-def test_fit_svi_trains_the_pyro_guide():
-    x, y = synthetic(30, seed=5, w=W_TRUE[:3])
-    model = BayesianLinearRegression(weight_precision=1.0, noise_precision=NOISE_SD**-2)
-    fit = cavi(model, (x, y))
-    start = model.elbo((x, y), model.params_from_store(x, y))
-    fit_svi(model.model, model.guide, x, y, optim=pyro.optim.Adam({"lr": 0.1}),
-            num_steps=50, tol=0.0, seed=0, progress=False)
-    svi_elbo = model.elbo((x, y), model.params_from_store(x, y))
-    # The optimum is the exact evidence; SVI cannot exceed it. From the prior start (1441 nats
-    # short) 50 Adam steps leave 1.7-2.2% of the gap over seeds 0-2; a guide that does not
-    # learn leaves 100%.
-    assert svi_elbo <= fit.elbo + 1e-9
-    assert fit.elbo - svi_elbo < 0.1 * (fit.elbo - start)
-
+    assert (far - pred.variance > 50 * (pred.variance - float(q_beta.rate / q_beta.concentration))).all()
 
 @pytest.mark.parametrize(("data", "match"), [
     ((torch.ones(5, 2, dtype=F64), torch.ones(4, dtype=F64)), "X and y differ in length"),
@@ -137,8 +91,9 @@ def test_bad_data_names_the_argument(data, match):
         cavi(BayesianLinearRegression(), data)
 
 
-@pytest.mark.parametrize("name", ["weight_precision", "noise_precision", "weight_shape",
-                                  "weight_rate", "noise_shape", "noise_rate"])
+@pytest.mark.parametrize("name", ["weight_precision", "noise_precision",
+                                  "weight_precision_concentration", "weight_precision_rate",
+                                  "noise_precision_concentration", "noise_precision_rate"])
 @pytest.mark.parametrize("value", [0.0, -1.0, float("nan")])
 def test_bad_priors_name_the_argument(name, value):
     with pytest.raises(ValueError, match=name):

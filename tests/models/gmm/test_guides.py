@@ -112,20 +112,14 @@ def _mc_elbo(elbo, model, guide, x, batches=20):
 
 
 @pytest.mark.parametrize("covariance", COVARIANCES)
-def test_trace_elbo_of_fitted_guide_equals_analytic_elbo(covariance, x):
-    # The fitted guide is the CAVI posterior with optimal q(z), so Pyro's Monte-Carlo ELBO of
-    # model + guide estimates exactly the analytic bound. Every third point keeps it fast.
+def test_enumerating_z_gives_a_tighter_bound(covariance, x):
+    # Trace_ELBO on the fitted guide equals the analytic bound (tests/models/test_contract.py).
+    # Summing z out exactly (TraceEnum_ELBO with the guide that omits q(z)) gives a tighter
+    # bound: it adds E_q(theta)[KL(q(z) || p(z | x, theta))] >= 0. Every third point keeps it
+    # fast; 20 batch means of 100 particles: a 5-SE miss has probability ~1e-4.
     x = x[::3]
     fit = cavi(GaussianMixture(2, covariance=covariance), x, seed=0)
     pyro.set_rng_seed(1)
-    elbo = Trace_ELBO(num_particles=100, vectorize_particles=True, max_plate_nesting=1)
-    mean, se = _mc_elbo(elbo, fit.model, fit.guide, x)
-    # 20 batch means of 100 particles: |t_19| > 5 has probability ~1e-4 (failure budget per
-    # case). The SE itself is ~0.01 nats, so a wrong term of even 0.1 nats would be caught.
-    assert se < 0.05
-    assert abs(mean - fit.elbo) < 5 * se, (mean, fit.elbo, se)
-    # Summing z out exactly (TraceEnum_ELBO with the guide that omits q(z)) gives a tighter
-    # bound: it adds E_q(theta)[KL(q(z) || p(z | x, theta))] >= 0.
     enum = TraceEnum_ELBO(num_particles=100, vectorize_particles=True, max_plate_nesting=1)
     enum_guide = fit.cavi_model.fitted_guide(fit.params, enumerate_z=True)
     mean_enum, se_enum = _mc_elbo(enum, fit.model, enum_guide, x)

@@ -45,7 +45,7 @@ def _component_logpdf(params, x):
             shape = (1 + beta[k]) / (df * beta[k]) * w_inv   # L_k^{-1} of eq. 10.82
             out.append(ss.multivariate_t(m[k], shape, df=df).logpdf(x))
         else:  # Normal-Gamma per dimension: univariate t's with 2a dof
-            a, b = comp.shape[k].numpy(), comp.rate[k].numpy()
+            a, b = comp.concentration[k].numpy(), comp.rate[k].numpy()
             scale = np.sqrt(b * (1 + beta[k]) / (a * beta[k]))
             out.append(ss.t(2 * a, m[k], scale).logpdf(x).sum(-1))
     return np.stack(out, -1).reshape(len(x), -1) + log_w
@@ -130,7 +130,7 @@ def test_summary_moments_equal_scipy(fitted):
             cov_sd = nan if iw.var() is None else np.sqrt(iw.var())
             cov = np.linalg.inv(ss.wishart(df=nu, scale=np.linalg.inv(w_inv)).mean())
         else:
-            a, b = comp.shape[j].numpy(), comp.rate[j].numpy()
+            a, b = comp.concentration[j].numpy(), comp.rate[j].numpy()
             mu_sd = ss.t(2 * a, scale=np.sqrt(b / (a * beta))).std()
             ig = ss.invgamma(a, scale=b)
             cov_mean, cov_sd = np.diag(ig.mean()), np.diag(ig.std())

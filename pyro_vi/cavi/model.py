@@ -68,7 +68,7 @@ def check_params(params: Any, *, where: str = "params") -> Any:
     if not dataclasses.is_dataclass(params) or isinstance(params, type):
         raise TypeError(f"{where} must be a frozen dataclass of ExpFamFactor fields, got "
                         f"{type(params).__name__}")
-    if not type(params).__dataclass_params__.frozen:  # type: ignore[attr-defined]
+    if not getattr(getattr(type(params), "__dataclass_params__", None), "frozen", False):
         raise TypeError(f"{where}: {type(params).__name__} must be a frozen dataclass")
     for f in dataclasses.fields(params):
         value = getattr(params, f.name)

@@ -1,4 +1,4 @@
-"""The bundled Old Faithful data: shape, provenance and standardisation."""
+"""The bundled data: Old Faithful (shape, provenance, standardisation) and eight schools."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from importlib import resources
 import pytest
 import torch
 
-from pyro_vi import load_old_faithful
+from pyro_vi import load_eight_schools, load_old_faithful
 
 
 def test_data_file_ships_inside_the_package():
@@ -64,3 +64,33 @@ def test_a_non_floating_dtype_is_a_value_error_and_a_non_dtype_a_type_error():
     with pytest.raises(TypeError, match="dtype"):
         load_old_faithful(dtype=3)
     assert load_old_faithful(dtype="float32").dtype == torch.float32
+
+
+# ------------------------------------------------------------------------------ eight schools
+def test_eight_schools_ships_inside_the_package_with_a_header():
+    path = resources.files("pyro_vi").joinpath("data/eight_schools.csv")
+    rows = list(csv.reader(path.read_text().splitlines()))
+    assert rows[0] == ["school", "y", "sigma"]
+    assert [r[0] for r in rows[1:]] == list("ABCDEFGH")
+
+
+def test_eight_schools_matches_rubin_1981():
+    # Rubin (1981) Table 2, as printed in Gelman et al. (2013) Table 5.2: an independent record
+    # typed into the test, so a typo in the CSV fails here.
+    y, sigma = load_eight_schools()
+    assert y.dtype == sigma.dtype == torch.float64
+    assert y.tolist() == [28.0, 8.0, -3.0, 7.0, -1.0, 1.0, 18.0, 12.0]
+    assert sigma.tolist() == [15.0, 10.0, 16.0, 11.0, 9.0, 11.0, 10.0, 18.0]
+    # BDA3 §5.5: the pooled estimate (precision-weighted mean) is 7.7 with sd 4.1.
+    w = sigma**-2
+    assert round(float((w * y).sum() / w.sum()), 1) == 7.7
+    assert round(float(w.sum() ** -0.5), 1) == 4.1
+
+
+def test_eight_schools_dtype_option_and_checks():
+    y, sigma = load_eight_schools(dtype="float32")
+    assert y.dtype == sigma.dtype == torch.float32
+    with pytest.raises(ValueError, match="dtype"):
+        load_eight_schools(dtype=torch.int64)
+    with pytest.raises(TypeError, match="dtype"):
+        load_eight_schools(dtype=3)

@@ -7,7 +7,14 @@ The flat public API: entry points, result records and errors. Helpers stay in th
 
 from pyro_vi.cavi.engine import CAVIResult, CAVIRun, ConjugateModel, Local, cavi
 from pyro_vi.cavi.stochastic import blend_params, svi_cavi
-from pyro_vi.data import ImageData, Minibatches, load_digits, load_mnist, load_old_faithful
+from pyro_vi.data import (
+    ImageData,
+    Minibatches,
+    load_digits,
+    load_eight_schools,
+    load_mnist,
+    load_old_faithful,
+)
 from pyro_vi.diagnostics import (
     Diagnosis,
     ELBOEstimate,
@@ -69,6 +76,7 @@ __all__ = [
     "inference_data_from_result",
     "iw_log_likelihood",
     "load_digits",
+    "load_eight_schools",
     "load_mnist",
     "load_old_faithful",
     "load_vae",

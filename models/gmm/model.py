@@ -29,7 +29,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from pyro_vi._checks import as_matrix, check_int, check_positive
+from pyro_vi._checks import as_matrix, check_int, check_positive, check_seed
 from pyro_vi.cavi.model import DEFAULT_CHUNK_BYTES, ConjugateModel, FittedGuide, Local, Stats
 from pyro_vi.factors import Dirichlet, NormalGamma, NormalWishart
 from pyro_vi.linalg import inverse_cholesky
@@ -84,8 +84,6 @@ class GaussianMixture(ConjugateModel[Tensor, GMMParams, Stats]):
 
     name = "gmm"
     max_plate_nesting = MAX_PLATE_NESTING
-    #: Seed of the k-means++ start of the SVI guides' parameters (see :meth:`guide`).
-    svi_seed = 0
 
     def __init__(
         self,
@@ -362,18 +360,27 @@ class GaussianMixture(ConjugateModel[Tensor, GMMParams, Stats]):
         """A Pyro guide carrying fixed ``params`` (``CAVIResult.guide``); see :meth:`sample_guide`."""
         return FittedGuide(self, params, enumerate_z=enumerate_z)
 
-    def _svi_start(self, x: Tensor) -> tuple[GMMParams, Tensor]:
-        """Initial (params, responsibilities) for SVI, the way CAVI starts (seed ``svi_seed``)."""
+    def _svi_start(self, x: Tensor, seed: int) -> tuple[GMMParams, Tensor]:
+        """Initial (params, responsibilities) for SVI, the way CAVI starts with ``seed``."""
         gmm, x = self.prepare(x)
-        gen = torch.Generator().manual_seed(self.svi_seed)
+        gen = torch.Generator().manual_seed(seed)
         params = gmm.global_step(gmm.init_stats(x, generator=gen), None)
         resp = gmm.responsibilities(x, params).clamp_min(1e-6)
         return params, resp / resp.sum(-1, keepdim=True)
 
-    def _sites(self, x: Tensor, *, with_resp: bool) -> tuple[GMMParams, Tensor | None]:
+    def _sites(self, x: Tensor, *, with_resp: bool, seed: int = 0) -> tuple[GMMParams, Tensor | None]:
         gmm = self._resolved(x)
         return param_sites(self.name, gmm._hyperparams(), self.covariance,
-                           lambda: gmm._svi_start(x), with_resp=with_resp)
+                           lambda: gmm._svi_start(x, seed), with_resp=with_resp)
+
+    def start_svi(self, x: Tensor, *, seed: int = 0, free_responsibilities: bool = False) -> None:
+        """Create the SVI guides' ``pyro.param`` sites at the CAVI-style start drawn with ``seed``.
+
+        The guides create missing sites from seed 0 on their first call; call this first to
+        start from another seed (``free_responsibilities=True`` also creates ``"gmm.resp"``,
+        the free :math:`q(z)` of :meth:`guide`). Sites already in the store are kept.
+        """
+        self._sites(x, with_resp=free_responsibilities, seed=check_seed("seed", seed) or 0)
 
     def guide_params(self, x: Tensor, *args: Any) -> GMMParams:
         """The global factors as ``pyro.param`` sites ``"gmm.*"`` (see :mod:`~pyro_vi.models.gmm.guides`)."""

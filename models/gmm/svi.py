@@ -37,7 +37,7 @@ from pyro.infer.elbo import ELBO
 from torch import Tensor
 
 from pyro_vi._checks import check_int, check_optional_int, check_real, check_seed
-from pyro_vi.models.gmm.model import GaussianMixture, replace_model
+from pyro_vi.models.gmm.model import GaussianMixture
 from pyro_vi.results import SVIResult
 from pyro_vi.svi.runner import fit_svi
 
@@ -174,8 +174,6 @@ def fit_gmm_svi(
     particles = (check_optional_int("num_particles", num_particles, minimum=1)
                  or int(defaults["num_particles"]))
     gmm, x = gmm.prepare(x)
-    gmm = replace_model(gmm)  # a copy, so the seed set here leaves the caller's model alone
-    gmm.svi_seed = seed
     vec = {"num_particles": particles, "vectorize_particles": particles > 1, "max_plate_nesting": 1}
     optim = pyro.optim.ClippedAdam({"lr": rate, "lrd": lr_decay ** (1.0 / steps)})
     guide = getattr(gmm, GUIDES[method])
@@ -183,7 +181,8 @@ def fit_gmm_svi(
     pyro.clear_param_store()
     pyro.set_rng_seed(seed)
     t0 = time.perf_counter()  # the clock includes the k-means++ start, as CAVI's does
-    guide(x)  # create the params at the CAVI-style initialisation
+    gmm.start_svi(x, seed=seed, free_responsibilities=method == "trace-free")
+    guide(x)  # the guide's first call, as SVI's first step would make it
     start_seconds = time.perf_counter() - t0
 
     def analytic(state: Any) -> dict[str, float]:

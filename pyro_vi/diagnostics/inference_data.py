@@ -1,9 +1,10 @@
-r"""ArviZ export of variational fits: the only module that touches ArviZ and xarray.
+r"""ArviZ export of variational fits, on either ArviZ line.
 
 ``az.from_pyro`` accepts only MCMC objects (and ArviZ 1.x has no Pyro converter), so a
 variational posterior — a CAVI or SVI result, or any user guide, autoguides included — has no
 route into ArviZ. :func:`to_inference_data` draws from the guide, scores every draw under the
-model (:mod:`pyro_vi.diagnostics._draws`) and builds an ``arviz.InferenceData`` with the groups
+model (:mod:`pyro_vi.diagnostics._draws`) and builds ArviZ's container, an
+``arviz.InferenceData`` on ArviZ 0.2x or an ``xarray.DataTree`` on ArviZ 1.x, with the groups
 
 ``posterior``
     every latent site the guide samples (discrete sites as integers), dims named after the
@@ -21,8 +22,10 @@ model (:mod:`pyro_vi.diagnostics._draws`) and builds an ``arviz.InferenceData`` 
     ELBO history (dim ``elbo_iteration``, NaN-padded), final ELBO and convergence flag; the
     fitting method is in the attrs.
 
-Everything ArviZ-version specific lives here (arviz 0.23's ``InferenceData``); an ArviZ 1.x
-``DataTree`` builder would be added to this module alone.
+Both lines get the same groups, dims and values; what differs between them (the container,
+``dict_to_dataset``'s keywords, where PSIS lives) is in :mod:`pyro_vi.diagnostics._arviz_compat`,
+the only module that imports ArviZ. Convert with ``InferenceData.to_datatree()`` /
+``InferenceData.from_datatree(tree)`` on 0.2x.
 """
 
 from __future__ import annotations
@@ -34,13 +37,13 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import pyro
 import torch
 from pyro import poutine
 from pyro.infer import Predictive
 from torch import Tensor
 
 from pyro_vi._checks import check_callable
+from pyro_vi.diagnostics._arviz_compat import assemble, dataset
 from pyro_vi.diagnostics._draws import GuideDraws, check_num_samples, draw_from_guide, seeded
 from pyro_vi.diagnostics._sites import ModelStructure, inspect_model
 
@@ -50,10 +53,8 @@ if TYPE_CHECKING:
 __all__ = [
     "FitInfo",
     "NoObservedSitesWarning",
-    "bulk_ess",
     "fit_info_from_result",
     "inference_data_from_result",
-    "psislw",
     "to_inference_data",
 ]
 
@@ -88,27 +89,6 @@ def fit_info_from_result(result: FitResult) -> FitInfo:
     """Method, ELBO history, final ELBO and convergence flag of a fit, read off its record."""
     elbo = [float(v) for v in result.history["elbo"]]
     return FitInfo(result.method, elbo, bool(result.converged), float(result.elbo))
-
-
-def psislw(log_ratios: np.ndarray) -> tuple[np.ndarray, float]:
-    r"""Pareto-smoothed, normalised log weights and :math:`\hat k` of ``(S,)`` log ratios.
-
-    ArviZ's ``psislw`` with ``reff=1`` (independent draws); see :mod:`pyro_vi.diagnostics.psis`.
-    """
-    import arviz as az
-
-    log_weights, khat = az.psislw(np.asarray(log_ratios, dtype=np.float64), reff=1.0)
-    return np.asarray(log_weights), float(khat)
-
-
-def bulk_ess(draws: np.ndarray) -> np.ndarray:
-    """ArviZ bulk effective sample size of ``(chain, draw, *shape)`` draws, per element."""
-    import arviz as az
-
-    c, s = draws.shape[:2]
-    flat = np.asarray(draws, dtype=np.float64).reshape(c, s, -1)
-    ess = [float(az.ess(flat[:, :, i], method="bulk")) for i in range(flat.shape[-1])]
-    return np.array(ess).reshape(draws.shape[2:])
 
 
 def _numpy(t: Tensor, discrete: bool) -> np.ndarray:
@@ -182,7 +162,6 @@ def _build(model: Callable[..., Any], chains: Sequence[tuple[Callable[..., Any],
            args: Sequence[Any], kwargs: Mapping[str, Any], *, num_samples: int,
            seed: int | None, coords: Mapping[str, Any] | None,
            dims: Mapping[str, Sequence[str]] | None, infos: Sequence[FitInfo]) -> Any:
-    import arviz as az
     import xarray as xr
 
     num_samples = check_num_samples(num_samples)
@@ -200,7 +179,6 @@ def _build(model: Callable[..., Any], chains: Sequence[tuple[Callable[..., Any],
                              f"(fit 0) vs {sorted(d.values)} (fit {c})")
         draws.append(d)
     structure = draws[0].structure
-    library = {"library": pyro, "coords": coords}
     sites = structure.sites
 
     def dims_of(name: str, batch_only: bool = False) -> list[str]:
@@ -212,8 +190,8 @@ def _build(model: Callable[..., Any], chains: Sequence[tuple[Callable[..., Any],
                  for k in draws[0].values}
     method = infos[0].method if len({i.method for i in infos}) == 1 else "mixed"
     attrs = {"inference_method": method, "num_fits": len(chains)}
-    groups: dict[str, Any] = {"posterior": az.dict_to_dataset(
-        posterior, dims={k: dims_of(k) for k in posterior}, attrs=attrs, **library)}
+    groups: dict[str, Any] = {"posterior": dataset(
+        posterior, dims={k: dims_of(k) for k in posterior}, coords=coords, attrs=attrs)}
     sample_stats = _sample_stats(draws, infos)
     groups["sample_stats"] = xr.Dataset(
         sample_stats, coords={"chain": np.arange(len(draws)), "draw": np.arange(num_samples)},
@@ -225,20 +203,19 @@ def _build(model: Callable[..., Any], chains: Sequence[tuple[Callable[..., Any],
     else:
         obs_dims = {k: dims_of(k) for k in structure.observed}
         pp = _posterior_predictive(model, draws, seed, args, kwargs)
-        groups["posterior_predictive"] = az.dict_to_dataset(pp, dims=obs_dims, **library)
+        groups["posterior_predictive"] = dataset(pp, dims=obs_dims, coords=coords)
         log_lik = {k: np.stack([d.log_lik[k].double().numpy() for d in draws])
                    for k in structure.observed}
-        groups["log_likelihood"] = az.dict_to_dataset(
-            log_lik, dims={k: dims_of(k, batch_only=True) for k in log_lik}, **library)
+        groups["log_likelihood"] = dataset(
+            log_lik, dims={k: dims_of(k, batch_only=True) for k in log_lik}, coords=coords)
         observed = {k: _numpy(v, sites[k].discrete) for k, v in structure.observed_values.items()}
-        groups["observed_data"] = az.dict_to_dataset(observed, dims=obs_dims, default_dims=[],
-                                                     **library)
+        groups["observed_data"] = dataset(observed, dims=obs_dims, coords=coords, sampled=False)
     constant = _constant_data(model, structure, args, kwargs)
     if constant:
-        groups["constant_data"] = az.dict_to_dataset(
+        groups["constant_data"] = dataset(
             constant, dims={k: _dims(k, [None] * v.ndim, dims) for k, v in constant.items()},
-            default_dims=[], **library)
-    return az.InferenceData(**groups)
+            coords=coords, sampled=False)
+    return assemble(groups)
 
 
 def _infos(fit_info: FitInfo | Sequence[FitInfo] | None, n: int) -> list[FitInfo]:
@@ -285,10 +262,13 @@ def to_inference_data(model: Callable[..., Any], guide: Callable[..., Any] | Non
 
     Returns
     -------
-    arviz.InferenceData
-        Groups ``posterior``, ``posterior_predictive``, ``log_likelihood``,
-        ``observed_data``, ``constant_data`` (when the model has other tensor arguments) and
-        ``sample_stats``; arrays ``(chain, draw, *dims)``, float64 (int64 for discrete sites).
+    arviz.InferenceData or xarray.DataTree
+        ``arviz.InferenceData`` with ArviZ 0.2x, ``xarray.DataTree`` with ArviZ 1.x (Python
+        >= 3.12); both have the groups ``posterior``, ``posterior_predictive``,
+        ``log_likelihood``, ``observed_data``, ``constant_data`` (when the model has other
+        tensor arguments) and ``sample_stats``, with arrays ``(chain, draw, *dims)``, float64
+        (int64 for discrete sites). ``az.summary``, ``az.loo``, ``az.ess``, ``az.rhat`` and
+        the line's plots take either.
 
     Warns
     -----
@@ -325,8 +305,8 @@ def to_inference_data(model: Callable[..., Any], guide: Callable[..., Any] | Non
     >>> def guide(y):
     ...     pyro.sample("mu", dist.Normal(0.5, 0.5))
     >>> idata = to_inference_data(model, guide, torch.ones(4), num_samples=20, seed=0)
-    >>> sorted(idata.groups())
-    ['log_likelihood', 'observed_data', 'posterior', 'posterior_predictive', 'sample_stats']
+    >>> [g for g in ("posterior", "log_likelihood", "constant_data") if g in idata]
+    ['posterior', 'log_likelihood']
     >>> idata.log_likelihood["y"].dims
     ('chain', 'draw', 'data')
     """

@@ -29,6 +29,7 @@ from torch.distributions import biject_to, constraints
 from torch.distributions.transforms import Transform
 
 from pyro_vi._checks import check_bool, check_callable, check_int
+from pyro_vi.diagnostics._arviz_compat import bulk_ess
 from pyro_vi.diagnostics._draws import check_num_samples, draw_from_guide, seeded
 from pyro_vi.diagnostics._sites import inspect_model, node
 
@@ -285,7 +286,7 @@ def compare_to_mcmc(model: Callable[..., Any], guide: Callable[..., Any], *args:
 
     .. warning::
        NUTS is the reference only if it mixed: check ``table.nuts_ess`` (and, with several
-       chains, ``az.summary(az.from_pyro(result.mcmc))``'s ``r_hat``). A mixture's posterior
+       chains, ``az.rhat`` of each ``mcmc.get_samples(group_by_chain=True)`` array). A mixture's posterior
        is multimodal in the labels; without ``align`` the NUTS moments of component
        parameters are averages over labelings. Only sites both NUTS and the guide sample
        (continuous latents) are compared. The standardized difference has Monte-Carlo
@@ -348,8 +349,6 @@ def compare_to_mcmc(model: Callable[..., Any], guide: Callable[..., Any], *args:
     if align is not None:
         nuts = align(nuts, vi)
         grouped = {k: v.reshape(num_chains, num_samples, *v.shape[1:]) for k, v in nuts.items()}
-    from pyro_vi.diagnostics.inference_data import bulk_ess
-
     table = _table(vi, nuts, {k: bulk_ess(v) for k, v in grouped.items()})
     path = None if plot is None else _plot(vi, nuts, table, Path(plot), max_plot)
     return MCMCComparison(table, path, mcmc)

@@ -17,9 +17,12 @@ Fit a generalized Pareto distribution to the largest ratios; its shape estimate
 * :math:`0.5 \le \hat k < 0.7`: PSIS converges, slowly; the fit is usable, with care.
 * :math:`\hat k \ge 0.7`: the importance weights are too heavy-tailed; do not trust the fit.
 
-The smoothing and :math:`\hat k` come from ArviZ's :func:`arviz.psislw` (through
-:func:`pyro_vi.diagnostics.inference_data.psislw`) (Vehtari et al. 2024,
-"Pareto smoothed importance sampling", JMLR 25(72)), not from a re-implementation. The
+The smoothing and :math:`\hat k` come from ArviZ's own PSIS (Vehtari et al. 2024, "Pareto
+smoothed importance sampling", JMLR 25(72)), not from a re-implementation: ``arviz.psislw`` on
+ArviZ 0.2x, ``arviz_stats.base.array_stats.psislw`` on ArviZ 1.x, through
+:func:`pyro_vi.diagnostics._arviz_compat.psislw`. The two lines agree to round-off when they
+fit the same tail length and within a few hundredths of :math:`\hat k` otherwise (far inside
+:math:`\hat k`'s own sampling error); ``tests/diagnostics/test_psis.py`` measures it. The
 smoothed, self-normalised weights :math:`\tilde w_s` give PSIS-corrected posterior moments
 
 .. math::
@@ -40,6 +43,7 @@ from typing import Any
 
 import numpy as np
 
+from pyro_vi.diagnostics._arviz_compat import psislw
 from pyro_vi.diagnostics._draws import GuideDraws, draw_from_guide
 
 __all__ = ["KHAT_BAD", "KHAT_GOOD", "PSISResult", "khat_verdict", "psis_diagnostic",
@@ -143,8 +147,6 @@ def psis_from_draws(draws: GuideDraws) -> PSISResult:
         khat = -math.inf
         log_weights = np.full(s, -math.log(s))
     else:
-        from pyro_vi.diagnostics.inference_data import psislw
-
         log_weights, khat = psislw(log_ratios)
     weights = np.exp(log_weights - np.logaddexp.reduce(log_weights))
     verdict, message = khat_verdict(khat)

@@ -2,6 +2,9 @@
 functions run unmodified on a logistic regression (AutoNormal, SVI) and on the GMM (CAVI),
 several fits become chains, and bad input fails before any work.
 
+The same tests run on both ArviZ lines (CI: Python 3.11 with ArviZ 0.23, Python 3.12 with
+ArviZ 1.x); only the container type, LOO's field name and the plot functions differ by line.
+
 Every stochastic quantity is either recomputed exactly from the exported draws (log
 likelihoods, lp, ELBO history) or compared with the guide's parameters within 5 Monte-Carlo
 standard errors (failure probability < 1e-6 per comparison).
@@ -19,6 +22,7 @@ import pyro
 import pyro.distributions as dist
 import pytest
 import torch
+import xarray as xr
 from _trust_models import (
     F64,
     FakeResult,
@@ -42,9 +46,57 @@ from pyro_vi import (
     inference_data_from_result,
     to_inference_data,
 )
+from pyro_vi.diagnostics._arviz_compat import is_legacy, psislw
 from pyro_vi.svi.runner import fit_svi
 
 S = 300  # draws per chain
+LEGACY = is_legacy()  # ArviZ 0.2x (InferenceData) rather than 1.x (xarray.DataTree)
+
+
+def groups(idata):
+    return set(idata.groups()) if LEGACY else set(idata.children)
+
+
+def elpd_loo(loo):
+    return float(loo.elpd_loo if LEGACY else loo.elpd)
+
+
+def plot_every_group(idata, loo, var_names, *, binary=False):
+    """One ArviZ plot per group: posterior, sample_stats, posterior_predictive vs observed_data
+    and (through LOO's Pareto k) log_likelihood; the line's own plotting functions (1.x has
+    a calibration plot for binary outcomes, and warns if plot_ppc_dist gets them)."""
+    if LEGACY:
+        az.plot_posterior(idata, var_names=var_names)
+        az.plot_posterior(idata, group="sample_stats", var_names=["lp", "log_q"])
+        az.plot_ppc(idata)
+    else:
+        az.plot_dist(idata, var_names=var_names)
+        az.plot_dist(idata, group="sample_stats", var_names=["lp", "log_q"])
+        (az.plot_ppc_pava if binary else az.plot_ppc_dist)(idata)
+    az.plot_khat(loo)
+    assert plt.get_fignums()
+    plt.close("all")
+
+
+def psis_loo_by_definition(idata, name):
+    """elpd_loo = sum_i log sum_s w_is p(y_i | theta_s), w_i the PSIS weights of 1/p(y_i | theta)
+    (Vehtari, Gelman & Gabry 2017, eqs. 10 and 21), one chain so r_eff = 1."""
+    ll = idata.log_likelihood[name].values.reshape(S, -1)
+    return sum(logsumexp(psislw(-ll[:, i])[0] + ll[:, i]) for i in range(ll.shape[1]))
+
+
+def test_the_container_is_the_lines_own():
+    idata = to_inference_data(normal_model, exact_guide, normal_data(n=3), num_samples=4, seed=0)
+    if LEGACY:
+        assert isinstance(idata, az.InferenceData)
+        tree = idata.to_datatree()  # the documented route to the 1.x container
+        assert set(tree.children) == groups(idata)
+        back = az.InferenceData.from_datatree(tree)
+        np.testing.assert_array_equal(back.posterior["mu"].values, idata.posterior["mu"].values)
+    else:
+        assert isinstance(idata, xr.DataTree)
+        assert "MigrationWarning" in vars(az)  # what tells the 1.x line apart
+    assert idata.posterior.attrs["inference_library"] == "pyro"
 
 
 @pytest.fixture(scope="module")
@@ -66,7 +118,7 @@ def gmm():
 
 def test_logistic_groups_dims_and_attrs(logistic):
     fit, x, y, idata = logistic
-    assert set(idata.groups()) == {"posterior", "posterior_predictive", "log_likelihood",
+    assert groups(idata) == {"posterior", "posterior_predictive", "log_likelihood",
                                    "observed_data", "constant_data", "sample_stats"}
     assert idata.posterior["intercept"].dims == ("chain", "draw")
     assert idata.posterior["beta"].dims == ("chain", "draw", "feature")
@@ -95,7 +147,7 @@ def test_logistic_log_likelihood_and_lp_are_exact(logistic):
 
 def test_logistic_posterior_matches_the_fitted_autonormal(logistic):
     fit, _, _, idata = logistic
-    summary = az.summary(idata, kind="stats")
+    summary = az.summary(idata, kind="stats", round_to="none")
     for name, site in (("intercept", "intercept"), ("beta", "beta")):
         loc = fit.params[f"AutoNormal.locs.{site}"].reshape(-1).numpy()
         scale = fit.params[f"AutoNormal.scales.{site}"].reshape(-1).numpy()
@@ -103,29 +155,24 @@ def test_logistic_posterior_matches_the_fitted_autonormal(logistic):
         # mean of S iid draws: MC standard error scale/sqrt(S); 5 SE
         np.testing.assert_array_less(np.abs(rows["mean"].to_numpy() - loc),
                                      5 * scale / math.sqrt(S))
-        # sd of S Gaussian draws: relative SE 1/sqrt(2S) ~ 3.5 %; summary rounds to 3 dp
-        np.testing.assert_allclose(rows["sd"].to_numpy(), scale, rtol=5 / math.sqrt(2 * S),
-                                   atol=1e-3)
+        # sd of S Gaussian draws: relative SE 1/sqrt(2S) ~ 4 %; 5 SE
+        np.testing.assert_allclose(rows["sd"].to_numpy(), scale, rtol=5 / math.sqrt(2 * S))
 
 
 def test_logistic_arviz_functions_run_unmodified(logistic):
     _, _, _, idata = logistic
-    ll = idata.log_likelihood["y"].values.reshape(S, -1)
-    # WAIC by its definition (Vehtari, Gelman & Gabry 2017, eqs. 11-12) from our group
-    lppd = logsumexp(ll, axis=0) - math.log(S)
-    expected = float((lppd - ll.var(axis=0)).sum())  # ArviZ: ddof=0
     with warnings.catch_warnings():
-        # ArviZ warns when some point has Pareto k > 0.62 (LOO) or var(log lik) > 0.4
-        # (WAIC): statements about this small data set and model, not about the export.
+        # ArviZ warns when some point has Pareto k above its threshold: a statement about
+        # this small data set and model, not about the export.
         warnings.simplefilter("ignore", UserWarning)
         loo = az.loo(idata, pointwise=True)
-        waic = az.waic(idata)
-    assert waic.elpd_waic == pytest.approx(expected, rel=1e-10)
-    assert np.isfinite(loo.elpd_loo)
-    assert loo.pareto_k.shape == (60,)
-    for plot in (az.plot_posterior, az.plot_trace, az.plot_ppc):
-        plot(idata)
-        plt.close("all")
+    # ArviZ's LOO on our group is PSIS-LOO by its definition, to round-off
+    assert elpd_loo(loo) == pytest.approx(psis_loo_by_definition(idata, "y"), rel=1e-10)
+    assert np.shape(loo.pareto_k) == (60,)
+    # ess/rhat: S iid draws in one chain have bulk ESS near S (sd of the estimate ~10 %)
+    ess = az.ess(idata)["beta"].values
+    assert ((ess > S / 2) & (ess < 2 * S)).all()  # (r_hat needs two chains: see the fits test)
+    plot_every_group(idata, loo, ["intercept", "beta"], binary=True)
 
 
 def _mixture_loglik(idata, x, draw):
@@ -155,13 +202,11 @@ def test_gmm_arviz_functions_run_unmodified(gmm):
     summary = az.summary(idata, var_names=["weights", "loc", "precision"], kind="stats")
     assert len(summary) == 2 + 4 + 8
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)  # see the logistic LOO/WAIC test
-        assert np.isfinite(az.loo(idata).elpd_loo)
-        assert np.isfinite(az.waic(idata).elpd_waic)
-    az.plot_posterior(idata, var_names=["weights", "loc"])
-    az.plot_trace(idata, var_names=["loc"])
-    az.plot_ppc(idata)
-    plt.close("all")
+        warnings.simplefilter("ignore", UserWarning)  # see the logistic LOO test
+        loo = az.loo(idata, pointwise=True)
+    # z is summed out pointwise: LOO scores each point under the mixture density
+    assert elpd_loo(loo) == pytest.approx(psis_loo_by_definition(idata, "obs"), rel=1e-10)
+    plot_every_group(idata, loo, ["weights", "loc"])
 
 
 def test_gmm_enumerated_guide_lp_sums_out_z(gmm):
@@ -234,8 +279,7 @@ def test_model_without_observations_warns_and_skips_log_likelihood():
 
     with pytest.warns(NoObservedSitesWarning, match="no observed sites"):
         idata = to_inference_data(model, guide, num_samples=5, seed=0)
-    assert "log_likelihood" not in idata.groups()
-    assert "posterior" in idata.groups()
+    assert groups(idata) == {"posterior", "sample_stats"}
 
 
 def test_guide_missing_a_latent_site_is_a_value_error():

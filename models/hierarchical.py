@@ -170,6 +170,11 @@ class HierarchicalNormal(ConjugateModel[tuple[Tensor, Tensor], HierarchicalParam
         rate = b0 + 0.5 * (s2 - 2.0 * q_mu.loc * s1 + j * q_mu.second_moment())
         return HierarchicalParams(q_mu, Gamma(a0 + 0.5 * j * torch.ones_like(rate), rate))
 
+    def summary_sites(self, params: HierarchicalParams, *data: Any) -> dict[str, Any]:
+        r"""``mu``, ``tau`` and ``theta``: :math:`q(\theta_j)` is the local optimum for ``data``."""
+        return {"mu": params.mean, "tau": params.precision,
+                "theta": self.local_factors(self.prepare(data)[1], params)}
+
     # ----------------------------------------------------------------------------- Pyro
     def model(self, y: Tensor, sigma: Tensor) -> None:
         """Run the generative model as plain Pyro code (centred parameterisation)."""

@@ -122,6 +122,27 @@ class CAVIResult(FitResult):
     cavi_model: Any = field(default=None, compare=False)
     runs: tuple[CAVIRun, ...] = field(default=(), compare=False)
 
+    def summary(self, *, prob: float = 0.94, seed: int = 0, **options: Any) -> pd.DataFrame:
+        """Exact posterior table of q: one row per scalar of every latent site.
+
+        Columns ``mean``, ``sd``, ``eti_3%``, ``eti_97%`` (``az.summary``'s names; an
+        equal-tailed interval of mass ``prob``), ``method`` (``"exact"``, or how a row that has
+        no closed form was computed) and ``negligible`` (rows of mixture components whose
+        expected weight is below ``threshold``, a GMM option); never inf or NaN. Row names are
+        ``az.summary``'s (``"loc[0, 1]"``). See :mod:`pyro_vi.cavi.summary` for every formula;
+        ``seed`` seeds the few Monte-Carlo intervals.
+
+        Examples
+        --------
+        >>> import torch
+        >>> from pyro_vi import BetaBernoulli, cavi
+        >>> fit = cavi(BetaBernoulli(alpha=1.0, beta=1.0), torch.tensor([1.0, 0.0, 1.0, 1.0]))
+        >>> fit.summary().loc["prob", ["mean", "method"]].tolist()  # Beta(4, 2)
+        [0.6666666666666666, 'exact']
+        """
+        return cast(pd.DataFrame, self.cavi_model.posterior_summary(
+            self.params, *self.data, prob=prob, seed=seed, **options))
+
     def restart_results(self) -> list[CAVIResult]:
         """One result per restart (for one ArviZ chain per independent fit)."""
         return [self.from_run(self.cavi_model, r, runs=(r,), data=self.data) for r in self.runs]

@@ -26,11 +26,13 @@ import copy
 import math
 from typing import Any
 
+import pandas as pd
 import torch
 from torch import Tensor
 
-from pyro_vi._checks import as_matrix, check_int, check_positive, check_seed
+from pyro_vi._checks import as_matrix, check_int, check_positive, check_real, check_seed
 from pyro_vi.cavi.model import DEFAULT_CHUNK_BYTES, ConjugateModel, FittedGuide, Local, Stats
+from pyro_vi.cavi.summary import loc_marginal, summary_table
 from pyro_vi.factors import Dirichlet, NormalGamma, NormalWishart
 from pyro_vi.linalg import inverse_cholesky
 from pyro_vi.models.gmm.guides import MAX_PLATE_NESTING, mixture_program, param_sites, sample_latents
@@ -428,6 +430,29 @@ class GaussianMixture(ConjugateModel[Tensor, GMMParams, Stats]):
     def summary(self, params: GMMParams, *, threshold: float = 0.01) -> GMMSummary:
         """Posterior means and uncertainties of weights, means and covariances."""
         return summarize(params, threshold=threshold)
+
+    def summary_sites(self, params: GMMParams, *data: Any) -> dict[str, Any]:
+        """``weights`` (Dirichlet), ``precision`` (Wishart or Gammas) and ``loc`` (Student-t).
+
+        ``z`` is left out: its q is :meth:`responsibilities` of the data.
+        """
+        comp = params.components
+        return {"weights": params.weights, "precision": comp.precision, "loc": loc_marginal(comp)}
+
+    def posterior_summary(self, params: GMMParams, *data: Any, prob: float = 0.94,
+                          seed: int = 0, threshold: float = 0.01) -> pd.DataFrame:
+        r"""The contract's exact table, rows of nearly empty components flagged ``negligible``.
+
+        A component is negligible when :math:`E[\pi_k] <` ``threshold``; its :math:`\mu_k`
+        rows may then hold a ``"plugin_sd"`` (see :mod:`pyro_vi.cavi.summary`).
+        """
+        if check_real("threshold", threshold, minimum=0.0) > 1.0:
+            raise ValueError(f"threshold must lie in [0, 1], got {threshold}")
+        small = params.weights.mean() < threshold
+        flags = {"weights": small, "loc": small[:, None],
+                 "precision": small[:, None, None] if self.covariance == "full" else small[:, None]}
+        return summary_table(self.summary_sites(params, *data), prob=prob, seed=seed,
+                             negligible=flags)
 
     def log_predictive(self, params: GMMParams, x: Any) -> Tensor:
         """Posterior predictive log-density per point, ``(N,)`` (Bishop 2006, eqs. 10.80–10.82)."""

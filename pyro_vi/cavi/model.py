@@ -14,9 +14,11 @@ A model subclasses :class:`ConjugateModel` and implements
 
 Everything else is derived here: the trainable :meth:`~ConjugateModel.guide`, the fixed
 :meth:`~ConjugateModel.fitted_guide`, the analytic :meth:`~ConjugateModel.elbo`,
-:meth:`~ConjugateModel.params_from_store` and the chunking estimate
-:meth:`~ConjugateModel.local_bytes_per_point`. :func:`local_pass` runs a local step over the
-data in chunks; the engine (:func:`pyro_vi.cavi`, :func:`pyro_vi.svi_cavi`) is built on it.
+:meth:`~ConjugateModel.params_from_store`, the chunking estimate
+:meth:`~ConjugateModel.local_bytes_per_point` and the exact posterior table
+:meth:`~ConjugateModel.posterior_summary` (from :meth:`~ConjugateModel.summary_sites`).
+:func:`local_pass` runs a local step over the data in chunks; the engine (:func:`pyro_vi.cavi`,
+:func:`pyro_vi.svi_cavi`) is built on it.
 """
 
 from __future__ import annotations
@@ -26,10 +28,12 @@ import dataclasses
 from abc import ABC, abstractmethod
 from typing import Any, ClassVar, Generic, NamedTuple, TypeVar
 
+import pandas as pd
 import torch
 from torch import Tensor
 
 from pyro_vi._checks import check_dtype
+from pyro_vi.cavi.summary import summary_table
 from pyro_vi.factors import ExpFamFactor
 
 __all__ = ["DEFAULT_CHUNK_BYTES", "ConjugateModel", "FittedGuide", "Local", "Stats",
@@ -230,6 +234,29 @@ class ConjugateModel(ABC, Generic[DataT, ParamsT, StatsT]):
         with torch.no_grad():
             params: ParamsT = detach_params(self.guide_params(*data))
         return params
+
+    # ------------------------------------------------------------------------ summaries
+    def summary_sites(self, params: ParamsT, *data: Any) -> dict[str, Any]:
+        """Pyro site name → q's marginal of that site, for :meth:`posterior_summary`.
+
+        The default names every :class:`~pyro_vi.factors.ExpFamFactor` field of ``params``
+        after itself (fixed tensors are no latent site): right for a model whose sample sites
+        are named like its params fields. A model overrides it to rename sites, to split a
+        joint factor into its marginals (:func:`pyro_vi.cavi.summary.loc_marginal`) or to add
+        local factors computed from ``data``.
+        """
+        return {f.name: getattr(params, f.name) for f in dataclasses.fields(check_params(params))
+                if isinstance(getattr(params, f.name), ExpFamFactor)}
+
+    def posterior_summary(self, params: ParamsT, *data: Any, prob: float = 0.94,
+                          seed: int = 0) -> pd.DataFrame:
+        """One row per scalar of every latent site, computed from q (``CAVIResult.summary``).
+
+        Columns ``mean``, ``sd``, ``eti_3%``, ``eti_97%`` (the equal-tailed interval of mass
+        ``prob``), ``method`` and ``negligible``; see :func:`pyro_vi.cavi.summary.summary_table`
+        for the formulas and what ``method`` says. The default flags nothing as negligible.
+        """
+        return summary_table(self.summary_sites(params, *data), prob=prob, seed=seed)
 
     def elbo(self, data: Any, params: ParamsT, *, chunk_size: int | None = None) -> float:
         """Analytic ELBO in nats at ``params`` (local factors, if any, at their optimum)."""

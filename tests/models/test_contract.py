@@ -11,7 +11,10 @@ Checks per model:
 (b) stochastic: Pyro's ``Trace_ELBO`` on ``fit.guide`` lies within 4 SE of the analytic ELBO;
 (c) stochastic VI (:func:`pyro_vi.svi_cavi`) runs and ends near batch CAVI;
 (d) :func:`pyro_vi.fit_svi` on ``model.guide`` raises the ELBO from its start;
-(e) ``fit.to_inference_data()`` carries its groups.
+(e) ``fit.to_inference_data()`` carries its groups;
+(f) ``fit.summary()`` has one row per scalar of every latent guide site, and its moments and
+    interval agree with draws of the fitted guide;
+(g) ``fit.save``/``pyro_vi.load_result`` round-trips the fit (params, ELBO, history, guide, summary).
 """
 
 from __future__ import annotations
@@ -255,3 +258,36 @@ def test_elbo_never_decreases_on_random_problems(name, init, seed):
     # fixed list, so the failure budget of a correct model is zero.
     assert np.isfinite(e).all()
     assert (np.diff(e) >= -1e-10 * np.maximum(np.abs(e[1:]), 1.0)).all()
+
+
+def test_summary_rows_are_the_guide_sites_and_agree_with_its_draws(case):
+    import pyro
+
+    _, model, data = case
+    fit = _fit(model, data)
+    table = fit.summary()
+    assert list(table.columns) == ["mean", "sd", "eti_3%", "eti_97%", "method", "negligible"]
+    assert np.isfinite(table[["mean", "sd", "eti_3%", "eti_97%"]].to_numpy(float)).all()
+    s = 4000
+    sites = [n for n in fit.guide(*fit.data) if n != "z"]
+    # S vectorized guide draws in a plate left of the model's plates, as Predictive draws them
+    with pyro.plate("draws", s, dim=-model.max_plate_nesting - 1):
+        trace = pyro.poutine.trace(fit.guide).get_trace(*fit.data)
+    for name in sites:
+        value = trace.nodes[name]["value"].reshape(s, -1).double()  # (S, 1, K) -> (S, K), etc.
+        rows = table.loc[[i for i in table.index if i == name or i.startswith(f"{name}[")]]
+        assert len(rows) == value.shape[1], name
+        mean, sd = torch.tensor(rows["mean"].to_numpy()), torch.tensor(rows["sd"].to_numpy())
+        exact = torch.tensor((rows["method"] != "plugin_sd").to_numpy())
+        # 5 standard errors of a 4000-draw mean per row (about 60 rows at most: budget 4e-5);
+        # rows with an infinite variance ("plugin_sd") have no mean to check against.
+        se = value.std(0) / s**0.5
+        assert ((value.mean(0) - mean).abs() <= 5 * se + 1e-12)[exact].all(), name
+        # sd to 10 %: the 4000-draw sd has a relative SE <= 2 % for these kurtoses.
+        assert ((value.std(0) / sd - 1).abs() < 0.1)[exact].all(), name
+        # the interval's tails hold 3 % each: binomial SE 0.0027 (plus 0.0027 for the seeded
+        # Monte-Carlo intervals), tolerance 0.015 >= 4 combined SE.
+        below = (value < torch.tensor(rows["eti_3%"].to_numpy())).double().mean(0)
+        above = (value > torch.tensor(rows["eti_97%"].to_numpy())).double().mean(0)
+        assert ((below - 0.03).abs() < 0.015).all(), name
+        assert ((above - 0.03).abs() < 0.015).all(), name

@@ -107,8 +107,10 @@ class VariationalGaussianMixture(DensityMixin, BaseEstimator):  # type: ignore[m
     lower_bound_ : float
         Our analytic ELBO in nats with every constant kept (Bishop eqs. 10.70–10.77), so it is
         on the scale of Pyro's ``Trace_ELBO`` and of ``log p(X)``. sklearn's ``lower_bound_``
-        drops the terms that do not depend on the variational parameters, so the two differ
-        by a constant that depends on N, D, K and the priors.
+        drops the terms that do not depend on q; at a converged "full" fit, ours is sklearn's
+        plus :math:`\ln C(\alpha_0) + K[\ln B(W_0,\nu_0) + \tfrac D2\ln\beta_0
+        + \tfrac{D(D-1)}{4}\ln\pi] - \tfrac{ND}{2}\ln 2\pi` (Bishop eqs. B.23, B.79; the
+        :math:`\ln\pi` is the multivariate Gamma's, which sklearn's Wishart norm omits).
     n_features_in_ : int
         D.
     model_, params_ : GaussianMixture, GMMParams

@@ -31,6 +31,7 @@ from pyro_vi.diagnostics import (
     to_inference_data,
 )
 from pyro_vi.errors import ConvergenceWarning, ELBODecreaseError, NumericalError
+from pyro_vi.results import load_result
 from pyro_vi.svi import NonFiniteLossError, SVIResult, fit_svi
 
 __version__ = "0.1.0"
@@ -79,6 +80,7 @@ __all__ = [
     "load_eight_schools",
     "load_mnist",
     "load_old_faithful",
+    "load_result",
     "load_vae",
     "match_components",
     "psis_diagnostic",

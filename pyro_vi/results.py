@@ -10,14 +10,22 @@ trust report are defined once, here, for all of them.
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any, ClassVar, TypeVar, cast
 
 import pandas as pd
+import torch
 from torch import Tensor
 
-__all__ = ["CAVIResult", "CAVIRun", "FitResult", "SVIResult"]
+from pyro_vi._io import from_plain, import_class, load_tensors, save_tensors, to_plain
+
+__all__ = ["FORMAT_VERSION", "CAVIResult", "CAVIRun", "FitResult", "SVIResult", "load_result"]
+
+#: Version of the file :meth:`FitResult.save` writes; :func:`load_result` reads versions <= it.
+FORMAT_VERSION = 1
+_FORMAT = "pyro_vi.result"
 
 _R = TypeVar("_R", bound="SVIResult")
 
@@ -94,6 +102,26 @@ class FitResult:
 
         return diagnose(self, *self.model_args(args), **kwargs)
 
+    def save(self, path: str | os.PathLike[str], *, data: bool = True) -> None:
+        """Write this fit to ``path``: tensors and plain data only, atomically, versioned.
+
+        The file holds the params, ``elbo``, ``converged``, ``n_steps``, the ``history``
+        columns, the fit's own fields and (``data=True``) the data tensors; a CAVI fit adds its
+        conjugate model (class path and resolved hyper-parameters) and restarts, so that
+        :func:`load_result` rebuilds ``.guide`` and ``.summary()``. It loads with
+        ``torch.load(path, weights_only=True)``; read it back with :func:`load_result`.
+        """
+        save_tensors(path, self._to_file(data=data))
+
+    def _to_file(self, *, data: bool) -> dict[str, Any]:
+        cls = type(self)
+        skip = {"history", "model", "guide", "data", "runs"}  # runs: CAVIResult._to_file
+        record = {f.name: to_plain(getattr(self, f.name)) for f in fields(self) if f.name not in skip}
+        kept = self.data if data and all(isinstance(d, Tensor) for d in self.data) else ()
+        return {"format": _FORMAT, "version": FORMAT_VERSION,
+                "kind": f"{cls.__module__}:{cls.__qualname__}", "fields": record,
+                "history": _history_to_file(self.history), "data": [to_plain(d) for d in kept]}
+
 
 @dataclass(frozen=True)
 class CAVIRun:
@@ -137,8 +165,9 @@ class CAVIResult(FitResult):
         >>> import torch
         >>> from pyro_vi import BetaBernoulli, cavi
         >>> fit = cavi(BetaBernoulli(alpha=1.0, beta=1.0), torch.tensor([1.0, 0.0, 1.0, 1.0]))
-        >>> fit.summary().loc["prob", ["mean", "method"]].tolist()  # Beta(4, 2)
-        [0.6666666666666666, 'exact']
+        >>> row = fit.summary().loc["prob"]  # q(p) = Beta(4, 2)
+        >>> float(row["mean"]), row["method"]
+        (0.6666666666666666, 'exact')
         """
         return cast(pd.DataFrame, self.cavi_model.posterior_summary(
             self.params, *self.data, prob=prob, seed=seed, **options))
@@ -157,6 +186,13 @@ class CAVIResult(FitResult):
 
         target: Any = self.restart_results() if restarts else self
         return inference_data_from_result(target, *self.model_args(args), **kwargs)
+
+    def _to_file(self, *, data: bool) -> dict[str, Any]:
+        out = super()._to_file(data=data)
+        out["fields"]["runs"] = [{"params": to_plain(r.params), "elbo": r.elbo, "n_steps": r.n_steps,
+                                  "converged": r.converged, "history": _history_to_file(r.history)}
+                                 for r in self.runs]
+        return out
 
     @classmethod
     def from_run(cls, cavi_model: Any, run: CAVIRun, *, runs: tuple[CAVIRun, ...],
@@ -239,3 +275,78 @@ class SVIResult(FitResult):
 
 #: History columns of every SVI fit; the others come from the evaluation hook.
 _STEP_COLUMNS = ("step", "epoch", "loss", "elbo", "seconds")
+
+
+def load_result(path: str | os.PathLike[str], *, model: Callable[..., Any] | None = None,
+                guide: Callable[..., Any] | None = None) -> FitResult:
+    """Read a fit written by :meth:`FitResult.save` (never runs code: ``weights_only=True``).
+
+    A CAVI result comes back whole: params, ELBO, history, restarts, data, and its conjugate
+    model rebuilt from the stored class path (a class of ``pyro_vi``, nothing else is imported)
+    and hyper-parameters, hence ``.model``, ``.guide`` and ``.summary()``. An SVI result stores
+    the param-store values (``params``), the history and its own fields but no code: pass the
+    ``model`` and ``guide`` callables it was fitted with (for an autoguide, a fresh
+    ``AutoNormal(model)``; ``fit.to_inference_data()`` runs it on the stored ``params``).
+
+    Raises
+    ------
+    FileNotFoundError
+        If ``path`` does not exist.
+    ValueError
+        If the file is truncated, holds pickled objects, names a class outside pyro_vi, is not a
+        pyro-vi result, or has a newer format version; the message names the file.
+    TypeError
+        If an SVI result is loaded without ``model`` and ``guide`` callables.
+
+    Examples
+    --------
+    >>> import tempfile, torch
+    >>> from pyro_vi import BetaBernoulli, cavi
+    >>> fit = cavi(BetaBernoulli(), torch.tensor([1.0, 0.0, 1.0]))
+    >>> with tempfile.TemporaryDirectory() as d:
+    ...     fit.save(f"{d}/fit.pt")
+    ...     back = load_result(f"{d}/fit.pt")
+    >>> back.elbo == fit.elbo, back.summary().equals(fit.summary())
+    (True, True)
+    """
+    where = str(path)
+    blob = load_tensors(path, what="pyro-vi result file")
+    if not isinstance(blob, dict) or blob.get("format") != _FORMAT:
+        raise ValueError(f"{where}: not a pyro-vi result file (no {_FORMAT!r} header)")
+    version = blob.get("version")
+    if not isinstance(version, int) or not 1 <= version <= FORMAT_VERSION:
+        raise ValueError(f"{where}: format version {version!r}; this pyro-vi reads 1..{FORMAT_VERSION}")
+    cls = import_class(blob["kind"], where=where)
+    if not issubclass(cls, FitResult):
+        raise ValueError(f"{where}: {blob['kind']!r} is not a FitResult kind")
+    values = {k: from_plain(v, where=where) for k, v in blob["fields"].items() if k != "runs"}
+    values["history"] = _history_from_file(blob["history"])
+    data = tuple(from_plain(d, where=where) for d in blob["data"])
+    if issubclass(cls, CAVIResult):
+        cavi_model = values["cavi_model"]
+        runs = tuple(CAVIRun(params=from_plain(r["params"], where=where), elbo=r["elbo"],
+                             n_steps=r["n_steps"], converged=r["converged"],
+                             history=_history_from_file(r["history"]))
+                     for r in blob["fields"]["runs"])
+        return cls(**values, runs=runs, data=data, model=cavi_model.model,
+                   guide=cavi_model.fitted_guide(values["params"]))
+    if not callable(model) or not callable(guide):
+        raise TypeError(f"{where} holds a {cls.__name__}: pass the model and guide callables it "
+                        f"was fitted with, load_result(path, model=..., guide=...)")
+    return cls(**values, data=data, model=model, guide=guide)
+
+
+def _history_to_file(history: pd.DataFrame) -> dict[str, Any]:
+    """A history DataFrame as column names and one tensor per column (numbers and bools only)."""
+    cols = {}
+    for name in history.columns:
+        values = history[name].to_numpy()
+        if values.dtype.kind not in "biuf":
+            raise TypeError(f"history column {name!r} has dtype {values.dtype}; cannot save it")
+        cols[str(name)] = torch.from_numpy(values.copy())
+    return {"columns": list(cols), "values": list(cols.values())}
+
+
+def _history_from_file(blob: Mapping[str, Any]) -> pd.DataFrame:
+    return pd.DataFrame({c: v.numpy() for c, v in zip(blob["columns"], blob["values"], strict=True)},
+                        columns=list(blob["columns"]))

@@ -70,8 +70,8 @@ def test_the_extractor_finds_fences_sections_and_languages():
             "## Two\n````python\nc = '```'\n````\n```\nplain\n```\n")
     blocks = readme_blocks(text)
     assert [(b.section, b.line, b.lang) for b in blocks] == [
-        ("", 3, "python"), ("One", 7, "python"), ("One", 10, "bash"), ("Two", 13, "python"),
-        ("Two", 16, "")]
+        ("", 3, "python"), ("One", 7, "python"), ("One", 10, "bash"), ("Two", 14, "python"),
+        ("Two", 17, "")]
     assert blocks[3].code == "c = '```'\n"
     assert list(python_sections(text)) == ["", "One", "Two"]
     with pytest.raises(ValueError, match="never closed"):

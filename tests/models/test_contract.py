@@ -291,3 +291,17 @@ def test_summary_rows_are_the_guide_sites_and_agree_with_its_draws(case):
         above = (value > torch.tensor(rows["eti_97%"].to_numpy())).double().mean(0)
         assert ((below - 0.03).abs() < 0.015).all(), name
         assert ((above - 0.03).abs() < 0.015).all(), name
+
+
+def test_save_and_load_round_trip(case, tmp_path):
+    from pyro_vi import load_result
+
+    _, model, data = case
+    fit = _fit(model, data)
+    fit.save(tmp_path / "fit.pt")
+    back = load_result(tmp_path / "fit.pt")
+    assert (back.elbo, back.n_steps) == (fit.elbo, fit.n_steps)
+    assert back.history.equals(fit.history)
+    assert back.summary().equals(fit.summary())
+    # the rebuilt conjugate model scores the loaded params exactly as the original
+    assert back.cavi_model.elbo(data, back.params) == fit.elbo

@@ -140,6 +140,19 @@ class Categorical(ExpFamFactor):
     def expected_stats(self) -> tuple[Tensor, ...]:
         return (self.probs,)
 
+    def mean(self) -> Tensor:
+        r""":math:`E[z] = r`, the mean of the one-hot indicator, ``batch_shape + (K,)``."""
+        return self.probs
+
+    def variance(self) -> Tensor:
+        r""":math:`\mathrm{Var}[z_k] = r_k (1 - r_k)` of each indicator, ``batch_shape + (K,)``."""
+        r = self.probs
+        return r * (1.0 - r)
+
+    def stddev(self) -> Tensor:
+        """Square root of :meth:`variance`."""
+        return self.variance().sqrt()
+
     def log_normalizer(self) -> Tensor:
         return torch.logsumexp(self.logits, -1)
 

@@ -158,5 +158,24 @@ class NormalGamma(ExpFamFactor):
         return 1.0 / self.precision_scale + self.concentration / self.rate * (x - self.loc) ** 2
 
     def marginal_loc_variance(self) -> Tensor:
-        r""":math:`\mathrm{Var}[\mu] = b / (\beta (a - 1))` (a Student-t marginal), for ``a > 1``."""
-        return self.rate / (self.precision_scale * (self.concentration - 1.0))
+        r""":math:`\mathrm{Var}[\mu] = b / (\beta (a - 1))`, the variance of :math:`\mu`'s marginal.
+
+        The marginal is a Student-t with :math:`2a` degrees of freedom, location :math:`m` and
+        scale :math:`\sqrt{b / (a\beta)}` (Bishop 2006, eq. 2.159); the variance is finite for
+        :math:`a > 1` and ``inf`` otherwise.
+        """
+        var = self.rate / (self.precision_scale * (self.concentration - 1.0))
+        return torch.where(self.concentration > 1.0, var, torch.full_like(var, math.inf))
+
+    def mean(self) -> tuple[Tensor, Tensor]:
+        r"""Marginal means :math:`(E[\mu], E[\lambda]) = (m, a / b)`, each ``batch_shape``."""
+        return self.loc, self.precision.mean()
+
+    def variance(self) -> tuple[Tensor, Tensor]:
+        r"""Marginal variances :math:`(\mathrm{Var}[\mu], \mathrm{Var}[\lambda])`; see :meth:`marginal_loc_variance`."""
+        return self.marginal_loc_variance(), self.precision.variance()
+
+    def stddev(self) -> tuple[Tensor, Tensor]:
+        """Square roots of :meth:`variance`."""
+        var_loc, var_prec = self.variance()
+        return var_loc.sqrt(), var_prec.sqrt()

@@ -108,6 +108,19 @@ class Wishart(ExpFamFactor):
         r""":math:`E[\Lambda] = \nu W` (Bishop 2006, eq. B.80)."""
         return self.df[..., None, None] * self.scale
 
+    def variance(self) -> Tensor:
+        r""":math:`\mathrm{Var}[\Lambda_{ij}] = \nu (W_{ij}^2 + W_{ii} W_{jj})` (Anderson 2003, Thm. 7.3.3).
+
+        Elementwise, ``batch_shape + (D, D)``.
+        """
+        w = self.scale
+        diag = torch.diagonal(w, dim1=-2, dim2=-1)
+        return self.df[..., None, None] * (w**2 + diag.unsqueeze(-1) * diag.unsqueeze(-2))
+
+    def stddev(self) -> Tensor:
+        """Square root of :meth:`variance`, elementwise."""
+        return self.variance().sqrt()
+
     def expected_logdet(self) -> Tensor:
         r""":math:`E[\log|\Lambda|]` (Bishop 2006, eq. 10.65)."""
         return expected_logdet(self.scale_tril, self.df)
@@ -205,6 +218,31 @@ class NormalWishart(ExpFamFactor):
         w_inv = -2.0 * eta[2] - beta[..., None, None] * outer
         tril = inverse_cholesky(w_inv, where="NormalWishart.from_natural")
         return cls(m, beta, tril, 2.0 * eta[3] + m.shape[-1])
+
+    def mean(self) -> tuple[Tensor, Tensor]:
+        r"""Marginal means :math:`(E[\mu], E[\Lambda]) = (m, \nu W)`: ``(batch + (D,), batch + (D, D))``."""
+        return self.loc, self.precision.mean()
+
+    def loc_covariance(self) -> Tensor:
+        r"""Covariance of the marginal of :math:`\mu`, :math:`(\beta W)^{-1} / (\nu - D - 1)`.
+
+        The marginal is a multivariate Student-t with :math:`\nu - D + 1` degrees of freedom
+        and scale :math:`((\nu - D + 1)\beta W)^{-1}` (Bishop 2006, eq. B.68–B.70 with
+        eq. 2.161); its covariance is finite for :math:`\nu > D + 1` and ``inf`` otherwise.
+        Shape ``batch_shape + (D, D)``.
+        """
+        dof = self.df - self.dim - 1.0
+        cov = torch.cholesky_inverse(self.scale_tril) / (self.precision_scale * dof)[..., None, None]
+        return torch.where((dof > 0)[..., None, None], cov, torch.full_like(cov, math.inf))
+
+    def variance(self) -> tuple[Tensor, Tensor]:
+        r"""Marginal variances :math:`(\mathrm{Var}[\mu_d], \mathrm{Var}[\Lambda_{ij}])`; see :meth:`loc_covariance`."""
+        return torch.diagonal(self.loc_covariance(), dim1=-2, dim2=-1), self.precision.variance()
+
+    def stddev(self) -> tuple[Tensor, Tensor]:
+        """Square roots of :meth:`variance`."""
+        var_loc, var_prec = self.variance()
+        return var_loc.sqrt(), var_prec.sqrt()
 
     def expected_stats(self) -> tuple[Tensor, ...]:
         w = self.precision.scale

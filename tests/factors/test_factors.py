@@ -609,3 +609,76 @@ def test_mean_variance_and_stddev_match_torch():
     ref = td.MultivariateNormal(mvn.loc, precision_matrix=tril @ tril.T)
     close(mvn.variance(), ref.variance)
     close(mvn.stddev(), ref.stddev)
+
+
+# ---------------------------------------------------------------- moments of every factor
+def test_categorical_moments_are_the_one_hot_moments():
+    from pyro_vi.factors import Categorical
+
+    logits = torch.randn(3, 5, dtype=torch.float64)
+    ref = td.OneHotCategorical(logits=logits)
+    q = Categorical(logits)
+    torch.testing.assert_close(q.mean(), ref.mean, rtol=1e-12, atol=0)
+    torch.testing.assert_close(q.variance(), ref.variance, rtol=1e-12, atol=0)
+    torch.testing.assert_close(q.stddev(), ref.stddev, rtol=1e-12, atol=0)
+
+
+def test_wishart_variance_matches_torch():
+    from pyro_vi.factors import Wishart
+
+    a = torch.randn(4, 3, 3, dtype=torch.float64)
+    tril = torch.linalg.cholesky(a @ a.transpose(-1, -2) + 3 * torch.eye(3, dtype=torch.float64))
+    df = torch.tensor([3.0, 4.5, 7.0, 20.0], dtype=torch.float64)
+    q, ref = Wishart(tril, df), td.Wishart(df=df, scale_tril=tril)
+    torch.testing.assert_close(q.variance(), ref.variance, rtol=1e-12, atol=0)
+    torch.testing.assert_close(q.stddev(), ref.variance.sqrt(), rtol=1e-12, atol=0)
+
+
+def test_normal_gamma_marginals_are_student_t_and_gamma():
+    from pyro_vi.factors import NormalGamma
+
+    m = torch.tensor([0.3, -2.0, 5.0], dtype=torch.float64)
+    beta = torch.tensor([0.5, 2.0, 10.0], dtype=torch.float64)
+    a = torch.tensor([1.5, 3.0, 0.8], dtype=torch.float64)
+    b = torch.tensor([2.0, 0.7, 1.1], dtype=torch.float64)
+    q = NormalGamma(m, beta, a, b)
+    t = td.StudentT(2 * a, m, (b / (a * beta)).sqrt())  # Bishop 2006, eq. 2.159
+    mean_loc, mean_prec = q.mean()
+    var_loc, var_prec = q.variance()
+    torch.testing.assert_close(mean_loc, m)
+    torch.testing.assert_close(mean_prec, a / b, rtol=1e-12, atol=0)
+    torch.testing.assert_close(var_prec, td.Gamma(a, b).variance, rtol=1e-12, atol=0)
+    # 2a <= 2 (a = 0.8): the Student-t variance is infinite, and torch says so too
+    torch.testing.assert_close(var_loc, t.variance, rtol=1e-12, atol=0)
+    assert torch.isinf(var_loc[2])
+    assert torch.isfinite(var_loc[:2]).all()
+    sd_loc, _ = q.stddev()
+    torch.testing.assert_close(sd_loc, t.variance.sqrt(), rtol=1e-12, atol=0)
+
+
+def test_normal_wishart_loc_covariance_is_the_student_t_covariance():
+    import pyro.distributions as pdist
+
+    from pyro_vi.factors import NormalWishart
+
+    d = 3
+    a = torch.randn(2, d, d, dtype=torch.float64)
+    w = a @ a.transpose(-1, -2) + torch.eye(d, dtype=torch.float64)
+    tril = torch.linalg.cholesky(w)
+    m = torch.randn(2, d, dtype=torch.float64)
+    beta = torch.tensor([0.7, 4.0], dtype=torch.float64)
+    df = torch.tensor([6.5, 3.5], dtype=torch.float64)  # nu - D - 1 = 2.5 and -0.5
+    q = NormalWishart(m, beta, tril, df)
+    dof = df - d + 1  # marginal of mu: Student-t (Bishop 2006, eqs. B.68-B.70)
+    scale = torch.linalg.inv((dof * beta)[:, None, None] * w)
+    t = pdist.MultivariateStudentT(dof[0], m[0], torch.linalg.cholesky(scale[0]))
+    cov = q.loc_covariance()
+    # pyro's covariance_matrix is the scale matrix (its docstring says so): times df/(df - 2)
+    torch.testing.assert_close(cov[0], t.covariance_matrix * dof[0] / (dof[0] - 2), rtol=1e-10, atol=0)
+    torch.testing.assert_close(torch.diagonal(cov[0]), t.variance, rtol=1e-10, atol=0)
+    assert torch.isinf(cov[1]).all()  # nu <= D + 1: no finite covariance
+    mean_loc, mean_prec = q.mean()
+    torch.testing.assert_close(mean_prec, df[:, None, None] * w, rtol=1e-12, atol=0)
+    var_loc, var_prec = q.variance()
+    torch.testing.assert_close(var_loc[0], t.variance, rtol=1e-10, atol=0)
+    torch.testing.assert_close(var_prec, td.Wishart(df=df, scale_tril=tril).variance, rtol=1e-12, atol=0)

@@ -43,8 +43,8 @@ if TYPE_CHECKING:
 __all__ = ["Checkpointer", "load_checkpoint", "prime", "restore_param_store", "save_checkpoint"]
 
 #: Format tag stored in every checkpoint; bumped when the layout changes (2: epochs and
-#: evaluations in the history).
-FORMAT = "pyro_vi.fit_svi/2"
+#: evaluations in the history; 3: the stopping rule's name beside its state).
+FORMAT = "pyro_vi.fit_svi/3"
 
 
 class Checkpointer(Hook):

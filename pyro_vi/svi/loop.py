@@ -35,7 +35,7 @@ from pyro_vi.svi.guard import (
     describe,
 )
 from pyro_vi.svi.hooks import Hook
-from pyro_vi.svi.stopping import DEFAULT_NUM_STEPS, WindowRule
+from pyro_vi.svi.stopping import DEFAULT_NUM_STEPS, make_rule, restore_rule, rule_state
 
 __all__ = ["SVIRun", "SVIState"]
 
@@ -49,7 +49,7 @@ class SVIState:
     step : int
         Steps taken, counting those before a resume.
     converged : bool
-        Whether the window rule has been met.
+        Whether the convergence rule has been met.
     steps, losses, seconds, epochs : list
         Per step: its number, its loss, the fitting seconds so far (evaluation excluded) and
         its epoch (1-based; empty without batches).
@@ -113,7 +113,8 @@ class SVIRun:
                  elbo: ELBO | None = None, optim: pyro.optim.PyroOptim | None = None,
                  num_steps: int = DEFAULT_NUM_STEPS, batches: Iterable[Any] | None = None,
                  tol: float = 1e-4, window: int = 100, patience: int = 3,
-                 seed: int | None = None, hooks: Sequence[Hook] = (), **kwargs: Any):
+                 rule: str = "noise", z: float = 2.0, seed: int | None = None,
+                 hooks: Sequence[Hook] = (), **kwargs: Any):
         self.model, self.guide, self.args, self.kwargs = model, guide, args, kwargs
         loss_fn: Any = Trace_ELBO() if elbo is None else elbo  # pyro's ELBO declares no .loss
         self.elbo = loss_fn
@@ -123,7 +124,8 @@ class SVIRun:
         self.hooks = list(hooks)
         self.guard = FiniteGuard(self.elbo)
         self.svi = SVI(model, guide, self.optim, loss=loss_fn.loss, loss_and_grads=self.guard)
-        self.rule = WindowRule(float(tol), window, patience)
+        self.rule = make_rule(rule, tol=float(tol), window=window, patience=patience,
+                              z=float(z))
         self.cursor = BatchCursor(batches, track_rng=True)
         self.state = SVIState()
         self._t0 = time.perf_counter()
@@ -219,7 +221,7 @@ class SVIRun:
         return {"step": s.step, "seed": self.seed, "converged": s.converged,
                 "param_store": pyro.get_param_store().get_state(),
                 "optim": self.optim.get_state(), "rng": get_rng_state(),
-                "cursor": self.cursor.state(), "rule": vars(self.rule).copy(),
+                "cursor": self.cursor.state(), "rule": rule_state(self.rule),
                 "history": {"step": s.steps, "loss": s.losses, "seconds": s.seconds,
                             "epoch": s.epochs},
                 "evaluations": s.evaluations}
@@ -235,6 +237,6 @@ class SVIRun:
                               steps=list(h["step"]), losses=list(h["loss"]),
                               seconds=list(h["seconds"]), epochs=list(h["epoch"]),
                               evaluations={k: dict(v) for k, v in saved["evaluations"].items()})
-        self.rule = WindowRule(**saved["rule"])
+        self.rule = restore_rule(saved["rule"])
         self.cursor.restore(saved["cursor"])
         set_rng_state(saved["rng"])

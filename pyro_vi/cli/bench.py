@@ -10,7 +10,7 @@ unchanged (``--quick``, ``--out DIR``, ``--threads N``, ...).
 Examples
 --------
 >>> sorted(SCRIPTS)
-['gmm', 'scaling', 'stochastic', 'svi-overhead', 'time-to-optimum', 'vae']
+['gmm', 'scaling', 'stochastic', 'stopping', 'svi-overhead', 'time-to-optimum', 'vae']
 """
 
 from __future__ import annotations
@@ -25,6 +25,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from types import ModuleType
 
+from pyro_vi.cli.main import plain
+
 __all__ = ["ENV_VAR", "SCRIPTS", "find_benchmarks_dir", "load_script", "main"]
 
 #: benchmark name -> script file in ``benchmarks/``
@@ -35,6 +37,7 @@ SCRIPTS: dict[str, str] = {
     "svi-overhead": "svi_overhead.py",
     "stochastic": "stochastic_vs_batch.py",
     "time-to-optimum": "time_to_optimum.py",
+    "stopping": "stopping_rule.py",
 }
 
 #: environment variable naming the benchmarks folder
@@ -143,7 +146,7 @@ def _usage() -> str:
     names = "\n".join(f"  {k:<16} benchmarks/{v:<24} python -m benchmarks.{Path(v).stem}"
                       for k, v in SCRIPTS.items())
     return (f"usage: pyro-vi bench NAME [--benchmarks-dir DIR] [--quick] [--out DIR] [script options]\n\n"
-            f"benchmarks:\n{names}\n\n{__doc__.split(chr(10) + chr(10))[1]}")
+            f"benchmarks:\n{names}\n\n{plain(__doc__.split(chr(10) + chr(10))[1])}")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -102,7 +102,10 @@ def run_demo(*, out: Path, steps: int | None = None, seed: int = 0, progress: bo
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Command-line entry point of ``pyro-vi demo``."""
-    parser = argparse.ArgumentParser(prog="pyro-vi demo", description=__doc__.splitlines()[0])
+    from pyro_vi.cli.main import HelpFormatter, plain
+
+    parser = argparse.ArgumentParser(prog="pyro-vi demo", description=plain(__doc__.splitlines()[0]),
+                                     formatter_class=HelpFormatter)
     parser.add_argument("--out", type=Path, default=Path("pyro-vi-demo"),
                         help="folder for the figures and the CSV (default: ./pyro-vi-demo)")
     parser.add_argument("--steps", type=int, default=None, help="SVI steps (default per method)")

@@ -46,7 +46,10 @@ def _hidden(text: str) -> tuple[int, ...]:
 
 def build_parser() -> argparse.ArgumentParser:
     """Return the ``pyro-vi vae`` argument parser."""
-    p = argparse.ArgumentParser(prog="pyro-vi vae", description=__doc__.splitlines()[0])
+    from pyro_vi.cli.main import HelpFormatter, plain
+
+    p = argparse.ArgumentParser(prog="pyro-vi vae", description=plain(__doc__.splitlines()[0]),
+                                formatter_class=HelpFormatter)
     p.add_argument("--data", choices=("digits", "mnist"), default="digits",
                    help="digits: scikit-learn's 8x8 (offline); mnist: downloaded and cached")
     p.add_argument("--epochs", type=_positive_int, default=50)

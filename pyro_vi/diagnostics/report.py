@@ -10,6 +10,14 @@ r"""One plain-text trust report for a variational fit (the ``pyro-vi diagnose`` 
 3. **Pareto** :math:`\hat k` (Yao et al. 2018) and what it means, :func:`pyro_vi.psis_diagnostic`.
 4. Optionally, **the worst parameters against NUTS**, :func:`pyro_vi.compare_to_mcmc`.
 
+The two first checks ask different questions and can disagree: the flag is the fit's own
+stopping rule (CAVI: the last sweep's relative gain below ``tol``; SVI: consecutive window
+means within their noise or ``tol``), judged step by step as the fit ran, while flatness looks
+back at the last ``window`` values as a whole. A late jump of a CAVI trace (a plateau, then a
+sweep that finds a better optimum, then convergence) passes the first and fails the second; a
+trace creeping by less than its noise passes the second while a strict ``tol`` still fails the
+first. The report then says so in a ``note:`` line (:func:`disagreement`).
+
 The overall verdict is "do not trust" when :math:`\hat k \ge 0.7`, or when the fit neither
 converged nor has a flat ELBO trace; "use with care" when only one of convergence and
 flatness fails, when :math:`0.5 \le \hat k < 0.7`, or when NUTS disagrees (some
@@ -33,7 +41,7 @@ from pyro_vi.diagnostics.psis import PSISResult, psis_diagnostic
 if TYPE_CHECKING:
     from pyro_vi.results import FitResult
 
-__all__ = ["Diagnosis", "ElboTrend", "diagnose", "elbo_flatness"]
+__all__ = ["Diagnosis", "ElboTrend", "diagnose", "disagreement", "elbo_flatness"]
 
 #: NUTS disagreement thresholds used in the overall verdict.
 MAX_STD_MEAN_DIFF = 0.5
@@ -163,6 +171,32 @@ def _unpack(fit: FitResult | tuple[Any, Any],
     return pyro_model if model is None else model, guide, params, fit
 
 
+def disagreement(converged: bool | None, trend: ElboTrend | None) -> str | None:
+    """Why the convergence flag and the flatness test disagree, or None when they agree.
+
+    Examples
+    --------
+    >>> disagreement(True, ElboTrend(flat=True, trend=0.0, noise=0.1, window=20)) is None
+    True
+    >>> print(disagreement(True, ElboTrend(flat=False, trend=3.0, noise=0.1, window=20)))
+    ... # doctest: +ELLIPSIS
+    'converged' is the fit's own stopping rule, ...
+    """
+    if converged is None or trend is None or converged == trend.flat:
+        return None
+    if converged:
+        return ("'converged' is the fit's own stopping rule, met at its last steps (CAVI: the "
+                "last sweep's gain below tol; SVI: the last windows within noise or tol); "
+                f"'NOT flat' looks back at the last {trend.window} values, over which the ELBO "
+                f"still moved {trend.trend:+.3g} nats (beyond ±{trend.noise:.2g}): a late jump "
+                "or a slow drift that the rule let pass. Run longer or tighten tol before "
+                "trusting the optimum.")
+    return ("'converged: NO' means the fit's own rule was not met within its budget; 'flat' "
+            f"means the last {trend.window} values show no trend beyond their noise "
+            f"(±{trend.noise:.2g} nats): the rule's tol is stricter than the Monte-Carlo noise "
+            "allows, or the budget ended just as the trace settled. More steps would tell.")
+
+
 def _report(fit: FitResult | None, converged: bool | None, trend: ElboTrend | None, psis: PSISResult,
             comparison: MCMCComparison | None, verdict: str, figures: Sequence[Path]) -> str:
     name = fit.method if fit is not None else "guide"
@@ -175,6 +209,9 @@ def _report(fit: FitResult | None, converged: bool | None, trend: ElboTrend | No
         lines.append(f"  ELBO trace: {'flat' if trend.flat else 'NOT flat'} over its last "
                      f"{trend.window} values (trend {trend.trend:+.3g} nats, noise "
                      f"±{trend.noise:.2g})")
+    note = disagreement(converged, trend)
+    if note is not None:
+        lines.append(f"  note:       {note}")
     lines.append(f"  PSIS k-hat: {psis.khat:.2f} ({psis.verdict}) - {psis.message} "
                  f"[{psis.num_samples} draws]")
     if comparison is not None:

@@ -176,3 +176,31 @@ def test_cli_rejects_bad_counts_before_fitting(argv, capsys):
         main(argv)
     assert exc.value.code == 2
     assert argv[0] in capsys.readouterr().err
+
+
+def test_converged_but_not_flat_is_explained_in_the_report():
+    # A CAVI-like trace: a plateau, a late jump of 5 nats, then converged (last gains ~0). The
+    # flag says "converged", the last fifth of the trace holds the jump: the report says why
+    # they differ. When they agree there is no note.
+    y = normal_data()
+    plateau = -50.0 - 5.0 * 0.5 ** np.arange(36)
+    jump = -45.0 - 1e-9 * 0.5 ** np.arange(4)  # in the default window (a fifth: 8 of 40)
+    history = pd.DataFrame({"elbo": np.concatenate([plateau, jump])})
+    fit = FakeResult(param_guide, normal_model, _exact_params(y), history=history, converged=True)
+    d = diagnose(fit, y, num_samples=300, verbose=False)
+    assert "converged:  yes" in d.text
+    assert "ELBO trace: NOT flat" in d.text
+    note = next(line for line in d.text.splitlines() if line.strip().startswith("note:"))
+    assert "stopping rule" in note
+    assert "late jump" in note
+    assert f"last {d.elbo.window}" in note
+    assert d.verdict == "use with care"
+    flat = FakeResult(param_guide, normal_model, _exact_params(y), converged=False,
+                      history=pd.DataFrame({"elbo": np.full(40, -45.0)}))
+    d = diagnose(flat, y, num_samples=300, verbose=False)
+    assert "converged:  NO" in d.text
+    assert "ELBO trace: flat" in d.text
+    assert "not met within its budget" in d.text
+    agree = FakeResult(param_guide, normal_model, _exact_params(y),
+                       history=pd.DataFrame({"elbo": np.full(40, -45.0)}))
+    assert "note:" not in diagnose(agree, y, num_samples=300, verbose=False).text

@@ -343,6 +343,28 @@ def test_nan_elbo_raises_numerical_error_naming_the_iteration(faithful):
         cavi(_NaNLocal(3), faithful, chunk_size=0, max_iter=10, warn=False)
 
 
+class _NaNStats(_NaNLocal):
+    """Sweep 2's local step returns a NaN statistic (N_k) with a finite ELBO."""
+
+    def local_step(self, data, params):
+        out = GaussianMixture.local_step(self, data, params)
+        self.calls[0] += 1
+        if self.calls[0] == 3:
+            nk = out.stats[0].clone()
+            nk[1] = float("nan")
+            return Local((nk, *out.stats[1:]), out.elbo)
+        return out
+
+
+def test_nan_statistics_with_a_finite_elbo_raise_numerical_error_naming_the_statistic(faithful):
+    # The ELBO alone cannot see this: it is finite, and only the next global step would turn
+    # the NaN N_k into NaN parameters. The engine must stop at the sweep that made it.
+    model = _NaNStats(3)
+    with pytest.raises(NumericalError, match="CAVI iteration 2: sufficient statistic 0 is not finite"):
+        cavi(model, faithful, chunk_size=0, max_iter=10, warn=False)
+    assert model.calls[0] == 3  # stopped right there, before another local step
+
+
 class _NoPrepare(GaussianMixture):
     def prepare(self, data):
         raise AssertionError("options must be checked before the data are touched")

@@ -106,3 +106,114 @@ def test_predict_checks_the_input_width():
     fit = cavi(model, (x, y))
     with pytest.raises(ValueError, match="D=6 columns"):
         model.predict(fit.params, torch.ones(2, 3, dtype=F64))
+
+
+# ------------------------------------------------------------------ learned precisions, exactly
+# Informative priors with a0 != b0 and c0 != d0, so that swapping a shape with a rate moves the
+# answer, and N = 12 points in D = 3, so that the posterior spread of w is
+# not negligible: Σ_ii ≈ 0.004 against b_i ≈ 1, so E[w²] = m² + Σ_ii moves b_i by ~2e-3.
+A0, B0, C0, D0 = 2.0, 0.5, 3.0, 0.2
+
+
+def _numpy_mean_field(x, y, n_iter=3000):
+    """Bishop (2006) eqs. 10.93-10.100 with ARD, iterated in numpy from the prior means."""
+    n, d = x.shape
+    xtx, xty, yty = x.T @ x, x.T @ y, y @ y
+    e_alpha, e_beta = np.full(d, A0 / B0), C0 / D0
+    for _ in range(n_iter):
+        cov = np.linalg.inv(np.diag(e_alpha) + e_beta * xtx)
+        m = e_beta * cov @ xty
+        second = cov + np.outer(m, m)
+        a, b = A0 + 0.5, B0 + 0.5 * np.diag(second)
+        c, dd = C0 + 0.5 * n, D0 + 0.5 * (yty - 2 * m @ xty + (xtx * second).sum())
+        e_alpha, e_beta = a / b, c / dd
+    return m, cov, np.full(d, a), b, c, dd
+
+
+def _numpy_elbo(x, y, m, cov, a, b, c, dd):
+    """E_q[log p(y, w, α, β)] + H[q] term by term, with scipy's Gamma entropy."""
+    from scipy.special import digamma, gammaln
+    from scipy.stats import gamma
+
+    n, d = x.shape
+    e_la, e_a, e_lb, e_b = digamma(a) - np.log(b), a / b, digamma(c) - np.log(dd), c / dd
+    e_w2 = m**2 + np.diag(cov)
+    sq = ((y - x @ m) ** 2).sum() + np.einsum("nd,de,ne->", x, cov, x)
+    lik = 0.5 * n * (e_lb - np.log(2 * np.pi)) - 0.5 * e_b * sq
+    p_w = (0.5 * (e_la - np.log(2 * np.pi)) - 0.5 * e_a * e_w2).sum()
+    p_a = (A0 * np.log(B0) - gammaln(A0) + (A0 - 1) * e_la - B0 * e_a).sum()
+    p_b = C0 * np.log(D0) - gammaln(C0) + (C0 - 1) * e_lb - D0 * e_b
+    h_w = 0.5 * np.linalg.slogdet(2 * np.pi * np.e * cov)[1]
+    h = gamma(a, scale=1 / b).entropy().sum() + gamma(c, scale=1 / dd).entropy()
+    return lik + p_w + p_a + p_b + h_w + h
+
+
+def _fixed_point_error(model, x, y):
+    """Largest relative gap between a CAVI fit and the numpy mean-field solution and ELBO."""
+    # monotone_rtol=1e300 switches the engine's ELBO-decrease guard off: this check alone
+    # must catch a wrong update.
+    fit = cavi(model, (x, y), max_iter=400, tol=0.0, monotone_rtol=1e300, warn=False)
+    p = fit.params
+    got = (p.weights.mean(), p.weights.covariance(), p.weight_precision.concentration,
+           p.weight_precision.rate, p.noise_precision.concentration, p.noise_precision.rate)
+    want = _numpy_mean_field(x.numpy(), y.numpy())
+    gaps = [np.max(np.abs(np.asarray(g) - w) / np.abs(w).max()) for g, w in zip(got, want, strict=True)]
+    gaps.append(abs(fit.elbo - _numpy_elbo(x.numpy(), y.numpy(), *want)) / abs(fit.elbo))
+    return max(gaps)
+
+
+def _ard_model(cls=BayesianLinearRegression):
+    return cls(weight_precision_concentration=A0, weight_precision_rate=B0,
+               noise_precision_concentration=C0, noise_precision_rate=D0)
+
+
+def test_learned_precisions_are_the_exact_mean_field_fixed_point():
+    # Both sides iterate the same contraction from the same start and have converged long
+    # before 400 sweeps (more sweeps on either side change no digit). The observed gap is
+    # 2.5e-10 (the covariance, ~1e-12 absolute; the ELBO agrees to 1e-16), so 1e-8 is safe,
+    # while each wrong update below moves some parameter by more than 1e-3 relative.
+    x, y = synthetic(12, seed=4, w=W_TRUE[:3])
+    assert _fixed_point_error(_ard_model(), x, y) < 1e-8
+
+
+class _WrongUpdate(BayesianLinearRegression):
+    """The issue's four wrong updates, applied on top of the right global step."""
+
+    def __init__(self, wrong: str, **kwargs):
+        super().__init__(**kwargs)
+        self.wrong = wrong
+
+    def global_step(self, stats, params):
+        from pyro_vi.factors import Gamma
+
+        out = super().global_step(stats, params)
+        qa, qb, qw = out.weight_precision, out.noise_precision, out.weights
+        cov = qw.covariance()
+        if self.wrong == "a0 + 1":
+            qa = Gamma(qa.concentration + 0.5, qa.rate)
+        elif self.wrong == "c0 + (N - 1)/2":
+            qb = Gamma(qb.concentration - 0.5, qb.rate)
+        elif self.wrong == "E[w2] = m2 in b":
+            qa = Gamma(qa.concentration, qa.rate - 0.5 * torch.diagonal(cov))
+        elif self.wrong == "E[w2] = m2 in d":
+            qb = Gamma(qb.concentration, qb.rate - 0.5 * (stats[1] * cov).sum())
+        return type(out)(qw, qa, qb)
+
+
+@pytest.mark.parametrize("wrong", ["a0 + 1", "c0 + (N - 1)/2", "E[w2] = m2 in b",
+                                   "E[w2] = m2 in d", "a0 <-> b0 in the prior"])
+def test_the_fixed_point_check_has_power_against_wrong_updates(wrong):
+    # The test above is only worth something if it fails for the updates the guard used to be
+    # the only defence against (issue 18); a swapped prior moves the ELBO (its KL terms).
+    x, y = synthetic(12, seed=4, w=W_TRUE[:3])
+    if wrong == "a0 <-> b0 in the prior":
+        model = BayesianLinearRegression(weight_precision_concentration=B0,
+                                         weight_precision_rate=A0,
+                                         noise_precision_concentration=C0,
+                                         noise_precision_rate=D0)
+        model.global_step = lambda s, p: BayesianLinearRegression.global_step(  # type: ignore
+            _ard_model(), s, p)
+    else:
+        model = _WrongUpdate(wrong, weight_precision_concentration=A0, weight_precision_rate=B0,
+                             noise_precision_concentration=C0, noise_precision_rate=D0)
+    assert _fixed_point_error(model, x, y) > 1e-3

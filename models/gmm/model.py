@@ -237,24 +237,31 @@ class GaussianMixture(ConjugateModel[Tensor, GMMParams, Stats]):
                 raise ValueError(f"init responsibilities must be ({data.shape[0]}, "
                                  f"{self.n_components}), non-negative, rows summing to 1")
         else:
-            r = initial_responsibilities(data, self.n_components, method=init, generator=generator)
+            # k-means++ on the centred data: its distances expand |x|^2 - 2x.c + |c|^2, which
+            # at an offset of 1e8 spreads would cancel to noise (the seeding is translation-free).
+            r = initial_responsibilities(self._centre(data), self.n_components, method=init,
+                                         generator=generator)
         # in row chunks, as local_pass does: one pass over all rows would build an N·K·D temporary.
         # Running sums, not a list of per-chunk results: small tensors kept alive between the
         # chunks' large temporaries fragmented glibc's heap (RSS grew by a temporary per chunk).
         rows = max(1024, DEFAULT_CHUNK_BYTES // max(1, self.local_bytes_per_point(data)))
-        total = self._stats(data[:rows], r[:rows])
+        total = self._stats(self._centre(data[:rows]), r[:rows])
         for i in range(rows, data.shape[0], rows):
-            part = self._stats(data[i:i + rows], r[i:i + rows])
+            part = self._stats(self._centre(data[i:i + rows]), r[i:i + rows])
             total = tuple(a + b for a, b in zip(total, part, strict=True))
         return total
 
-    def _stats(self, x: Tensor, r: Tensor) -> Stats:
-        r""":math:`N_k, \sum_n r_{nk}(x_n - m_0), \sum_n r_{nk}(x_n-m_0)(x_n-m_0)^T` (Bishop 10.51–10.53).
+    def _centre(self, x: Tensor) -> Tensor:
+        """``x - m0``: every statistic and quadratic form is computed in these coordinates."""
+        return x - self._hyperparams().mean_prior
 
-        Centred on the prior mean :math:`m_0` (a constant), which keeps the scatter matrices
-        well conditioned; diag keeps only the squared deviations.
+    def _stats(self, x0: Tensor, r: Tensor) -> Stats:
+        r""":math:`N_k, \sum_n r_{nk}x'_n, \sum_n r_{nk}x'_n x'^T_n` (Bishop 10.51–10.53), :math:`x' = x - m_0`.
+
+        ``x0`` is the data centred on the prior mean :math:`m_0` (a constant,
+        :meth:`_centre`), which keeps the scatter matrices well conditioned whatever the
+        data's offset; diag keeps only the squared deviations.
         """
-        x0 = x - self._hyperparams().mean_prior
         n, d = x0.shape
         k = r.shape[1]
         nk = r.sum(0)
@@ -272,17 +279,27 @@ class GaussianMixture(ConjugateModel[Tensor, GMMParams, Stats]):
         .. math::
             \log\rho_{nk} = E[\log\pi_k] + \tfrac12 E[\log|\Lambda_k|] - \tfrac{D}{2}\log 2\pi
                 - \tfrac12 E_{\mu_k,\Lambda_k}[(x_n-\mu_k)^T\Lambda_k(x_n-\mu_k)]
+
+        The quadratic form is evaluated in coordinates centred on the prior mean
+        :math:`m_0`, :math:`x_n - \mu_k = (x_n - m_0) - (\mu_k - m_0)`, so a large common
+        offset of the data (epoch seconds, Kelvin) cancels exactly once, in :meth:`_centre`.
         """
+        return self._log_rho_centred(self._centre(x), params)
+
+    def _log_rho_centred(self, x0: Tensor, params: GMMParams) -> Tensor:
+        """:meth:`log_rho` of data already centred on the prior mean (``x0 = x - m0``)."""
         comp = params.components
-        d = x.shape[1]
+        d = x0.shape[1]
+        mc = comp.loc - self._hyperparams().mean_prior  # component means relative to m0
         if isinstance(comp, NormalWishart):
             logdet = comp.precision.expected_logdet()
-            maha = comp.expected_mahalanobis(x)
+            shifted = NormalWishart(mc, comp.precision_scale, comp.scale_tril, comp.df)
+            maha = shifted.expected_mahalanobis(x0)
         else:
             logdet = comp.precision.expected_log().sum(-1)
             e_lam = comp.concentration / comp.rate  # (K, D)
-            maha = ((x * x) @ e_lam.T - 2.0 * x @ (e_lam * comp.loc).T
-                    + (e_lam * comp.loc**2 + 1.0 / comp.precision_scale).sum(-1))
+            maha = ((x0 * x0) @ e_lam.T - 2.0 * x0 @ (e_lam * mc).T
+                    + (e_lam * mc**2 + 1.0 / comp.precision_scale).sum(-1))
         return params.weights.expected_log() + 0.5 * logdet - 0.5 * d * _LOG_2PI - 0.5 * maha
 
     def responsibilities(self, x: Tensor, params: GMMParams) -> Tensor:
@@ -295,8 +312,9 @@ class GaussianMixture(ConjugateModel[Tensor, GMMParams, Stats]):
         With :math:`q(z)` at its optimum, the data terms of the ELBO (Bishop eqs. 10.71, 10.72,
         10.75) collapse to :math:`\sum_n \log \sum_k \rho_{nk}`.
         """
-        log_rho = self.log_rho(data, params)
-        return Local(self._stats(data, torch.softmax(log_rho, -1)), torch.logsumexp(log_rho, -1).sum())
+        x0 = self._centre(data)
+        log_rho = self._log_rho_centred(x0, params)
+        return Local(self._stats(x0, torch.softmax(log_rho, -1)), torch.logsumexp(log_rho, -1).sum())
 
     def global_step(self, stats: Stats, params: GMMParams | None) -> GMMParams:
         r"""Closed-form updates of :math:`q(\pi)` and :math:`q(\mu_k,\Lambda_k)`.

@@ -74,6 +74,25 @@ class Gamma(ExpFamFactor):
     def expected_log_base_measure(self) -> Tensor:
         return torch.zeros_like(self.concentration)
 
+    def entropy(self) -> Tensor:
+        r""":math:`H = a - \log b + \log\Gamma(a) + (1 - a)\psi(a)` (Bishop 2006, eq. B.31)."""
+        a = self.concentration
+        return a - torch.log(self.rate) + torch.lgamma(a) + (1.0 - a) * torch.digamma(a)
+
+    def kl(self, prior: ExpFamFactor) -> Tensor:
+        r"""Closed form with the rates as one ratio, so scaling both rates cancels exactly.
+
+        .. math::
+            \mathrm{KL}(q\|p) = (a - a_0)\psi(a) - \log\Gamma(a) + \log\Gamma(a_0)
+                + a_0 \log\frac{b}{b_0} + a\Big(\frac{b_0}{b} - 1\Big)
+        """
+        self._check_same_family(prior)
+        assert isinstance(prior, Gamma)
+        a, a0 = self.concentration, prior.concentration
+        ratio = prior.rate / self.rate
+        return ((a - a0) * torch.digamma(a) - torch.lgamma(a) + torch.lgamma(a0)
+                - a0 * torch.log(ratio) + a * (ratio - 1.0))
+
     def to_distribution(self) -> td.Gamma:
         """The same law as a :class:`torch.distributions.Gamma` (elementwise batch)."""
         return td.Gamma(self.concentration, self.rate)
@@ -156,6 +175,34 @@ class NormalGamma(ExpFamFactor):
         The diagonal counterpart of Bishop (2006, eq. 10.64).
         """
         return 1.0 / self.precision_scale + self.concentration / self.rate * (x - self.loc) ** 2
+
+    def entropy(self) -> Tensor:
+        r""":math:`H[q(\lambda)] + \tfrac12\big(1 + \log 2\pi - \log\beta - E[\log\lambda]\big)`.
+
+        The chain rule of entropy, :math:`H[\lambda] + E_\lambda H[\mu|\lambda]`: no
+        :math:`\beta m^2` terms to cancel, unlike the natural-parameter form.
+        """
+        gam = self.precision
+        return gam.entropy() + 0.5 * (1.0 + math.log(2 * math.pi) - torch.log(self.precision_scale)
+                                      - gam.expected_log())
+
+    def kl(self, prior: ExpFamFactor) -> Tensor:
+        r"""Centred closed form: the Gammas' KL plus the expected KL of the conditional Normals.
+
+        .. math::
+            \mathrm{KL}(q\|p) = \mathrm{KL}(\mathrm{Gam}(a,b)\|\mathrm{Gam}(a_0,b_0))
+                + \tfrac12\Big(\frac{\beta_0}{\beta} - 1 + \log\frac{\beta}{\beta_0}
+                + \beta_0\frac{a}{b}(m - m_0)^2\Big)
+
+        (the chain rule of KL). The natural-parameter form cancels :math:`\beta m^2 a/b` terms
+        and loses every digit once :math:`|m|` is :math:`10^8` times the spread.
+        """
+        self._check_same_family(prior)
+        assert isinstance(prior, NormalGamma)
+        ratio = prior.precision_scale / self.precision_scale
+        cond = 0.5 * (ratio - 1.0 - torch.log(ratio) + prior.precision_scale * self.concentration
+                      / self.rate * (self.loc - prior.loc).square())
+        return self.precision.kl(prior.precision) + cond
 
     def marginal_loc_variance(self) -> Tensor:
         r""":math:`\mathrm{Var}[\mu] = b / (\beta (a - 1))`, the variance of :math:`\mu`'s marginal.

@@ -92,6 +92,27 @@ class Normal(ExpFamFactor):
         """E_q[log h], shape ``batch_shape``."""
         return torch.full_like(self.loc, -0.5 * _LOG_2PI)
 
+    def entropy(self) -> Tensor:
+        r""":math:`H = \tfrac12(1 + \log 2\pi - \log\lambda)`, free of the location.
+
+        The natural-parameter form :math:`A - \langle\eta, E[T]\rangle` cancels
+        :math:`\lambda m^2` terms: at :math:`|m| \gg \lambda^{-1/2}` it loses every digit.
+        """
+        return 0.5 * (1.0 + _LOG_2PI) - 0.5 * torch.log(self.precision)
+
+    def kl(self, prior: ExpFamFactor) -> Tensor:
+        r"""Centred closed form (Bishop 2006, eq. 1.113 for two Normals; no cancellation).
+
+        .. math::
+            \mathrm{KL}(q\|p) = \tfrac12\Big(\frac{\lambda_p}{\lambda_q} - 1
+                + \log\frac{\lambda_q}{\lambda_p} + \lambda_p (m_q - m_p)^2\Big)
+        """
+        self._check_same_family(prior)
+        assert isinstance(prior, Normal)
+        ratio = prior.precision / self.precision
+        return 0.5 * (ratio - 1.0 - torch.log(ratio)
+                      + prior.precision * (self.loc - prior.loc).square())
+
     def to_distribution(self) -> td.Normal:
         """Return the same law as a :class:`torch.distributions.Normal` (loc, scale)."""
         return td.Normal(self.loc, self.precision.rsqrt())
@@ -204,6 +225,32 @@ class MultivariateNormal(ExpFamFactor):
         """E_q[log h], shape ``batch_shape``."""
         return torch.full(self.batch_shape, -0.5 * self.dim * _LOG_2PI,
                           dtype=self.loc.dtype, device=self.loc.device)
+
+    def entropy(self) -> Tensor:
+        r""":math:`H = \tfrac D2(1 + \log 2\pi) - \tfrac12\log|\Lambda|`, free of the location."""
+        half_logdet = torch.log(torch.diagonal(self.precision_tril, dim1=-2, dim2=-1)).sum(-1)
+        return 0.5 * self.dim * (1.0 + _LOG_2PI) - half_logdet
+
+    def kl(self, prior: ExpFamFactor) -> Tensor:
+        r"""Centred closed form through the Cholesky factors (no cancellation).
+
+        .. math::
+            \mathrm{KL}(q\|p) = \tfrac12\Big(\lVert L_q^{-1} L_p\rVert_F^2 - D
+                + \lVert L_p^T (m_q - m_p)\rVert^2
+                + 2\sum_i \log\frac{(L_q)_{ii}}{(L_p)_{ii}}\Big),
+
+        i.e. :math:`\tfrac12(\mathrm{tr}(\Lambda_p\Sigma_q) - D + (m_q-m_p)^T\Lambda_p(m_q-m_p)
+        + \log|\Lambda_q|/|\Lambda_p|)` (Bishop 2006, eq. 2.155 ff.); :math:`L_q^{-1}L_p` is
+        lower triangular, so its diagonal gives the log-determinant ratio directly.
+        """
+        self._check_same_family(prior)
+        assert isinstance(prior, MultivariateNormal)
+        lq, lp = torch.broadcast_tensors(self.precision_tril, prior.precision_tril)
+        ratio = torch.linalg.solve_triangular(lq, lp, upper=False)
+        diff = (self.loc - prior.loc).unsqueeze(-1)
+        quad = (lp.transpose(-1, -2) @ diff).squeeze(-1).square().sum(-1)
+        log_ratio = torch.log(torch.diagonal(ratio, dim1=-2, dim2=-1)).sum(-1)
+        return 0.5 * (ratio.square().sum((-2, -1)) - self.dim + quad) - log_ratio
 
     def to_distribution(self) -> td.MultivariateNormal:
         """Return the same law as a :class:`torch.distributions.MultivariateNormal`."""

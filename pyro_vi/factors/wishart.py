@@ -134,6 +134,31 @@ class Wishart(ExpFamFactor):
     def expected_log_base_measure(self) -> Tensor:
         return torch.zeros_like(self.df)
 
+    def kl(self, prior: ExpFamFactor) -> Tensor:
+        r"""Closed form through :math:`M = L_0^{-1} L` (lower triangular; :math:`W = LL^T`).
+
+        .. math::
+            \mathrm{KL}(q\|p) = \tfrac{\nu}{2}\big(\lVert M\rVert_F^2 - D\big)
+                - \nu_0 \sum_i \log M_{ii} + \log\Gamma_D(\tfrac{\nu_0}{2})
+                - \log\Gamma_D(\tfrac{\nu}{2}) + \tfrac{\nu - \nu_0}{2}\,\psi_D(\tfrac{\nu}{2}),
+
+        with :math:`\lVert M\rVert_F^2 = \mathrm{tr}(W_0^{-1}W)`,
+        :math:`2\sum_i\log M_{ii} = \log|W_0^{-1}W|` and :math:`\psi_D` the multivariate
+        digamma. Scaling both :math:`W` and :math:`W_0` leaves :math:`M` unchanged.
+        """
+        self._check_same_family(prior)
+        assert isinstance(prior, Wishart)
+        d = self.dim
+        l0, lq = torch.broadcast_tensors(prior.scale_tril, self.scale_tril)
+        m = torch.linalg.solve_triangular(l0, lq, upper=False)
+        nu, nu0 = self.df, prior.df
+        i = torch.arange(1, d + 1, dtype=nu.dtype, device=nu.device)
+        psi = torch.digamma(0.5 * (nu.unsqueeze(-1) + 1.0 - i)).sum(-1)
+        log_diag = torch.log(torch.diagonal(m, dim1=-2, dim2=-1)).sum(-1)
+        return (0.5 * nu * (m.square().sum((-2, -1)) - d) - nu0 * log_diag
+                + torch.mvlgamma(0.5 * nu0, p=d) - torch.mvlgamma(0.5 * nu, p=d)
+                + 0.5 * (nu - nu0) * psi)
+
     def to_distribution(self) -> td.Wishart:
         """The same law as a :class:`torch.distributions.Wishart`."""
         return td.Wishart(df=self.df, scale_tril=self.scale_tril)
@@ -261,6 +286,37 @@ class NormalWishart(ExpFamFactor):
 
     def expected_log_base_measure(self) -> Tensor:
         return torch.full_like(self.df, -0.5 * self.dim * math.log(2 * math.pi))
+
+    def entropy(self) -> Tensor:
+        r""":math:`H[q(\Lambda)] + \tfrac D2(1 + \log 2\pi - \log\beta) - \tfrac12 E[\log|\Lambda|]`.
+
+        The chain rule of entropy: no :math:`\beta\, m^T\Lambda m` terms to cancel.
+        """
+        wish = self.precision
+        return (wish.entropy() + 0.5 * self.dim * (1.0 + math.log(2 * math.pi)
+                                                   - torch.log(self.precision_scale))
+                - 0.5 * wish.expected_logdet())
+
+    def kl(self, prior: ExpFamFactor) -> Tensor:
+        r"""Centred closed form: the Wisharts' KL plus the expected KL of the conditional Normals.
+
+        .. math::
+            \mathrm{KL}(q\|p) = \mathrm{KL}(\mathcal{W}(W,\nu)\|\mathcal{W}(W_0,\nu_0))
+                + \tfrac12\Big(D\frac{\beta_0}{\beta} - D + D\log\frac{\beta}{\beta_0}
+                + \beta_0\,\nu\,(m - m_0)^T W (m - m_0)\Big)
+
+        (the chain rule of KL, with :math:`E[\Lambda] = \nu W`). The natural-parameter form
+        cancels :math:`\beta\,\nu\, m^T W m` terms: shifting a fitted solution by
+        :math:`10^8` moved it by about 200 nats.
+        """
+        self._check_same_family(prior)
+        assert isinstance(prior, NormalWishart)
+        d = self.dim
+        ratio = prior.precision_scale / self.precision_scale
+        proj = (self.scale_tril.transpose(-1, -2) @ (self.loc - prior.loc).unsqueeze(-1)).squeeze(-1)
+        cond = 0.5 * (d * (ratio - 1.0 - torch.log(ratio))
+                      + prior.precision_scale * self.df * proj.square().sum(-1))
+        return self.precision.kl(prior.precision) + cond
 
     def expected_mahalanobis(self, x: Tensor) -> Tensor:
         r""":math:`E[(x_n-\mu_k)^T\Lambda_k(x_n-\mu_k)] = D/\beta_k + \nu_k (x_n-m_k)^T W_k (x_n-m_k)`.

@@ -22,6 +22,7 @@ Pyro sites: ``mu``, ``tau``, ``theta`` and ``obs`` in plate ``groups``.
 
 from __future__ import annotations
 
+import copy
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -32,8 +33,8 @@ import torch
 from pyro.distributions import constraints
 from torch import Tensor
 
-from pyro_vi._checks import as_vector, check_finite, check_positive
-from pyro_vi.cavi.model import ConjugateModel, Local, Stats
+from pyro_vi._checks import as_vector, check_finite, check_positive, check_spread
+from pyro_vi.cavi.model import ConjugateModel, Local, Stats, data_roundoff
 from pyro_vi.factors import Gamma, Normal
 
 __all__ = ["HierarchicalNormal", "HierarchicalParams"]
@@ -86,6 +87,9 @@ class HierarchicalNormal(ConjugateModel[tuple[Tensor, Tensor], HierarchicalParam
         self.precision_concentration = check_positive("precision_concentration",
                                                       precision_concentration)
         self.precision_rate = check_positive("precision_rate", precision_rate)
+        #: The point the statistics are centred on: the prior mean until :meth:`prepare` sets
+        #: it to the mean of ``y``, so raw-unit data keep their digits.
+        self.origin = self.mean_prior
 
     def prior_params(self) -> HierarchicalParams:
         r"""The priors :math:`N(m_0, s_0^2)` and :math:`\mathrm{Gam}(a_0, b_0)` as factors.
@@ -108,7 +112,11 @@ class HierarchicalNormal(ConjugateModel[tuple[Tensor, Tensor], HierarchicalParam
             raise ValueError(f"y and sigma differ in length: {y.shape[0]} vs {sigma.shape[0]}")
         if (sigma <= 0).any():
             raise ValueError("sigma must be > 0 (known observation sds)")
-        return self, (y, sigma)
+        check_spread("y", y)
+        check_spread("sigma", sigma, centre=False)
+        new = copy.copy(self)
+        new.origin = float(y.mean())
+        return new, (y, sigma)
 
     def local_factors(self, data: tuple[Tensor, Tensor], params: HierarchicalParams) -> Normal:
         r"""Optimal :math:`q(\theta_j)`, batch ``(J,)`` (Bishop 2006, eq. 10.9 for this model).
@@ -122,12 +130,14 @@ class HierarchicalNormal(ConjugateModel[tuple[Tensor, Tensor], HierarchicalParam
         prec = sigma**-2 + e_tau
         return Normal((y * sigma**-2 + e_tau * params.mean.mean()) / prec, precision=prec)
 
-    @staticmethod
-    def _stats(q_theta: Normal) -> Stats:
-        r""":math:`(J, \sum_j E[\theta_j], \sum_j E[\theta_j^2])`."""
-        m = q_theta.loc
+    def _stats(self, q_theta: Normal) -> Stats:
+        r""":math:`(J, \sum_j E[\theta_j - c], \sum_j E[(\theta_j - c)^2])`, :math:`c` = :attr:`origin`.
+
+        Centred, so no sum of squares of raw values has to cancel in the global step.
+        """
+        m = q_theta.loc - self.origin
         j = torch.tensor(float(m.shape[0]), dtype=m.dtype, device=m.device)
-        return (j, m.sum(), q_theta.second_moment().sum())
+        return (j, m.sum(), (m.square() + q_theta.variance()).sum())
 
     def init_stats(self, data: tuple[Tensor, Tensor], *, generator: torch.Generator) -> Stats:
         r"""Return statistics of :math:`q(\theta_j) = N(y_j, \sigma_j^2)` (a deterministic start)."""
@@ -146,9 +156,13 @@ class HierarchicalNormal(ConjugateModel[tuple[Tensor, Tensor], HierarchicalParam
         q_mu, q_tau = params.mean, params.precision
         lik = -0.5 * (_LOG_2PI + 2.0 * torch.log(sigma)) - ((y - q.loc) ** 2 + q.variance()) / (
             2.0 * sigma**2)
-        e_sq = q.second_moment() - 2.0 * q.loc * q_mu.mean() + q_mu.second_moment()
+        e_sq = (q.loc - q_mu.loc) ** 2 + q.variance() + q_mu.variance()  # E[(θ_j - μ)^2]
         prior = 0.5 * (q_tau.expected_log() - _LOG_2PI) - 0.5 * q_tau.mean() * e_sq
         return Local(self._stats(q), (lik + prior + q.entropy()).sum())
+
+    def elbo_roundoff(self, data: tuple[Tensor, Tensor]) -> float | None:
+        """The contract's estimate for the data centred on :attr:`origin`, as the statistics are."""
+        return data_roundoff((data[0] - self.origin, data[1]))
 
     def global_step(self, stats: Stats, params: HierarchicalParams | None) -> HierarchicalParams:
         r"""One sweep: :math:`q(\mu)` given the previous :math:`E[\tau]`, then :math:`q(\tau)`.
@@ -165,9 +179,11 @@ class HierarchicalNormal(ConjugateModel[tuple[Tensor, Tensor], HierarchicalParam
         a0, b0 = self.precision_concentration, self.precision_rate
         m0, s0 = self.mean_prior, self.mean_scale
         e_tau = params.precision.mean() if params is not None else self._t(a0 / b0)
+        c = self.origin
         prec = s0**-2 + j * e_tau
-        q_mu = Normal((m0 * s0**-2 + e_tau * s1) / prec, precision=prec)
-        rate = b0 + 0.5 * (s2 - 2.0 * q_mu.loc * s1 + j * q_mu.second_moment())
+        mc = ((m0 - c) * s0**-2 + e_tau * s1) / prec  # m_mu - c (statistics centred on c)
+        q_mu = Normal(c + mc, precision=prec)
+        rate = b0 + 0.5 * (s2 - 2.0 * mc * s1 + j * (mc * mc + q_mu.variance()))
         return HierarchicalParams(q_mu, Gamma(a0 + 0.5 * j * torch.ones_like(rate), rate))
 
     def summary_sites(self, params: HierarchicalParams, *data: Any) -> dict[str, Any]:

@@ -16,6 +16,7 @@ Pyro sites: ``precision`` (:math:`\tau`), ``loc`` (:math:`\mu`), ``obs`` in plat
 
 from __future__ import annotations
 
+import copy
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -26,8 +27,8 @@ import torch
 from pyro.distributions import constraints
 from torch import Tensor
 
-from pyro_vi._checks import as_vector, check_finite, check_positive
-from pyro_vi.cavi.model import ConjugateModel, Local, Stats
+from pyro_vi._checks import as_vector, check_finite, check_positive, check_spread
+from pyro_vi.cavi.model import ConjugateModel, Local, Stats, data_roundoff
 from pyro_vi.factors import Gamma, Normal
 
 __all__ = ["NormalParams", "UnivariateNormal"]
@@ -78,6 +79,9 @@ class UnivariateNormal(ConjugateModel[Tensor, NormalParams, Stats]):
         self.precision_concentration = check_positive("precision_concentration",
                                                       precision_concentration)
         self.precision_rate = check_positive("precision_rate", precision_rate)
+        #: The point the statistics are centred on: the prior mean until :meth:`prepare` sets
+        #: it to the data mean, so raw-unit data (an offset of 1e9 spreads) keep their digits.
+        self.origin = self.mean_prior
 
     def prior_params(self) -> NormalParams:
         r"""The prior as factors: :math:`p(\tau) = \mathrm{Gam}(a_0, b_0)` and one for :math:`\mu`.
@@ -93,12 +97,20 @@ class UnivariateNormal(ConjugateModel[Tensor, NormalParams, Stats]):
 
     # -------------------------------------------------------------------- CAVI methods
     def prepare(self, data: Any) -> tuple[UnivariateNormal, Tensor]:
-        """Validate ``data``: a finite, non-empty 1-D float array ``x``."""
-        return self, as_vector(data, "x", dtype=self.dtype, device=self.device)
+        r"""Validate ``data`` (a finite, non-empty 1-D float array ``x``); centre on its mean.
+
+        Returns a copy whose :attr:`origin` is the data mean: the statistics are sums of
+        :math:`x_n - \bar x`, so no sum of squares of raw values has to cancel.
+        """
+        x = as_vector(data, "x", dtype=self.dtype, device=self.device)
+        check_spread("x", x)
+        new = copy.copy(self)
+        new.origin = float(x.mean())
+        return new, x
 
     def _stats(self, x: Tensor) -> Stats:
-        r""":math:`(N, \sum_n (x_n-\mu_0), \sum_n (x_n-\mu_0)^2)`, centred on :math:`\mu_0`."""
-        xc = x - self.mean_prior
+        r""":math:`(N, \sum_n (x_n-c), \sum_n (x_n-c)^2)`, centred on :math:`c` = :attr:`origin`."""
+        xc = x - self.origin
         return (torch.tensor(float(x.shape[0]), dtype=x.dtype, device=x.device), xc.sum(),
                 xc.square().sum())
 
@@ -119,6 +131,10 @@ class UnivariateNormal(ConjugateModel[Tensor, NormalParams, Stats]):
         elbo = 0.5 * n * (q_tau.expected_log() - _LOG_2PI) - 0.5 * q_tau.mean() * sq
         return Local(self._stats(data), elbo)
 
+    def elbo_roundoff(self, data: Tensor) -> float | None:
+        """The contract's estimate for the data centred on :attr:`origin`, as the statistics are."""
+        return data_roundoff(data - self.origin)
+
     def global_step(self, stats: Stats, params: NormalParams | None) -> NormalParams:
         r"""One sweep: :math:`q(\mu)` given the previous :math:`E[\tau]`, then :math:`q(\tau)`.
 
@@ -136,10 +152,13 @@ class UnivariateNormal(ConjugateModel[Tensor, NormalParams, Stats]):
         e_tau = (params.precision.mean() if params is not None
                  else self._t(self.precision_concentration / self.precision_rate))
         lam0 = self.mean_precision
-        d = s1 / (lam0 + n)  # m_N - μ0
-        q_mu = Normal(self.mean_prior + d, precision=(lam0 + n) * e_tau)
+        c = self.origin
+        prior_off = self.mean_prior - c  # μ0 - c
+        d = (lam0 * prior_off + s1) / (lam0 + n)  # m_N - c
+        q_mu = Normal(c + d, precision=(lam0 + n) * e_tau)
         v = q_mu.variance()
-        expected_sq = s2 - 2.0 * d * s1 + n * (d * d + v) + lam0 * (d * d + v)
+        expected_sq = (s2 - 2.0 * d * s1 + n * (d * d + v)
+                       + lam0 * ((d - prior_off) ** 2 + v))
         conc = self.precision_concentration + 0.5 * (n + 1.0)
         rate = self.precision_rate + 0.5 * expected_sq
         return NormalParams(q_mu, Gamma(conc * torch.ones_like(rate), rate))

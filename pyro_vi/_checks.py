@@ -37,6 +37,7 @@ __all__ = [
     "as_vector",
     "check_bool",
     "check_callable",
+    "check_device",
     "check_dtype",
     "check_finite",
     "check_int",
@@ -44,6 +45,7 @@ __all__ = [
     "check_positive",
     "check_real",
     "check_seed",
+    "check_spread",
 ]
 
 
@@ -136,6 +138,57 @@ def check_dtype(name: str, value: Any) -> torch.dtype:
     if not value.is_floating_point:
         raise ValueError(f"{name} must be a floating dtype, got {value}")
     return value
+
+
+def check_device(name: str, value: Any) -> torch.device | None:
+    """None or a device torch knows *and can use here*: ``"cuda"`` without CUDA is a ValueError.
+
+    Strings and :class:`torch.device` are accepted; anything else is a ``TypeError``.
+    """
+    if value is None:
+        return None
+    if not isinstance(value, str | torch.device):
+        raise TypeError(f"{name} must be a torch.device or a string such as 'cpu', "
+                        f"got {_kind(value)}")
+    try:
+        dev = torch.device(value)
+    except RuntimeError as err:
+        raise ValueError(f"{name} must name a torch device such as 'cpu' or 'cuda:0', "
+                         f"got {value!r}") from err
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"{name}={value!r} but CUDA is not available here "
+                             "(torch.cuda.is_available() is False); use 'cpu'")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ValueError(f"{name}={value!r} but only {torch.cuda.device_count()} CUDA "
+                             "device(s) exist")
+    elif dev.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"{name}={value!r} but MPS is not available here; use 'cpu'")
+    return dev
+
+
+def check_spread(name: str, x: Tensor, *, centre: bool = True) -> None:
+    """Check that squares of ``x``'s deviations (from its column means) neither overflow nor vanish.
+
+    CAVI's statistics are sums of squared deviations. Data whose squares overflow (values
+    ~1e300 in float64) or underflow (spreads ~1e-160) cannot be fitted in ``x``'s dtype; the
+    ``ValueError`` names ``name`` and says to rescale, instead of blaming a prior derived from
+    it. ``centre=False`` checks the raw values (quantities whose squares are used as they are).
+    """
+    info = torch.finfo(x.dtype)
+    n = max(1, x.shape[0])
+    dev = x - x.mean(0) if centre else x
+    big = float(dev.abs().max())
+    what = "deviations from the mean" if centre else "values"
+    if not math.isfinite(big) or big > math.sqrt(info.max / n):
+        raise ValueError(
+            f"{name} is too large for {x.dtype}: its {what} reach {big:.3g}, so their squares "
+            f"(summed over {n} rows) overflow; rescale {name} (e.g. divide by its standard "
+            "deviation) and transform the fit back")
+    if 0.0 < big < math.sqrt(info.tiny) / info.eps:
+        raise ValueError(
+            f"{name} is too small for {x.dtype}: its {what} are at most {big:.3g}, so their "
+            f"squares underflow; rescale {name} (e.g. divide by its standard deviation)")
 
 
 def as_vector(x: Any, name: str, *, dtype: torch.dtype = torch.float64,

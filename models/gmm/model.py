@@ -30,8 +30,15 @@ import pandas as pd
 import torch
 from torch import Tensor
 
-from pyro_vi._checks import as_matrix, check_int, check_positive, check_real, check_seed
-from pyro_vi.cavi.model import DEFAULT_CHUNK_BYTES, ConjugateModel, FittedGuide, Local, Stats
+from pyro_vi._checks import as_matrix, check_int, check_positive, check_real, check_seed, check_spread
+from pyro_vi.cavi.model import (
+    DEFAULT_CHUNK_BYTES,
+    ConjugateModel,
+    FittedGuide,
+    Local,
+    Stats,
+    data_roundoff,
+)
 from pyro_vi.cavi.summary import loc_marginal, summary_table
 from pyro_vi.factors import Dirichlet, NormalGamma, NormalWishart
 from pyro_vi.linalg import inverse_cholesky
@@ -225,6 +232,7 @@ class GaussianMixture(ConjugateModel[Tensor, GMMParams, Stats]):
     def prepare(self, data: Any) -> tuple[GaussianMixture, Tensor]:
         """Validate ``data`` (``(N, D)``, finite, floating, ``N >= K``) and resolve priors."""
         x = as_matrix(data, dtype=self.dtype, device=self.device, min_rows=self.n_components)
+        check_spread("x", x)  # ×1e300 data: blame the data, not the prior derived from it
         return self.resolve(x), x
 
     def init_stats(self, data: Tensor, *, generator: torch.Generator) -> Stats:
@@ -350,6 +358,10 @@ class GaussianMixture(ConjugateModel[Tensor, GMMParams, Stats]):
             rate = rate.clamp_min(0.5 * p.covariance_prior * 1e-12)
             comps = NormalGamma(loc, beta.unsqueeze(-1).expand_as(loc), conc, rate)
         return GMMParams(Dirichlet(alpha), comps)
+
+    def elbo_roundoff(self, data: Tensor) -> float | None:
+        """The contract's estimate for the data centred on the prior mean, as the ELBO is computed."""
+        return data_roundoff(self._centre(data))
 
     def local_bytes_per_point(self, data: Tensor) -> int:
         """Bytes of temporaries per data point in :meth:`local_step` (for chunking)."""

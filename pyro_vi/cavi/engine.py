@@ -10,6 +10,7 @@ the data into chunks (bounded memory), minibatches (stochastic VI,
 
 from __future__ import annotations
 
+import math
 import sys
 import time
 import warnings
@@ -20,7 +21,15 @@ import torch
 from tqdm.auto import tqdm
 
 from pyro_vi._checks import check_bool, check_int, check_optional_int, check_real, check_seed
-from pyro_vi.cavi.model import DEFAULT_CHUNK_BYTES, ConjugateModel, Local, Stats, check_params, local_pass
+from pyro_vi.cavi.model import (
+    DEFAULT_CHUNK_BYTES,
+    ConjugateModel,
+    Local,
+    Stats,
+    check_params,
+    local_pass,
+    nonfinite_global_terms,
+)
 from pyro_vi.errors import ConvergenceWarning, ELBODecreaseError, NumericalError
 from pyro_vi.results import CAVIResult, CAVIRun
 
@@ -29,10 +38,36 @@ __all__ = ["DEFAULT_CHUNK_BYTES", "CAVIResult", "CAVIRun", "ConjugateModel", "Lo
 
 def _check_finite(local: Local, iteration: int) -> None:
     if not torch.isfinite(local.elbo):
-        raise NumericalError(f"CAVI iteration {iteration}: the ELBO is {float(local.elbo)}")
+        raise NumericalError(
+            f"CAVI iteration {iteration}: the ELBO is {float(local.elbo)}: the local step's "
+            "share (the data terms, summed over points) is not finite")
     for i, s in enumerate(local.stats):
         if not torch.isfinite(s).all():
             raise NumericalError(f"CAVI iteration {iteration}: sufficient statistic {i} is not finite")
+
+
+def _global_elbo(model: ConjugateModel, params: Any, iteration: int) -> float:
+    """``model.global_elbo(params)``, or a NumericalError naming the term that is not finite."""
+    value = float(model.global_elbo(params))
+    if not math.isfinite(value):
+        raise NumericalError(f"CAVI iteration {iteration}: the ELBO is {value}: "
+                             f"{nonfinite_global_terms(model, params)}")
+    return value
+
+
+def _decrease_message(model: ConjugateModel, data: Any, it: int, old: float, new: float) -> str:
+    """Say why the ELBO fell: round-off of the data's magnitude, or a wrong update."""
+    head = (f"CAVI iteration {it}: the ELBO decreased from {old:.12g} to {new:.12g} "
+            f"(by {old - new:.3g})")
+    noise = model.elbo_roundoff(data)
+    if noise is not None and old - new <= noise:
+        return (f"{head}, within the ELBO's round-off for this data (about {noise:.3g} nats: "
+                "values far from their mean or spread over many orders of magnitude lose "
+                "digits in this dtype). This is a precision problem, not a wrong update: "
+                "centre and scale the data ((x - x.mean(0)) / x.std(0)) or fit in "
+                "dtype=torch.float64")
+    extra = "" if noise is None else f" (the data's round-off is only about {noise:.3g} nats)"
+    return (f"{head}; coordinate ascent cannot do that, so an update is wrong{extra}")
 
 
 def _validate_options(max_iter: Any, tol: Any, n_init: Any, chunk_size: Any, monotone_rtol: Any,
@@ -62,7 +97,7 @@ def _one_run(
     params = check_params(model.global_step(init_stats, None), where="the global step's params")
     local = local_pass(model, data, params, chunk_size=chunk_size)
     _check_finite(local, 0)
-    elbo = float(local.elbo + model.global_elbo(params))
+    elbo = float(local.elbo) + _global_elbo(model, params, 0)
     # The bound is evaluated in the model's dtype: never ask for less than its round-off.
     allowance = max(monotone_rtol, 1e3 * torch.finfo(local.elbo.dtype).eps)
     rows = [(0, elbo, time.perf_counter() - t0)]
@@ -72,7 +107,7 @@ def _one_run(
         params = model.global_step(local.stats, params)
         local = local_pass(model, data, params, chunk_size=chunk_size)
         _check_finite(local, it)
-        new = float(local.elbo + model.global_elbo(params))
+        new = float(local.elbo) + _global_elbo(model, params, it)
         rows.append((it, new, time.perf_counter() - t0))
         if bar is not None:
             bar.update(1)
@@ -80,12 +115,9 @@ def _one_run(
         change = new - elbo
         scale = max(abs(new), 1.0)
         if change < -allowance * scale:
-            raise ELBODecreaseError(
-                f"CAVI iteration {it}: the ELBO decreased from {elbo:.12g} to {new:.12g} "
-                f"(by {-change:.3g}); coordinate ascent cannot do that, so an update is wrong"
-            )
+            raise ELBODecreaseError(_decrease_message(model, data, it, elbo, new))
         elbo = new
-        if abs(change) <= tol * scale:
+        if abs(change) < tol * scale:
             converged = True
             break
     history = pd.DataFrame(rows, columns=["step", "elbo", "seconds"])
@@ -126,7 +158,8 @@ def cavi(
     max_iter : int, keyword-only
         Maximum number of sweeps per restart.
     tol : float
-        Stop when ``|ΔELBO| <= tol · max(|ELBO|, 1)`` (relative change). A float32 model's
+        Stop when ``|ΔELBO| < tol · max(|ELBO|, 1)`` (relative change; ``tol=0`` runs all
+        ``max_iter`` sweeps, as scikit-learn's ``tol=0`` does). A float32 model's
         ELBO carries ~1e-6 relative round-off, so it needs ``tol >= 1e-6`` to converge.
     n_init : int
         Number of restarts; restart ``i`` uses seed ``seed + i``. The best final ELBO wins.

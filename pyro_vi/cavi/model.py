@@ -32,12 +32,13 @@ import pandas as pd
 import torch
 from torch import Tensor
 
-from pyro_vi._checks import check_dtype
+from pyro_vi._checks import check_device, check_dtype
 from pyro_vi.cavi.summary import summary_table
 from pyro_vi.factors import ExpFamFactor
 
 __all__ = ["DEFAULT_CHUNK_BYTES", "ConjugateModel", "FittedGuide", "Local", "Stats",
-           "check_params", "detach_params", "local_pass"]
+           "check_params", "data_roundoff", "detach_params", "local_pass",
+           "nonfinite_global_terms"]
 
 #: Bytes of temporaries one chunk of the local step may use (see :func:`local_pass`). Chunks this
 #: size keep the GMM's N·K·D temporaries near the last-level cache: one CPU thread spent 10–20 %
@@ -156,7 +157,7 @@ class ConjugateModel(ABC, Generic[DataT, ParamsT, StatsT]):
 
     def __init__(self, *, dtype: Any = torch.float64, device: Any = None) -> None:
         self.dtype = check_dtype("dtype", dtype)
-        self.device = None if device is None else torch.device(device)
+        self.device = check_device("device", device)
 
     def _t(self, v: Any) -> Tensor:
         """``v`` as a tensor in the model's dtype and device."""
@@ -203,6 +204,16 @@ class ConjugateModel(ABC, Generic[DataT, ParamsT, StatsT]):
         if total is None:
             raise TypeError(f"{type(params).__name__} has no ExpFamFactor field")
         return total
+
+    def elbo_roundoff(self, data: DataT) -> float | None:
+        r"""Round-off of the ELBO, in nats, that the data's magnitude alone can cause.
+
+        The engine compares a decrease of the ELBO with it: a decrease within it is a
+        precision problem (raw units, a large offset), not a wrong update. The default is
+        :func:`data_roundoff`, the cancellation of squared raw values against squared
+        deviations; a model that computes in centred coordinates may return less. None: unknown.
+        """
+        return data_roundoff(data)
 
     def local_bytes_per_point(self, data: DataT) -> int | None:
         """Bytes of temporaries per data point in :meth:`local_step`; None: never chunk."""
@@ -263,6 +274,61 @@ class ConjugateModel(ABC, Generic[DataT, ParamsT, StatsT]):
         model, prepared = self.prepare(data)
         local = local_pass(model, prepared, params, chunk_size=chunk_size)
         return float(local.elbo + model.global_elbo(params))
+
+
+def _float_tensors(data: Any) -> list[Tensor]:
+    if isinstance(data, Tensor):
+        return [data] if data.is_floating_point() and data.numel() else []
+    if isinstance(data, tuple | list):
+        return [t for d in data for t in _float_tensors(d)]
+    return []
+
+
+def data_roundoff(data: Any) -> float | None:
+    r"""Nats of ELBO round-off that the data's offset can cause: :math:`10\,\epsilon\sum_j N(1 + |\bar x_j|/s_j)^2`.
+
+    For each floating column :math:`j` (mean :math:`\bar x_j`, standard deviation
+    :math:`s_j`) a quadratic form of raw values loses about :math:`\epsilon(1 + |\bar x_j|/s_j)^2`
+    of its size per point, in units where the point's term is :math:`O(1)` nats. None when
+    ``data`` holds no floating tensor.
+    """
+    total, eps = 0.0, None
+    for t in _float_tensors(data):
+        t2 = t.reshape(t.shape[0], -1) if t.dim() else t.reshape(1, 1)
+        eps = torch.finfo(t2.dtype).eps
+        sd = t2.std(0) if t2.shape[0] > 1 else torch.zeros_like(t2[0])
+        mean = t2.mean(0).abs()
+        ratio = torch.where(sd > 0, mean / sd.clamp_min(torch.finfo(t2.dtype).tiny),
+                            torch.zeros_like(mean))
+        total += float(t2.shape[0] * (1.0 + ratio).square().sum())
+    return None if eps is None else 10.0 * eps * total
+
+
+def nonfinite_global_terms(model: ConjugateModel[Any, Any, Any], params: Any) -> str:
+    """Name the global factor whose parameters or KL to its prior is not finite (for errors)."""
+    try:
+        prior = model.prior_params()
+    except Exception:  # noqa: BLE001 - a diagnostic: a prior that fails is reported, not raised
+        prior = None
+    for f in dataclasses.fields(params):
+        q = getattr(params, f.name)
+        kind = type(q).__name__
+        if isinstance(q, Tensor):
+            if not torch.isfinite(q).all():
+                return f"the fixed global {f.name!r} is not finite"
+            continue
+        bad = [k for k, v in vars(q).items() if isinstance(v, Tensor) and not torch.isfinite(v).all()]
+        if bad:
+            return (f"the global factor {f.name!r} ({kind}) has non-finite parameters "
+                    f"({', '.join(bad)}) after the global step")
+        p = getattr(prior, f.name, None)
+        if isinstance(p, ExpFamFactor) and type(p) is type(q):
+            kl = q.kl(p)
+            if not torch.isfinite(kl).all():
+                return (f"the global KL of factor {f.name!r} ({kind}) to its prior is "
+                        f"{float(kl.sum())}")
+    return (f"{type(model).__name__}.global_elbo is not finite although every global factor "
+            "and its KL to the prior is")
 
 
 def _split(data: Any, start: int, stop: int) -> Any:

@@ -2,9 +2,9 @@
 
 Exact tier: with the full data as the batch and ρ_1 = 1 a step *is* a CAVI sweep; ``blend``
 moves natural parameters. Accuracy tier (seeded, deterministic given the seed): on N = 1e5
-points of a well-separated GMM the stochastic fit's full-data ELBO is within 0.5% of batch
-CAVI's (observed ~1e-6 relative, so the band holds for any reasonable seed), and the same
-holds for the hierarchical model with local θ_j and for linear regression.
+points of a well-separated GMM the stochastic fit's full-data ELBO is within 5 nats below
+batch CAVI's (observed 0.5 of 3.9e5), and bands of the same kind hold for the hierarchical
+model with local θ_j and for linear regression.
 """
 
 from __future__ import annotations
@@ -49,14 +49,19 @@ HIER = HierarchicalNormal(mean_prior=0.0, mean_scale=10.0, precision_concentrati
                           precision_rate=1.0)
 
 
-def test_gmm_on_1e5_points_is_within_half_a_percent_of_batch_cavi():
+def test_gmm_on_1e5_points_is_within_5_nats_of_batch_cavi():
     x = mixture(100_000)
     batch = cavi(GaussianMixture(3), x, seed=0)
     fit = svi_cavi(GaussianMixture(3), x, batch_size=10_000, num_epochs=2, seed=0)
     full = batch.cavi_model.elbo(x, fit.params)  # the stochastic fit's ELBO in full batch
     assert full == pytest.approx(fit.elbo, rel=1e-12)
-    # Observed 1.3e-6 relative for this seed; the band is 0.5% as specified.
-    assert abs(full - batch.elbo) <= 5e-3 * abs(batch.elbo)
+    # Measured gap batch - stochastic, in nats of an ELBO of -3.94e5: 0.52 for seed 0 (the
+    # test), 0.66 and 0.47 for seeds 1 and 2 (1.2-1.7e-6 relative), while seed 3 ends 721 nats
+    # (1.8e-3) short after its two epochs. So 5 nats (~8x the worst good seed) passes every
+    # seed that reached batch CAVI's optimum and fails a run that did not; the old 0.5 % band
+    # (~2000 nats) passed all four. The run is deterministic given the seed: failure budget 0.
+    # The gap is >= 0 because batch CAVI sits at the optimum's maximum.
+    assert 0.0 <= batch.elbo - full <= 5.0
     assert fit.n_steps == 20
     assert len(fit.history) == 20
 

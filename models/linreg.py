@@ -31,7 +31,7 @@ import torch
 from pyro.distributions import constraints
 from torch import Tensor
 
-from pyro_vi._checks import as_matrix, as_vector, check_bool, check_positive
+from pyro_vi._checks import as_matrix, as_vector, check_bool, check_positive, check_spread
 from pyro_vi.cavi.model import ConjugateModel, Local, Stats
 from pyro_vi.factors import Gamma, MultivariateNormal
 
@@ -160,21 +160,53 @@ class BayesianLinearRegression(ConjugateModel[tuple[Tensor, Tensor], LinRegParam
         if x.shape[0] != y.shape[0]:
             raise ValueError(f"X and y differ in length: X has {x.shape[0]} rows, y has "
                              f"{y.shape[0]} entries")
-        return self._resolved(x.shape[1]), (x, y)
+        check_spread("X", x, centre=False)
+        check_spread("y", y, centre=False)
+        model = self._resolved(x.shape[1])
+        model._check_conditioning(x)
+        return model, (x, y)
+
+    def _check_conditioning(self, x: Tensor) -> None:
+        r"""ValueError naming ``X`` when the first global step's precision is numerically singular.
+
+        :math:`\mathrm{diag}(E_p[\alpha]) + E_p[\beta] X^TX` (Bishop eq. 10.99 at the prior),
+        Jacobi-scaled, must have a Cholesky factor in this dtype. Raw columns with a large
+        common offset and no intercept make :math:`X^TX` ill-conditioned by the offset squared.
+        """
+        prior = self.prior_params()
+        alpha, beta = _mean(prior.weight_precision), _mean(prior.noise_precision)
+        prec = torch.diag_embed(alpha.expand(x.shape[1])) + beta * (x.T @ x)
+        scale = torch.diagonal(prec).rsqrt()
+        scaled = prec * scale[:, None] * scale[None, :]
+        eig = torch.linalg.eigvalsh(scaled)
+        if eig[0] <= 100 * x.shape[1] * torch.finfo(x.dtype).eps * eig[-1]:
+            raise ValueError(
+                f"X is numerically collinear in {x.dtype}: the posterior precision "
+                f"diag(E[alpha]) + E[beta] X^T X has condition number "
+                f"{float(eig[-1] / eig[0].clamp_min(torch.finfo(x.dtype).tiny)):.3g} "
+                "(columns with a large common offset, e.g. raw years or epoch seconds); "
+                "centre the columns of X (and y), with a column of ones for the intercept")
 
     @staticmethod
-    def _stats(data: tuple[Tensor, Tensor]) -> Stats:
-        r""":math:`(N, X^TX, X^Ty, y^Ty)` — Bishop's :math:`\Phi^T\Phi`, :math:`\Phi^T t`."""
+    def _stats(data: tuple[Tensor, Tensor], ref: Tensor | None = None) -> Stats:
+        r""":math:`(N, X^TX, X^Tr, r^Tr)` with residuals :math:`r = y - X w_{ref}` (Bishop's :math:`\Phi^T\Phi`).
+
+        Centred on a reference weight vector (the current :math:`E[w]`; zero before the first
+        sweep), so the global step's :math:`E\lVert y - Xw\rVert^2` is a small correction to
+        :math:`r^Tr` instead of :math:`y^Ty - 2m^TX^Ty + \ldots`, which cancels to noise when
+        the fit is good relative to :math:`|y|` (raw units, badly scaled columns).
+        """
         x, y = data
+        r = y if ref is None else y - x @ ref
         n = torch.tensor(float(x.shape[0]), dtype=x.dtype, device=x.device)
-        return (n, x.T @ x, x.T @ y, y @ y)
+        return (n, x.T @ x, x.T @ r, r @ r)
 
     def init_stats(self, data: tuple[Tensor, Tensor], *, generator: torch.Generator) -> Stats:
-        """Return the data's sufficient statistics (there are no local factors)."""
+        """Return the data's sufficient statistics at the reference ``w = 0``."""
         return self._stats(data)
 
     def local_step(self, data: tuple[Tensor, Tensor], params: LinRegParams) -> Local:
-        r"""Statistics and :math:`E_q[\log p(y|X,w,\beta)]`.
+        r"""Statistics (centred on :math:`E[w]`) and :math:`E_q[\log p(y|X,w,\beta)]`.
 
         .. math::
             \tfrac{N}{2}(E[\log\beta] - \log 2\pi) - \tfrac{E[\beta]}{2}
@@ -182,10 +214,12 @@ class BayesianLinearRegression(ConjugateModel[tuple[Tensor, Tensor], LinRegParam
         """
         x, y = data
         q_w = params.weights
-        sq = (y - x @ q_w.loc).square().sum() + q_w.quadratic_form(x).sum()
+        r = y - x @ q_w.loc
+        sq = r.square().sum() + q_w.quadratic_form(x).sum()
         beta = params.noise_precision
         elbo = 0.5 * x.shape[0] * (_mean_log(beta) - _LOG_2PI) - 0.5 * _mean(beta) * sq
-        return Local(self._stats(data), elbo)
+        n = torch.tensor(float(x.shape[0]), dtype=x.dtype, device=x.device)
+        return Local((n, x.T @ x, x.T @ r, r @ r), elbo)
 
     def global_step(self, stats: Stats, params: LinRegParams | None) -> LinRegParams:
         r"""One sweep: :math:`q(w)` given the old :math:`E[\alpha], E[\beta]`; then the Gammas.
@@ -198,21 +232,30 @@ class BayesianLinearRegression(ConjugateModel[tuple[Tensor, Tensor], LinRegParam
             a_i = a_0 + \tfrac12,\ b_i = b_0 + \tfrac12 E[w_i^2],\quad
             c = c_0 + \tfrac N2,\ d = d_0 + \tfrac12 E\lVert y - Xw \rVert^2 .
 
-        With ``params=None`` the precisions start at their prior means (or fixed values).
+        The statistics are centred on the reference :math:`w_{ref}` = the previous
+        :math:`E[w]` (zero with ``params=None``; see :meth:`_stats`): with
+        :math:`r = y - Xw_{ref}`, :math:`m = w_{ref} + \delta`,
+        :math:`\delta = \Sigma_w(E[\beta]X^Tr - \mathrm{diag}(E[\alpha])w_{ref})` and
+        :math:`E\lVert y - Xw\rVert^2 = \lVert r\rVert^2 - 2\delta^TX^Tr + \delta^TX^TX\delta
+        + \mathrm{tr}(X^TX\Sigma_w)`. With ``params=None`` the precisions start at their
+        prior means (or fixed values).
         """
-        n, xtx, xty, yty = stats
+        n, xtx, xtr, rtr = stats
         d = xtx.shape[-1]
         if params is None:
             prior = self._resolved(d).prior_params()
             alpha, beta = _mean(prior.weight_precision), _mean(prior.noise_precision)
+            ref = torch.zeros_like(xtr)
         else:
             alpha, beta = _mean(params.weight_precision), _mean(params.noise_precision)
-        prec = torch.diag_embed(alpha.expand(d)) + beta * xtx
-        q_w = MultivariateNormal.from_precision(
-            torch.zeros_like(xty), prec, where="linear regression global step (Bishop eq. 10.99)")
-        q_w = MultivariateNormal(torch.cholesky_solve((beta * xty).unsqueeze(-1),
-                                                      q_w.precision_tril).squeeze(-1),
-                                 q_w.precision_tril)
+            ref = params.weights.loc
+        a_diag = alpha.expand(d)
+        prec = torch.diag_embed(a_diag) + beta * xtx
+        tril = MultivariateNormal.from_precision(
+            torch.zeros_like(xtr), prec,
+            where="linear regression global step (Bishop eq. 10.99)").precision_tril
+        delta = torch.cholesky_solve((beta * xtr - a_diag * ref).unsqueeze(-1), tril).squeeze(-1)
+        q_w = MultivariateNormal(ref + delta, tril)
         second = q_w.second_moment()
         if self.weight_precision is None:
             e_w2 = torch.diagonal(second) if self.ard else torch.diagonal(second).sum()
@@ -223,7 +266,8 @@ class BayesianLinearRegression(ConjugateModel[tuple[Tensor, Tensor], LinRegParam
         else:
             q_alpha = self._t(self.weight_precision)
         if self.noise_precision is None:
-            resid = (yty - 2.0 * q_w.loc @ xty + (xtx * second).sum()).clamp_min(0.0)
+            resid = (rtr - 2.0 * delta @ xtr + delta @ xtx @ delta
+                     + (xtx * q_w.covariance()).sum()).clamp_min(0.0)
             q_beta: Gamma | Tensor = Gamma(self.noise_precision_concentration + 0.5 * n,
                                            self.noise_precision_rate + 0.5 * resid)
         else:

@@ -122,6 +122,19 @@ class ExpFamFactor(ABC):
             - self._inner_natural(diff, self.expected_stats())
         )
 
+    def shifted(self: F, c: Tensor) -> F:
+        r"""The law of :math:`\theta + c` for a family with a location (a copy); others raise.
+
+        Translation is a linear map of the natural parameters, so :func:`blend` can step in
+        coordinates centred on the old location, where no :math:`\beta m m^T` term cancels.
+        """
+        raise TypeError(f"{type(self).__name__} has no location to shift")
+
+    @property
+    def location(self) -> Tensor | None:
+        """The location parameter of a family that has one (None: no location)."""
+        return None
+
     def _check_same_family(self, other: ExpFamFactor) -> None:
         if type(other) is not type(self):
             raise TypeError(
@@ -136,7 +149,9 @@ def blend(old: F, new: F, rho: float) -> F:
     This is the stochastic-VI update of Hoffman, Blei, Wang & Paisley (2013, eq. 25): for
     conjugate-exponential models the natural gradient of the ELBO with respect to the global
     natural parameters is :math:`\hat\eta - \eta`, so a step of size :math:`\rho` is a convex
-    combination.
+    combination. Families with a location (:attr:`ExpFamFactor.location`) step in
+    coordinates centred on ``old``'s location, which is the same convex combination (translation
+    is linear in :math:`\eta`) without the cancellation of :math:`\beta m m^T` at large offsets.
 
     Examples
     --------
@@ -149,6 +164,14 @@ def blend(old: F, new: F, rho: float) -> F:
     """
     if not 0.0 <= rho <= 1.0:
         raise ValueError(f"rho must lie in [0, 1], got {rho}")
+    origin = old.location
+    if origin is None:
+        return _blend_natural(old, new, rho)
+    # step centred on the old location: the same step, without the cancellation
+    return _blend_natural(old.shifted(-origin), new.shifted(-origin), rho).shifted(origin)
+
+
+def _blend_natural(old: F, new: F, rho: float) -> F:
     eta = [(1.0 - rho) * a + rho * b for a, b in zip(old.natural_params, new.natural_params,
                                                      strict=True)]
     return type(old).from_natural(*eta)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import math
 
 import torch
@@ -145,6 +146,17 @@ class NormalGamma(ExpFamFactor):
     def precision(self) -> Gamma:
         r"""The marginal factor :math:`q(\lambda) = \mathrm{Gam}(a, b)`."""
         return Gamma(self.concentration, self.rate)
+
+    @property
+    def location(self) -> Tensor:
+        """The location :math:`m` (see :meth:`ExpFamFactor.shifted`)."""
+        return self.loc
+
+    def shifted(self, c: Tensor) -> NormalGamma:
+        """The law of the location plus ``c`` (other parameters unchanged)."""
+        out = copy.copy(self)
+        out.loc = self.loc + c
+        return out
 
     @property
     def natural_params(self) -> tuple[Tensor, ...]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import math
 
 import torch
@@ -52,6 +53,17 @@ class Normal(ExpFamFactor):
     def batch_shape(self) -> torch.Size:
         """Shape of the batch of independent factors."""
         return self.loc.shape
+
+    @property
+    def location(self) -> Tensor:
+        """The location :math:`m` (see :meth:`ExpFamFactor.shifted`)."""
+        return self.loc
+
+    def shifted(self, c: Tensor) -> Normal:
+        """The law of the location plus ``c`` (other parameters unchanged)."""
+        out = copy.copy(self)
+        out.loc = self.loc + c
+        return out
 
     @property
     def natural_params(self) -> tuple[Tensor, ...]:
@@ -181,6 +193,17 @@ class MultivariateNormal(ExpFamFactor):
         r""":math:`x^T \Sigma x = \lVert L^{-1} x \rVert^2` for rows ``x`` of shape ``(..., D)``."""
         z = torch.linalg.solve_triangular(self.precision_tril, x.unsqueeze(-1), upper=False)
         return z.squeeze(-1).square().sum(-1)
+
+    @property
+    def location(self) -> Tensor:
+        """The location :math:`m` (see :meth:`ExpFamFactor.shifted`)."""
+        return self.loc
+
+    def shifted(self, c: Tensor) -> MultivariateNormal:
+        """The law of the location plus ``c`` (other parameters unchanged)."""
+        out = copy.copy(self)
+        out.loc = self.loc + c
+        return out
 
     @property
     def natural_params(self) -> tuple[Tensor, ...]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import math
 
 import torch
@@ -223,6 +224,17 @@ class NormalWishart(ExpFamFactor):
     def precision(self) -> Wishart:
         r"""The marginal factor :math:`q(\Lambda) = \mathcal{W}(W, \nu)`."""
         return Wishart(self.scale_tril, self.df)
+
+    @property
+    def location(self) -> Tensor:
+        """The location :math:`m` (see :meth:`ExpFamFactor.shifted`)."""
+        return self.loc
+
+    def shifted(self, c: Tensor) -> NormalWishart:
+        """The law of the location plus ``c`` (other parameters unchanged)."""
+        out = copy.copy(self)
+        out.loc = self.loc + c
+        return out
 
     @property
     def natural_params(self) -> tuple[Tensor, ...]:

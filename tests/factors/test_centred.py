@@ -13,7 +13,16 @@ import pytest
 import torch
 import torch.distributions as td
 
-from pyro_vi.factors import ExpFamFactor, Gamma, MultivariateNormal, Normal, NormalGamma, NormalWishart, Wishart
+from pyro_vi.factors import (
+    ExpFamFactor,
+    Gamma,
+    MultivariateNormal,
+    Normal,
+    NormalGamma,
+    NormalWishart,
+    Wishart,
+    blend,
+)
 
 F64 = torch.float64
 OFFSETS = [0.0, 1e4, 1e8, 1e9]
@@ -116,3 +125,17 @@ def test_the_natural_parameter_form_fails_where_the_centred_one_holds():
     q0, p0 = _nw(0.0, 0, 3.0, 7.0), _nw(0.0, 5, 0.5, 4.0)
     assert float((ExpFamFactor.kl(q, p) - q0.kl(p0)).abs().max()) > 1e-3
     close(q.kl(p), q0.kl(p0), rtol=1e-10)
+
+
+@pytest.mark.parametrize("offset", [1e4, 1e8])
+def test_blend_commutes_with_translation(offset):
+    # blend is a convex step in natural parameters; translation is linear in them, so stepping
+    # shifted factors must give the shifted step. HEAD blended the raw η: at 1e8 its W^-1 came
+    # back from -2η3 - β m mᵀ, which cancels, and from_natural failed (not positive definite).
+    q, p = _nw(0.0, 0, 3.0, 7.0), _nw(0.0, 5, 0.5, 4.0)
+    want = blend(q, p, 0.3)
+    got = blend(q.shifted(t(offset)), p.shifted(t(offset)), 0.3)
+    close(got.loc - offset, want.loc, rtol=0, atol=1e-12 * offset)
+    close(got.scale_tril, want.scale_tril, rtol=1e-9)
+    close(got.df, want.df)
+    close(got.precision_scale, want.precision_scale)

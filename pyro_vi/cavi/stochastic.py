@@ -57,7 +57,7 @@ def blend_params(old: Any, new: Any, rho: float) -> Any:
     --------
     >>> import torch
     >>> from pyro_vi.factors import Gamma
-    >>> from pyro_vi.models.gamma_poisson import GammaParams
+    >>> from pyro_vi.models.gamma_rate import GammaParams
     >>> one = torch.tensor(1.0, dtype=torch.float64)
     >>> old, new = GammaParams(Gamma(one, one)), GammaParams(Gamma(3 * one, 3 * one))
     >>> blend_params(old, new, 0.5).rate.rate

@@ -35,6 +35,7 @@ from pyro_vi.cavi.model import (
     DEFAULT_CHUNK_BYTES,
     ConjugateModel,
     FittedGuide,
+    LabelAlignment,
     Local,
     Stats,
     data_roundoff,
@@ -371,6 +372,10 @@ class GaussianMixture(ConjugateModel[Tensor, GMMParams, Stats]):
         k, d = self.n_components, data.shape[1]
         per = 3 * k * d if self.covariance == "full" else 4 * k + 2 * d
         return per * data.element_size()
+
+    def label_alignment(self) -> LabelAlignment:
+        """Components are matched on ``loc``; ``weights``, ``loc``, ``precision`` and ``z`` follow."""
+        return LabelAlignment("loc", ("weights", "loc", "precision"), labels=("z",))
 
     # ------------------------------------------------------------------------- Pyro side
     def model(self, x: Tensor) -> Tensor:

@@ -36,8 +36,8 @@ from pyro_vi._checks import check_device, check_dtype
 from pyro_vi.cavi.summary import summary_table
 from pyro_vi.factors import ExpFamFactor
 
-__all__ = ["DEFAULT_CHUNK_BYTES", "ConjugateModel", "FittedGuide", "Local", "Stats",
-           "check_params", "data_roundoff", "detach_params", "local_pass",
+__all__ = ["DEFAULT_CHUNK_BYTES", "ConjugateModel", "FittedGuide", "LabelAlignment", "Local",
+           "Stats", "check_params", "data_roundoff", "detach_params", "local_pass",
            "nonfinite_global_terms"]
 
 #: Bytes of temporaries one chunk of the local step may use (see :func:`local_pass`). Chunks this
@@ -97,6 +97,21 @@ def detach_params(params: Any) -> Any:
             v = v.detach().clone()
         out[f.name] = v
     return type(params)(**out)
+
+
+class LabelAlignment(NamedTuple):
+    """How to align a mixture's component labels between fits or samplers (label switching).
+
+    ``by`` is the site whose component means are matched (Hungarian matching, see
+    :func:`pyro_vi.diagnostics.nuts.match_components`), ``sites`` are permuted along their
+    component ``axis`` (counted in the site's own shape), and ``labels`` are sites whose
+    *values* are component indices (a mixture's ``z``), relabelled to match.
+    """
+
+    by: str
+    sites: tuple[str, ...]
+    axis: int = 0
+    labels: tuple[str, ...] = ()
 
 
 class FittedGuide:
@@ -217,6 +232,10 @@ class ConjugateModel(ABC, Generic[DataT, ParamsT, StatsT]):
 
     def local_bytes_per_point(self, data: DataT) -> int | None:
         """Bytes of temporaries per data point in :meth:`local_step`; None: never chunk."""
+        return None
+
+    def label_alignment(self) -> LabelAlignment | None:
+        """How the diagnostics align this model's component labels; None: no labels to align."""
         return None
 
     # ------------------------------------------------------------------------- Pyro side

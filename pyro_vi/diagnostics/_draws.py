@@ -47,7 +47,7 @@ from pyro_vi._checks import check_bool, check_callable, check_int, check_seed
 from pyro_vi.diagnostics._sites import ModelStructure, check_guide, inspect_model, node, sample_sites
 from pyro_vi.errors import NumericalError
 
-__all__ = ["GuideDraws", "check_num_samples", "draw_from_guide", "seeded"]
+__all__ = ["GuideDraws", "UnplatedBatchError", "check_num_samples", "draw_from_guide", "seeded"]
 
 _DRAWS = "_pyro_vi_draws"
 
@@ -155,10 +155,24 @@ def _nesting(trace: poutine.Trace) -> int:
     return nest
 
 
-def _per_draw(log_prob: Tensor, n: int, nest: int) -> Tensor:
+class UnplatedBatchError(ValueError):
+    """A site's log-density has a batch dimension that no plate declares.
+
+    Pyro's own ELBOs reject such a site ("invalid log_prob shape"); the draws cannot be
+    scored one per draw, because the extra dimension would be taken for the draws'.
+    """
+
+
+def _per_draw(log_prob: Tensor, n: int, nest: int, name: str = "?") -> Tensor:
     """Sum a log-prob of batch rank <= ``nest + 1`` over all but the draws dim -> ``(n,)``."""
     if log_prob.dim() < nest + 1:
         return log_prob.sum().expand(n)
+    if log_prob.dim() > nest + 1 or log_prob.shape[0] not in (1, n):
+        raise UnplatedBatchError(
+            f"site {name!r}: log_prob has shape {tuple(log_prob.shape)}, more batch dims than "
+            f"its plates and value allow ({nest}); an unplated batch dimension (e.g. a mean "
+            "that broadcasts to (8, N) against data of shape (N,)): put it in a pyro.plate, "
+            "use .to_event(), or fix the broadcast (Pyro's ELBOs reject this site too)")
     return log_prob.reshape(log_prob.shape[0], -1).sum(-1).expand(n)
 
 
@@ -167,7 +181,7 @@ def _log_joint(trace: poutine.Trace, n: int, nest: int) -> Tensor:
     trace.compute_log_prob()
     sites = sample_sites(trace)
     if not any("_enumerate_dim" in s["infer"] for s in sites):
-        return sum((_per_draw(s["log_prob"], n, nest) for s in sites), torch.zeros(n))
+        return sum((_per_draw(s["log_prob"], n, nest, s["name"]) for s in sites), torch.zeros(n))
     trace.pack_tensors()
     factors: OrderedDict[frozenset[str], list[Tensor]] = OrderedDict()
     for s in sites:
@@ -223,7 +237,7 @@ def _draw_chunk(model: Callable[..., Any], guide: Callable[..., Any], structure:
         with plate:
             guide_tr = prune_subsample_sites(poutine.trace(guide).get_trace(*args, **kwargs))
         guide_tr.compute_log_prob()
-        log_q = sum((_per_draw(s["log_prob"], n, nest) for s in sample_sites(guide_tr)
+        log_q = sum((_per_draw(s["log_prob"], n, nest, s["name"]) for s in sample_sites(guide_tr)
                      if s["name"] not in drop), torch.zeros(n))
         raw: dict[str, Tensor] = {k: node(guide_tr, k)["value"] for k in structure.latent
                                   if k in guide_tr.nodes}
@@ -296,6 +310,8 @@ def draw_from_guide(model: Callable[..., Any], guide: Callable[..., Any], *args:
     ValueError
         ``num_samples < 1``, a latent site the guide does not cover (other than an enumerable
         discrete one, which is summed out), or guide/model plate sizes that differ.
+    UnplatedBatchError
+        (a ValueError) A site whose log-density has a batch dimension no plate declares.
     NumericalError
         A draw whose :math:`\log p` or :math:`\log q` is NaN or :math:`+\infty`.
 

@@ -42,10 +42,11 @@ from pyro import poutine
 from pyro.infer import Predictive
 from torch import Tensor
 
-from pyro_vi._checks import check_callable
+from pyro_vi._checks import check_bool, check_callable
 from pyro_vi.diagnostics._arviz_compat import assemble, dataset
 from pyro_vi.diagnostics._draws import GuideDraws, check_num_samples, draw_from_guide, seeded
 from pyro_vi.diagnostics._sites import ModelStructure, inspect_model
+from pyro_vi.diagnostics.nuts import align_chains, label_alignment
 
 if TYPE_CHECKING:
     from pyro_vi.results import FitResult
@@ -161,7 +162,8 @@ def _sample_stats(draws: Sequence[GuideDraws], infos: Sequence[FitInfo]) -> dict
 def _build(model: Callable[..., Any], chains: Sequence[tuple[Callable[..., Any], Any]],
            args: Sequence[Any], kwargs: Mapping[str, Any], *, num_samples: int,
            seed: int | None, coords: Mapping[str, Any] | None,
-           dims: Mapping[str, Sequence[str]] | None, infos: Sequence[FitInfo]) -> Any:
+           dims: Mapping[str, Sequence[str]] | None, infos: Sequence[FitInfo],
+           alignment: Any = None) -> Any:
     import xarray as xr
 
     num_samples = check_num_samples(num_samples)
@@ -186,10 +188,15 @@ def _build(model: Callable[..., Any], chains: Sequence[tuple[Callable[..., Any],
         names = info.dims[: len(info.dims) - info.event_dim] if batch_only else info.dims
         return _dims(name, names, dims)
 
-    posterior = {k: np.stack([_numpy(d.values[k], sites[k].discrete) for d in draws])
-                 for k in draws[0].values}
+    per_chain = [{k: _numpy(d.values[k], sites[k].discrete) for k in draws[0].values}
+                 for d in draws]
+    if alignment is not None:
+        per_chain = align_chains(per_chain, alignment)
+    posterior = {k: np.stack([c[k] for c in per_chain]) for k in draws[0].values}
     method = infos[0].method if len({i.method for i in infos}) == 1 else "mixed"
-    attrs = {"inference_method": method, "num_fits": len(chains)}
+    attrs: dict[str, Any] = {"inference_method": method, "num_fits": len(chains)}
+    if alignment is not None and len(chains) > 1:
+        attrs["label_alignment"] = f"components matched to chain 0 on {alignment.by!r}"
     groups: dict[str, Any] = {"posterior": dataset(
         posterior, dims={k: dims_of(k) for k in posterior}, coords=coords, attrs=attrs)}
     sample_stats = _sample_stats(draws, infos)
@@ -330,7 +337,7 @@ def inference_data_from_result(result: FitResult | Sequence[FitResult], *args: A
                                num_samples: int = 1000, seed: int | None = None,
                                coords: Mapping[str, Any] | None = None,
                                dims: Mapping[str, Sequence[str]] | None = None,
-                               **kwargs: Any) -> Any:
+                               align: bool = True, **kwargs: Any) -> Any:
     """``to_inference_data`` for one fit result or several (one chain each).
 
     ``result`` is a :class:`~pyro_vi.results.FitResult` (a CAVI or SVI fit), or a sequence of
@@ -339,6 +346,12 @@ def inference_data_from_result(result: FitResult | Sequence[FitResult], *args: A
     store holding exactly those values, so several fits with the same param names each use
     their own. ``*args, **kwargs`` are the model's data arguments; without them the first
     fit's ``data`` is used. ``model`` overrides the first fit's Pyro model.
+
+    Several fits of a mixture (a conjugate model whose ``label_alignment()`` is not None, like
+    the GMM) have their component labels aligned to the first fit's by default
+    (:func:`pyro_vi.diagnostics.nuts.align_chains`), so restarts that found the same solution
+    with permuted labels agree in ``r_hat``; ``align=False`` keeps the labels as fitted. The
+    posterior's attrs then say ``label_alignment``.
 
     Examples
     --------
@@ -352,5 +365,6 @@ def inference_data_from_result(result: FitResult | Sequence[FitResult], *args: A
     pyro_model = results[0].model if model is None else model
     chains = [(r.guide, r.store_params) for r in results]
     infos = [fit_info_from_result(r) for r in results]
+    alignment = label_alignment(results[0]) if check_bool("align", align) else None
     return _build(pyro_model, chains, args, kwargs, num_samples=num_samples, seed=seed,
-                  coords=coords, dims=dims, infos=infos)
+                  coords=coords, dims=dims, infos=infos, alignment=alignment)

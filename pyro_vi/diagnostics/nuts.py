@@ -33,8 +33,8 @@ from pyro_vi.diagnostics._arviz_compat import bulk_ess
 from pyro_vi.diagnostics._draws import check_num_samples, draw_from_guide, seeded
 from pyro_vi.diagnostics._sites import inspect_model, node
 
-__all__ = ["MCMCComparison", "PositiveDefiniteVectorTransform", "compare_to_mcmc",
-           "match_components"]
+__all__ = ["MCMCComparison", "PositiveDefiniteVectorTransform", "align_chains",
+           "align_from_spec", "compare_to_mcmc", "label_alignment", "match_components"]
 
 Align = Callable[[dict[str, np.ndarray], dict[str, np.ndarray]], dict[str, np.ndarray]]
 
@@ -158,6 +158,81 @@ def match_components(by: str, sites: Sequence[str], *, axis: int = 0) -> Align:
         return out
 
     return align
+
+
+def label_alignment(result: Any) -> Any:
+    """A fit result's label-alignment spec: its conjugate model's ``label_alignment()``, or None.
+
+    Examples
+    --------
+    >>> label_alignment(object()) is None
+    True
+    """
+    cavi_model = getattr(result, "cavi_model", None)
+    return None if cavi_model is None else cavi_model.label_alignment()
+
+
+def align_from_spec(spec: Any) -> Align:
+    """:func:`match_components` built from a model's ``label_alignment()`` spec.
+
+    ``spec`` has ``by``, ``sites`` and ``axis`` (see :class:`pyro_vi.cavi.model.LabelAlignment`).
+
+    Examples
+    --------
+    >>> from collections import namedtuple
+    >>> Spec = namedtuple("Spec", "by sites axis")
+    >>> align = align_from_spec(Spec("loc", ("loc",), 0))
+    >>> align({"loc": np.array([[5.0, 0.0]])}, {"loc": np.array([[0.0, 5.0]])})["loc"].tolist()
+    [[0.0, 5.0]]
+    """
+    return match_components(spec.by, list(spec.sites), axis=spec.axis)
+
+
+def align_chains(chains: Sequence[Mapping[str, np.ndarray]], spec: Any) -> list[dict[str, np.ndarray]]:
+    r"""Relabel the components of every chain (one fit each) to match chain 0's.
+
+    One fit's guide sits in one labelling, so one permutation per chain suffices: the one
+    minimising :math:`\sum_k \lVert \bar\theta^{(c)}_{by,\pi(k)} - \bar\theta^{(0)}_{by,k}
+    \rVert^2` over the chains' means of site ``spec.by`` (Hungarian matching,
+    :func:`scipy.optimize.linear_sum_assignment`). It permutes ``spec.sites`` along their
+    component axis and maps the values of ``spec.labels`` (component indices) to the new
+    labels. Restarts that found one solution with permuted labels then agree exactly.
+
+    Examples
+    --------
+    >>> from collections import namedtuple
+    >>> Spec = namedtuple("Spec", "by sites axis labels")
+    >>> a = {"loc": np.array([[0.0, 5.0]]), "z": np.array([[0, 1, 1]])}
+    >>> b = {"loc": np.array([[5.0, 0.0]]), "z": np.array([[1, 0, 0]])}
+    >>> out = align_chains([a, b], Spec("loc", ("loc",), 0, ("z",)))
+    >>> out[1]["loc"].tolist(), out[1]["z"].tolist()
+    ([[0.0, 5.0]], [[0, 1, 1]])
+    """
+    from scipy.optimize import linear_sum_assignment
+
+    out = [dict(c) for c in chains]
+    if len(out) < 2 or spec.by not in out[0]:
+        return out
+    axis = spec.axis
+
+    def means(c: Mapping[str, np.ndarray]) -> np.ndarray:
+        m = np.moveaxis(c[spec.by].mean(0), axis, 0)
+        return m.reshape(m.shape[0], -1)
+
+    ref = means(out[0])
+    for c in out[1:]:
+        cost = ((means(c)[:, None, :] - ref[None, :, :]) ** 2).sum(-1)
+        rows, cols = linear_sum_assignment(cost)
+        perm = np.empty(ref.shape[0], dtype=np.int64)
+        perm[cols] = rows  # new component j is old component perm[j]
+        for name in spec.sites:
+            if name in c:
+                c[name] = np.take(c[name], perm, axis=axis + 1)
+        inverse = np.argsort(perm)
+        for name in getattr(spec, "labels", ()):
+            if name in c:
+                c[name] = inverse[c[name]]
+    return out
 
 
 @dataclass(frozen=True)

@@ -32,22 +32,59 @@ smoothed, self-normalised weights :math:`\tilde w_s` give PSIS-corrected posteri
     \Big)^{1/2},
 
 and the effective sample size :math:`1 / \sum_s \tilde w_s^2` (Yao et al. 2018, §2.2).
+
+**Moments as well as** :math:`\hat k`. The weights :math:`p/q` of an *over-dispersed* guide are
+bounded, so :math:`\hat k` is small even when the guide is far off (a guide 20x too wide and
+8 sd off has :math:`\hat k < 0`). When :math:`\hat k < 0.7` the PSIS estimates are reliable
+(Yao et al. 2018, §2.2-2.3, and the applications of their §4 compare the corrected and raw
+moments), so :func:`moment_check` compares the guide's raw moments with the corrected ones,
+per scalar parameter, in units of the corrected sd :math:`\hat\sigma`:
+
+.. math::
+
+    z_{\text{mean}} = \frac{\bar\theta_q - \hat E[\theta]}
+        {\sqrt{\hat\sigma^2/\mathrm{ESS} + \sigma_q^2/S}}, \qquad
+    z_{\text{sd}} = \frac{\log(\sigma_q / \hat\sigma)}
+        {\sqrt{1/(2\,\mathrm{ESS}) + 1/(2S)}} .
+
+The denominators are the Monte-Carlo standard errors of the difference: a self-normalised
+importance-sampling mean has standard error :math:`\hat\sigma/\sqrt{\mathrm{ESS}}` (Kong 1992;
+Vehtari et al. 2024, §3), the plain mean :math:`\sigma_q/\sqrt S`, and a Gaussian sd has
+relative standard error :math:`1/\sqrt{2n}`; adding both variances ignores the (positive)
+correlation of the two estimates from the same draws, which makes the error larger, i.e. the
+check conservative. A parameter is flagged when :math:`|z| >` :data:`MOMENT_Z` (4: about
+6e-5 two-sided per statistic under a normal error, so 1 % over ~80 statistics) *and* the
+difference matters: a shift beyond :data:`MOMENT_SHIFT` corrected sds, or an sd ratio outside
+:data:`MOMENT_SD_RATIO`. A flagged guide is reported as "shifted", "too wide" or "too narrow"
+per parameter, and its verdict is at best ``"ok"``: its raw means and sds should not be used.
+
+Fewer than :data:`MIN_SAMPLES` draws is a ``ValueError``: :math:`\hat k` is fitted to the
+largest :math:`M = \min(S/5, 3\sqrt S)` ratios (20 of 100), and Vehtari et al. (2024, §3.2.5)
+give :math:`10^{1/(1-k)}` as the smallest sample size at which PSIS estimates are reliable
+for shape :math:`k`: 100 for :math:`k = 0.5`, the "good" threshold itself. With 10 draws a
+tail of 2 ratios made :math:`\hat k = \infty` for the exact posterior.
+
+VSBC (Yao et al. 2018, §3) checks the calibration of each marginal by refitting the guide on
+data simulated from the prior; it needs the fitting procedure, not a fitted guide, and
+costs hundreds of fits, so it is not part of this diagnostic.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
+from pyro_vi._checks import check_int
 from pyro_vi.diagnostics._arviz_compat import psislw
 from pyro_vi.diagnostics._draws import GuideDraws, draw_from_guide
 
-__all__ = ["KHAT_BAD", "KHAT_GOOD", "PSISResult", "khat_verdict", "psis_diagnostic",
-           "psis_from_draws"]
+__all__ = ["KHAT_BAD", "KHAT_GOOD", "MIN_SAMPLES", "MOMENT_SD_RATIO", "MOMENT_SHIFT", "MOMENT_Z",
+           "MomentFlag", "PSISResult", "check_psis_samples", "khat_verdict", "moment_check",
+           "psis_diagnostic", "psis_from_draws"]
 
 #: Below this :math:`\hat k` the approximation is good (Yao et al. 2018, §2.3).
 KHAT_GOOD = 0.5
@@ -57,6 +94,35 @@ KHAT_BAD = 0.7
 #: Range (nats) of the log ratios below which they count as constant: the weights are then
 #: uniform to 1e-4 and a Pareto fit would only see round-off (an exact guide).
 _CONSTANT = 1e-4
+
+#: Fewest draws PSIS accepts: :math:`10^{1/(1-0.5)}` (Vehtari et al. 2024, §3.2.5).
+MIN_SAMPLES = 100
+#: |z| beyond which a raw and a PSIS-corrected moment differ by more than Monte-Carlo error.
+MOMENT_Z = 4.0
+#: Smallest mean shift (in corrected sds) that a moment flag reports.
+MOMENT_SHIFT = 0.1
+#: Range of raw/corrected sd ratios that a moment flag lets pass.
+MOMENT_SD_RATIO = (1 / 1.1, 1.1)
+
+
+@dataclass(frozen=True)
+class MomentFlag:
+    """One scalar parameter whose raw guide moment differs from its PSIS-corrected one.
+
+    ``kind`` is ``"shifted"`` (``value`` = (raw − corrected mean) / corrected sd), ``"too
+    wide"`` or ``"too narrow"`` (``value`` = raw sd / corrected sd); ``z`` is the difference
+    over its Monte-Carlo standard error.
+    """
+
+    param: str
+    kind: str
+    value: float
+    z: float
+
+    def __str__(self) -> str:
+        if self.kind == "shifted":
+            return f"{self.param} shifted by {self.value:+.2g} sd"
+        return f"{self.param} {self.kind} (sd x{self.value:.2g})"
 
 
 @dataclass(frozen=True)
@@ -84,6 +150,10 @@ class PSISResult:
         PSIS-weighted moments of each continuous latent site (site shape).
     num_samples : int
         Number of draws :math:`S`.
+    moment_flags : tuple of MomentFlag
+        Parameters whose raw guide moments differ from the PSIS-corrected ones beyond
+        Monte-Carlo error (:func:`moment_check`); empty when :math:`\hat k \ge 0.7` (the
+        corrected moments are then unreliable too).
     """
 
     khat: float
@@ -97,6 +167,7 @@ class PSISResult:
     corrected_means: dict[str, np.ndarray]
     corrected_sds: dict[str, np.ndarray]
     num_samples: int
+    moment_flags: tuple[MomentFlag, ...] = ()
 
     def __str__(self) -> str:
         return (f"PSIS k-hat = {self.khat:.2f} ({self.verdict}): {self.message} "
@@ -114,8 +185,8 @@ def khat_verdict(khat: float) -> tuple[str, str]:
     if math.isnan(khat):
         raise ValueError("khat is NaN")
     if khat < KHAT_GOOD:
-        return "good", ("k-hat < 0.5: the guide is close to the posterior; its means and sds "
-                        "can be trusted")
+        return "good", ("k-hat < 0.5: the importance weights are light-tailed, so the "
+                        "PSIS-corrected moments are reliable")
     if khat < KHAT_BAD:
         return "ok", ("0.5 <= k-hat < 0.7: the guide is usable but misses some posterior "
                       "mass; prefer the PSIS-corrected moments")
@@ -131,8 +202,80 @@ def _moments(values: np.ndarray, weights: np.ndarray) -> tuple[np.ndarray, np.nd
     return mean, np.sqrt(np.maximum(var, 0.0))
 
 
+def _label(name: str, shape: tuple[int, ...], i: int) -> str:
+    if not shape:
+        return name
+    return f"{name}[{', '.join(map(str, np.unravel_index(i, shape)))}]"
+
+
+def moment_check(vi_means: Mapping[str, np.ndarray], vi_sds: Mapping[str, np.ndarray],
+                 means: Mapping[str, np.ndarray], sds: Mapping[str, np.ndarray], *,
+                 ess: float, num_samples: int) -> tuple[MomentFlag, ...]:
+    r"""Scalar parameters whose raw guide moments differ from the PSIS-corrected ones.
+
+    See the module docstring for :math:`z_{\text{mean}}`, :math:`z_{\text{sd}}` and the
+    thresholds :data:`MOMENT_Z`, :data:`MOMENT_SHIFT`, :data:`MOMENT_SD_RATIO`.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> flags = moment_check({"mu": np.array(5.0)}, {"mu": np.array(10.0)},
+    ...                      {"mu": np.array(1.0)}, {"mu": np.array(0.5)},
+    ...                      ess=300.0, num_samples=4000)
+    >>> [str(f) for f in flags]
+    ['mu shifted by +8 sd', 'mu too wide (sd x20)']
+    """
+    se_mean2 = 1.0 / ess
+    se_log_sd = math.sqrt(0.5 / ess + 0.5 / num_samples)
+    lo, hi = MOMENT_SD_RATIO
+    flags = []
+    for name, m_q in vi_means.items():
+        shape = tuple(np.shape(m_q))
+        mq, sq = np.ravel(m_q), np.ravel(vi_sds[name])
+        mw, sw = np.ravel(means[name]), np.ravel(sds[name])
+        for i in range(mq.size):
+            if not (sw[i] > 0 and sq[i] > 0):
+                continue  # a constant parameter: nothing to compare
+            shift = (mq[i] - mw[i]) / sw[i]
+            z = (mq[i] - mw[i]) / math.sqrt(sw[i] ** 2 * se_mean2 + sq[i] ** 2 / num_samples)
+            label = _label(name, shape, i)
+            if abs(z) > MOMENT_Z and abs(shift) > MOMENT_SHIFT:
+                flags.append(MomentFlag(label, "shifted", float(shift), float(z)))
+            ratio = sq[i] / sw[i]
+            z_sd = math.log(ratio) / se_log_sd
+            if abs(z_sd) > MOMENT_Z and not lo <= ratio <= hi:
+                flags.append(MomentFlag(label, "too wide" if ratio > 1 else "too narrow",
+                                        float(ratio), float(z_sd)))
+    return tuple(flags)
+
+
+def check_psis_samples(num_samples: Any, *, name: str = "num_samples") -> int:
+    """``num_samples`` as an int of at least :data:`MIN_SAMPLES` (see the module docstring).
+
+    Examples
+    --------
+    >>> check_psis_samples(100)
+    100
+    """
+    n = check_int(name, num_samples)
+    if n < MIN_SAMPLES:
+        raise ValueError(f"{name} must be at least {MIN_SAMPLES} for PSIS (k-hat is fitted to "
+                         f"the largest ~{max(0, min(n // 5, int(3 * max(n, 0) ** 0.5)))} of "
+                         f"{n} ratios; "
+                         f"Vehtari et al. 2024 need >= 100 for k < 0.5), got {n}")
+    return n
+
+
+def _moment_message(flags: Sequence[MomentFlag]) -> str:
+    shown = "; ".join(str(f) for f in flags[:4])
+    more = f" and {len(flags) - 4} more" if len(flags) > 4 else ""
+    return (f"the guide's moments differ from the PSIS-corrected ones beyond Monte-Carlo "
+            f"error ({shown}{more}): do not use the guide's raw means and sds; use "
+            "corrected_means/corrected_sds, or improve the guide")
+
+
 def psis_from_draws(draws: GuideDraws) -> PSISResult:
-    r"""PSIS :math:`\hat k`, ESS and corrected moments from draws already scored.
+    r"""PSIS :math:`\hat k`, ESS, corrected moments and moment flags from draws already scored.
 
     Examples
     --------
@@ -149,6 +292,7 @@ def psis_from_draws(draws: GuideDraws) -> PSISResult:
     else:
         log_weights, khat = psislw(log_ratios)
     weights = np.exp(log_weights - np.logaddexp.reduce(log_weights))
+    ess = float(1.0 / np.sum(weights**2))
     verdict, message = khat_verdict(khat)
     uniform = np.full(s, 1.0 / s)
     vi_means, vi_sds, means, sds = {}, {}, {}, {}
@@ -158,8 +302,17 @@ def psis_from_draws(draws: GuideDraws) -> PSISResult:
         v = value.double().numpy()
         vi_means[name], vi_sds[name] = _moments(v, uniform)
         means[name], sds[name] = _moments(v, weights)
-    return PSISResult(khat, verdict, message, float(1.0 / np.sum(weights**2)), log_ratios,
-                      log_weights, vi_means, vi_sds, means, sds, s)
+    flags: tuple[MomentFlag, ...] = ()
+    if verdict != "bad":
+        flags = moment_check(vi_means, vi_sds, means, sds, ess=ess, num_samples=s)
+    if flags:
+        verdict = "ok"
+        message = f"k-hat = {khat:.2f} < 0.7, but {_moment_message(flags)}"
+    elif verdict == "good":
+        message = ("k-hat < 0.5 and the guide's means and sds agree with the PSIS-corrected "
+                   "ones within Monte-Carlo error: the guide is close to the posterior")
+    return PSISResult(khat, verdict, message, ess, log_ratios, log_weights, vi_means, vi_sds,
+                      means, sds, s, flags)
 
 
 def psis_diagnostic(model: Callable[..., Any], guide: Callable[..., Any], *args: Any,
@@ -173,7 +326,7 @@ def psis_diagnostic(model: Callable[..., Any], guide: Callable[..., Any], *args:
     model, guide : callable
         A Pyro model and a fitted guide, called with ``*args, **kwargs``.
     num_samples : int
-        Draws :math:`S` from the guide. :math:`\hat k` is itself an estimate: with a few
+        Draws :math:`S` from the guide, at least :data:`MIN_SAMPLES`. :math:`\hat k` is itself an estimate: with a few
         thousand draws it varies by about ±0.1-0.3 around its limit (more for heavy tails).
     seed : int, optional
         Seed for the draws; the global RNG state is restored afterwards.
@@ -192,7 +345,7 @@ def psis_diagnostic(model: Callable[..., Any], guide: Callable[..., Any], *args:
     Raises
     ------
     ValueError
-        ``num_samples < 1``, a guide that does not cover the model, or ratios that are all
+        ``num_samples < 100`` (:data:`MIN_SAMPLES`), a guide that does not cover the model, or ratios that are all
         zero.
     NumericalError
         A NaN or :math:`+\infty` in :math:`\log p` or :math:`\log q`.
@@ -222,6 +375,7 @@ def psis_diagnostic(model: Callable[..., Any], guide: Callable[..., Any], *args:
     >>> res.verdict, round(float(res.corrected_means["mu"]), 1)
     ('good', 0.5)
     """
+    num_samples = check_psis_samples(num_samples)
     draws = draw_from_guide(model, guide, *args, num_samples=num_samples, seed=seed,
                             marginalise_local=marginalise_local, params=params, **kwargs)
     return psis_from_draws(draws)

@@ -20,8 +20,16 @@ first. The report then says so in a ``note:`` line (:func:`disagreement`).
 
 The overall verdict is "do not trust" when :math:`\hat k \ge 0.7`, or when the fit neither
 converged nor has a flat ELBO trace; "use with care" when only one of convergence and
-flatness fails, when :math:`0.5 \le \hat k < 0.7`, or when NUTS disagrees (some
-:math:`|\text{std. mean diff}| > 0.5` or sd ratio outside [2/3, 3/2]); "trust" otherwise.
+flatness fails, when :math:`0.5 \le \hat k < 0.7`, when the guide's raw means or sds differ
+from the PSIS-corrected ones beyond Monte-Carlo error (an over-dispersed guide, whose bounded
+weights give a small :math:`\hat k`; :func:`pyro_vi.diagnostics.psis.moment_check`), or
+when NUTS disagrees (some :math:`|\text{std. mean diff}| > 0.5` or sd ratio outside
+[2/3, 3/2]); "trust" otherwise.
+
+A mixture fitted by CAVI (a conjugate model whose ``label_alignment()`` is not None, like
+the GMM) has its NUTS draws aligned to the guide's labels by Hungarian matching before the
+comparison (:func:`pyro_vi.diagnostics.nuts.match_components`), unless ``nuts_options``
+passes its own ``align``; the report says so.
 """
 
 from __future__ import annotations
@@ -35,8 +43,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from pyro_vi._checks import check_bool, check_callable, check_int
-from pyro_vi.diagnostics.nuts import MCMCComparison, compare_to_mcmc
-from pyro_vi.diagnostics.psis import PSISResult, psis_diagnostic
+from pyro_vi.diagnostics.nuts import MCMCComparison, align_from_spec, compare_to_mcmc, label_alignment
+from pyro_vi.diagnostics.psis import PSISResult, check_psis_samples, psis_diagnostic
 
 if TYPE_CHECKING:
     from pyro_vi.results import FitResult
@@ -198,7 +206,8 @@ def disagreement(converged: bool | None, trend: ElboTrend | None) -> str | None:
 
 
 def _report(fit: FitResult | None, converged: bool | None, trend: ElboTrend | None, psis: PSISResult,
-            comparison: MCMCComparison | None, verdict: str, figures: Sequence[Path]) -> str:
+            comparison: MCMCComparison | None, verdict: str, figures: Sequence[Path],
+            aligned: str | None = None) -> str:
     name = fit.method if fit is not None else "guide"
     lines = [f"pyro-vi diagnose: {name} fit", f"  verdict:    {verdict.upper()}"]
     if converged is None:
@@ -216,6 +225,8 @@ def _report(fit: FitResult | None, converged: bool | None, trend: ElboTrend | No
                  f"[{psis.num_samples} draws]")
     if comparison is not None:
         lines.append("  vs NUTS (worst parameters):")
+        if aligned is not None:
+            lines.append(f"    (labels: {aligned})")
         for _, r in comparison.worst(3).iterrows():
             lines.append(f"    {r['param']:<22} mean {r['vi_mean']:+.3g} vs {r['nuts_mean']:+.3g}"
                          f" (std diff {r['std_mean_diff']:+.2f}), sd {r['vi_sd']:.3g} vs "
@@ -246,13 +257,14 @@ def diagnose(fit: FitResult | tuple[Any, Any], *args: Any, model: Callable[..., 
         Where figures go (``elbo_trace.png``, ``psis_log_ratios.png``, ``vi_vs_nuts.png``);
         ``None`` writes none.
     num_samples : int
-        Guide draws for PSIS.
+        Guide draws for PSIS, at least 100 (:data:`pyro_vi.diagnostics.psis.MIN_SAMPLES`).
     seed : int
         Seed for the draws and NUTS.
     window : int, optional
         ELBO window for :func:`elbo_flatness`.
     nuts_options : dict, optional
-        Extra keywords for :func:`pyro_vi.compare_to_mcmc` (``num_samples``, ``align``, ...).
+        Extra keywords for :func:`pyro_vi.compare_to_mcmc` (``num_samples``, ``align``, ...);
+        a mixture's labels are aligned by default (see the module docstring).
     verbose : bool
         Print the report.
 
@@ -285,6 +297,7 @@ def diagnose(fit: FitResult | tuple[Any, Any], *args: Any, model: Callable[..., 
     pyro_model, guide, params, result = _unpack(fit, model)
     nuts = bool(check_bool("nuts", nuts))
     verbose = bool(check_bool("verbose", verbose))
+    num_samples = check_psis_samples(num_samples)
     if result is not None and not args and not kwargs:
         args = result.data
     out = None if out_dir is None else Path(out_dir)
@@ -297,8 +310,14 @@ def diagnose(fit: FitResult | tuple[Any, Any], *args: Any, model: Callable[..., 
                            params=params, **kwargs)
     figures: list[Path] = []
     comparison = None
+    aligned = None
     if nuts:
         opts = dict(nuts_options or {})
+        spec = label_alignment(result)
+        if spec is not None and "align" not in opts:
+            opts["align"] = align_from_spec(spec)
+            aligned = (f"NUTS components aligned to the guide's by Hungarian matching on "
+                       f"{spec.by!r} (label switching)")
         if out is not None:
             opts.setdefault("plot", out / "vi_vs_nuts.png")
         comparison = compare_to_mcmc(pyro_model, guide, *args, seed=seed, params=params,
@@ -310,7 +329,7 @@ def diagnose(fit: FitResult | tuple[Any, Any], *args: Any, model: Callable[..., 
     if comparison is not None and comparison.figure_path is not None:
         figures.append(comparison.figure_path)
     verdict = _verdict(converged, trend, psis, comparison)
-    text = _report(result, converged, trend, psis, comparison, verdict, figures)
+    text = _report(result, converged, trend, psis, comparison, verdict, figures, aligned)
     if verbose:
         print(text)
     return Diagnosis(verdict, converged, trend, psis, comparison, tuple(figures), text)

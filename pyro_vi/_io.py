@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import os
 import pickle
+import stat
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -20,7 +21,7 @@ from typing import IO, Any
 
 import torch
 
-__all__ = ["atomic_write", "from_plain", "import_class", "load_tensors", "save_tensors", "to_plain"]
+__all__ = ["atomic_write", "check_writable", "from_plain", "import_class", "load_tensors", "save_tensors", "to_plain"]
 
 
 def atomic_write(path: str | os.PathLike[str], write: Callable[[IO[bytes]], None]) -> Path:
@@ -28,16 +29,21 @@ def atomic_write(path: str | os.PathLike[str], write: Callable[[IO[bytes]], None
 
     Temporary file in the same folder, ``fsync``, :func:`os.replace`, ``fsync`` of the folder.
     If ``write`` raises, the temporary is removed, ``path`` keeps its old content and the
-    exception propagates. Returns ``path`` as a :class:`~pathlib.Path`.
+    exception propagates. The new file keeps the mode of the file it replaces (a new one gets
+    ``0666`` less the umask, as :func:`open` would). A target that is a folder, or a file
+    without write permission, is refused before ``write`` runs (:func:`check_writable`).
+    Returns ``path`` as a :class:`~pathlib.Path`.
     """
     target = Path(path)
     folder = target.parent if str(target.parent) else Path(".")
+    mode = check_writable(target)
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=folder)
     try:
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, mode)  # mkstemp makes 0600: keep the old file's mode, or the umask's
         os.replace(tmp, target)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
@@ -45,6 +51,39 @@ def atomic_write(path: str | os.PathLike[str], write: Callable[[IO[bytes]], None
         raise
     _fsync_dir(folder)
     return target
+
+
+def check_writable(path: str | os.PathLike[str], *, what: str = "file") -> int:
+    """Check that :func:`atomic_write` can write ``path``; return the mode the file will get.
+
+    Refused with a ``ValueError`` naming ``path`` (``what`` says what it is for): a folder, a
+    missing parent folder, a read-only file (no write bit: replacing it would defeat that),
+    and a folder where no file can be created (a probe file is made and removed, so this also
+    holds for root and for read-only file systems).
+    """
+    target = Path(path)
+    folder = target.parent if str(target.parent) else Path(".")
+    if target.is_dir():
+        raise ValueError(f"{what} {str(target)!r} is a directory, not a file path")
+    if not folder.is_dir():
+        raise ValueError(f"{what} {str(target)!r}: directory {str(folder)!r} does not exist")
+    if target.exists():
+        mode = stat.S_IMODE(target.stat().st_mode)
+        if not mode & 0o222:
+            raise ValueError(f"{what} {str(target)!r} is read-only (mode {mode:o}); "
+                             f"make it writable or choose another path")
+    else:
+        umask = os.umask(0)
+        os.umask(umask)
+        mode = 0o666 & ~umask
+    try:
+        fd, probe = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".probe", dir=folder)
+    except OSError as err:
+        raise ValueError(f"{what} {str(target)!r}: cannot write in {str(folder)!r} "
+                         f"({err.strerror or err})") from None
+    os.close(fd)
+    os.unlink(probe)
+    return mode
 
 
 def _fsync_dir(folder: Path) -> None:
@@ -80,10 +119,15 @@ def load_tensors(path: str | os.PathLike[str], *, what: str = "file") -> Any:
         return torch.load(p, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
         raise ValueError(f"{p}: refused to load: it is not a {what} of tensors and plain data "
-                         f"(weights_only load failed: {str(err).splitlines()[0]})") from None
+                         f"(weights_only load failed: {_first_line(err)})") from None
     except (RuntimeError, EOFError, OSError, ValueError) as err:
         raise ValueError(f"{p}: not a readable {what} (truncated or not written by pyro-vi: "
-                         f"{str(err).splitlines()[0]})") from None
+                         f"{_first_line(err)})") from None
+
+
+def _first_line(err: BaseException) -> str:
+    lines = str(err).splitlines()
+    return lines[0] if lines else type(err).__name__
 
 
 #: Packages whose classes a file may name (as "module:QualName"); nothing else is imported.

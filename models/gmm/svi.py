@@ -39,6 +39,7 @@ from torch import Tensor
 from pyro_vi._checks import check_int, check_optional_int, check_real, check_seed
 from pyro_vi.models.gmm.model import GaussianMixture
 from pyro_vi.results import SVIResult
+from pyro_vi.svi.guard import NonFiniteLossError
 from pyro_vi.svi.runner import fit_svi
 
 __all__ = ["GUIDES", "SVI_DEFAULTS", "GMMSVIResult", "fit_gmm_svi"]
@@ -188,8 +189,18 @@ def fit_gmm_svi(
     def analytic(state: Any) -> dict[str, float]:
         return {"analytic_elbo": gmm.elbo(x, gmm.params_from_store(x))}
 
-    result = fit_svi(gmm.model, guide, x, elbo=elbo, optim=optim, num_steps=steps, seed=seed,
-                     progress=progress, evaluate=(every, analytic), **fit_kwargs)
+    try:
+        result = fit_svi(gmm.model, guide, x, elbo=elbo, optim=optim, num_steps=steps,
+                         seed=seed, progress=progress, evaluate=(every, analytic), **fit_kwargs)
+    except NonFiniteLossError as err:
+        # the partial fit as a GMMSVIResult, from the last finite params restored in the store
+        err.result = _gmm_result(err.result, gmm, x, start_seconds, method)
+        raise
+    return _gmm_result(result, gmm, x, start_seconds, method)
+
+
+def _gmm_result(result: Any, gmm: Any, x: Any, start_seconds: float,
+                method: str) -> GMMSVIResult:
     params = gmm.params_from_store(x)
     last = result.history["analytic_elbo"].iloc[-1] if result.n_steps else math.nan
     final = float(last) if not math.isnan(last) else gmm.elbo(x, params)

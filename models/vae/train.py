@@ -20,6 +20,7 @@ from pyro_vi._checks import check_int, check_real, check_seed
 from pyro_vi.models.vae.evaluate import elbo_per_image
 from pyro_vi.models.vae.model import VAE
 from pyro_vi.results import SVIResult
+from pyro_vi.svi.guard import NonFiniteLossError
 from pyro_vi.svi.loop import SVIState
 from pyro_vi.svi.runner import fit_svi
 
@@ -145,7 +146,13 @@ def fit_vae(vae: VAE, x_train: Any, *, x_test: Any = None, epochs: int = 10,
                                        "train_seconds": state.seconds[-1]})
         return row
 
-    result = fit_svi(vae.model, vae.guide, elbo=estimator, optim=Adam({"lr": lr}),
-                     num_epochs=epochs, batches=batches, tol=0.0, seed=seed, progress=progress,
-                     evaluate=(len(batches), per_epoch), **kwargs)  # type: ignore[arg-type]
+    try:
+        result = fit_svi(vae.model, vae.guide, elbo=estimator, optim=Adam({"lr": lr}),
+                         num_epochs=epochs, batches=batches, tol=0.0, seed=seed,
+                         progress=progress, evaluate=(len(batches), per_epoch),
+                         **kwargs)  # type: ignore[arg-type]
+    except NonFiniteLossError as err:
+        # the epochs trained so far come back as a VAEResult (last finite params in the store)
+        err.result = VAEResult.from_result(err.result)
+        raise
     return VAEResult.from_result(result)

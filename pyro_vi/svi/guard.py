@@ -13,6 +13,7 @@ reduction and one copy per param tensor and one host sync; optimizer state is no
 from __future__ import annotations
 
 import math
+import re
 import warnings
 from collections.abc import Callable
 from typing import Any
@@ -51,11 +52,20 @@ class NonFiniteLossError(NumericalError):
 
 
 class NonFiniteStep(Exception):
-    """Raised inside ``svi.step`` before the optimizer would apply a non-finite gradient."""
+    """Raised inside ``svi.step`` before the optimizer would apply a non-finite gradient.
 
-    def __init__(self, loss: float, sites: list[str]):
+    ``invalid`` holds the first line of the validation error of Pyro/torch that stopped the
+    step instead (a parameter driven out of its support), or None.
+    """
+
+    def __init__(self, loss: float, sites: list[str], invalid: str | None = None):
         super().__init__(loss, sites)
-        self.loss, self.sites = loss, sites
+        self.loss, self.sites, self.invalid = loss, sites, invalid
+
+
+#: The messages of torch.distributions' argument validation (``validate_args``), which Pyro
+#: turns on by default: a parameter or value outside its constraint.
+VALIDATION_ERROR = re.compile(r"Expected (parameter|value argument)")
 
 
 class FiniteGuard:
@@ -68,11 +78,20 @@ class FiniteGuard:
         self._names: tuple[str, ...] = ()
         self._ids: tuple[int, ...] = ()
         self._kept: list[torch.Tensor] = []
+        self.finite_steps = 0  # steps whose loss and gradients passed the check
 
     def __call__(self, model: Callable[..., Any], guide: Callable[..., Any], *args: Any,
                  **kwargs: Any) -> Any:
         """Run the ELBO's ``loss_and_grads``, then :meth:`check` the result."""
-        loss = self.elbo.loss_and_grads(model, guide, *args, **kwargs)
+        try:
+            loss = self.elbo.loss_and_grads(model, guide, *args, **kwargs)
+        except ValueError as err:
+            # After a finite step, Pyro's validation rejecting a parameter (a scale driven to
+            # 0, a probability to 1) is numerical trouble of the run, like a NaN loss; at the
+            # first step it is the user's model or initial values, and propagates as it is.
+            if not self.finite_steps or not VALIDATION_ERROR.search(str(err)):
+                raise
+            raise NonFiniteStep(math.nan, [], invalid=str(err).splitlines()[0]) from err
         self.check(float(loss))
         return loss
 
@@ -92,6 +111,7 @@ class FiniteGuard:
             if bad or not math.isfinite(loss):
                 raise NonFiniteStep(loss, bad)
         self._keep(items, params)
+        self.finite_steps += 1
 
     def _keep(self, items: list[tuple[str, torch.Tensor]], params: list[torch.Tensor]) -> None:
         ids = tuple(map(id, params))
@@ -159,11 +179,15 @@ def describe(signal: NonFiniteStep, step: int, guard: FiniteGuard, model: Callab
     for _, p in store.named_parameters():
         if p.grad is not None:
             p.grad = torch.zeros_like(p.grad)
-    msg = f"fit_svi: non-finite loss or gradient at step {step} (loss={signal.loss})"
+    if signal.invalid is not None:
+        msg = (f"fit_svi: Pyro's validation rejected a parameter at step {step} "
+               f"({signal.invalid})")
+    else:
+        msg = f"fit_svi: non-finite loss or gradient at step {step} (loss={signal.loss})"
     sites = list(signal.sites)
     if sites:
         msg += f"; non-finite gradient at param site(s) {', '.join(sites)}"
-    else:
+    elif signal.invalid is None:  # a re-run would fail the same validation
         sites, bad_samples = _rerun(model, guide, args, kwargs)
         msg += f"; param site(s) of this step: {', '.join(sites) or '(none)'}"
         if bad_samples:

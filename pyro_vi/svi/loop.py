@@ -26,7 +26,14 @@ from pyro.util import get_rng_state, set_rng_state
 
 from pyro_vi.results import SVIResult
 from pyro_vi.svi.batches import BatchCursor
-from pyro_vi.svi.checkpoint import prime, restore_param_store
+from pyro_vi.svi.checkpoint import (
+    SiteRecorder,
+    check_compatible,
+    prime,
+    restore_param_store,
+    rng_to_plain,
+    store_to_plain,
+)
 from pyro_vi.svi.guard import (
     PYRO_NAN_WARNING,
     FiniteGuard,
@@ -123,7 +130,10 @@ class SVIRun:
         self.num_steps, self.batches, self.window, self.seed = num_steps, batches, window, seed
         self.hooks = list(hooks)
         self.guard = FiniteGuard(self.elbo)
-        self.svi = SVI(model, guide, self.optim, loss=loss_fn.loss, loss_and_grads=self.guard)
+        self.recorder = SiteRecorder()  # the guide's sample sites, for checkpoints
+        self.guide_sites: set[str] = set()
+        self.svi = SVI(model, self.recorder(guide), self.optim, loss=loss_fn.loss,
+                       loss_and_grads=self.guard)
         self.rule = make_rule(rule, tol=float(tol), window=window, patience=patience,
                               z=float(z))
         self.cursor = BatchCursor(batches, track_rng=True)
@@ -218,10 +228,14 @@ class SVIRun:
     def snapshot(self) -> dict[str, Any]:
         """Everything a bitwise resume needs, as a picklable dict."""
         s = self.state
+        self.guide_sites |= self.recorder.names
+        cursor = self.cursor.state()
+        if cursor.get("epoch_rng") is not None:
+            cursor = {**cursor, "epoch_rng": rng_to_plain(cursor["epoch_rng"])}
         return {"step": s.step, "seed": self.seed, "converged": s.converged,
-                "param_store": pyro.get_param_store().get_state(),
-                "optim": self.optim.get_state(), "rng": get_rng_state(),
-                "cursor": self.cursor.state(), "rule": rule_state(self.rule),
+                "param_store": store_to_plain(), "guide_sites": sorted(self.guide_sites),
+                "optim": self.optim.get_state(), "rng": rng_to_plain(get_rng_state()),
+                "cursor": cursor, "rule": rule_state(self.rule),
                 "history": {"step": s.steps, "loss": s.losses, "seconds": s.seconds,
                             "epoch": s.epochs},
                 "evaluations": s.evaluations}
@@ -229,7 +243,10 @@ class SVIRun:
     def _restore(self, saved: Mapping[str, Any]) -> None:
         if self.seed is not None and saved["seed"] is not None and saved["seed"] != self.seed:
             raise ValueError(f"seed={self.seed} differs from the checkpoint's seed {saved['seed']}")
-        prime(self.elbo, self.model, self.guide, self.batches, self.args, self.kwargs)
+        prime(self.elbo, self.model, self.svi.guide, self.batches, self.args, self.kwargs)
+        self.guide_sites = set(self.recorder.names)
+        check_compatible(dict(saved), self.guide_sites,
+                         where=str(saved.get("path", "the checkpoint")))
         restore_param_store(saved["param_store"])
         self.optim.set_state(saved["optim"])
         h = saved["history"]

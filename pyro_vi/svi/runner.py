@@ -37,6 +37,8 @@ True
 
 from __future__ import annotations
 
+import difflib
+import inspect
 import os
 import sys
 from collections.abc import Callable, Iterable, Mapping, Sized
@@ -48,6 +50,7 @@ import pyro.optim
 from pyro.infer.elbo import ELBO
 
 from pyro_vi._checks import check_bool, check_callable, check_int, check_real, check_seed
+from pyro_vi._io import check_writable
 from pyro_vi.results import SVIResult
 from pyro_vi.svi.checkpoint import Checkpointer, load_checkpoint
 from pyro_vi.svi.guard import NonFiniteLossError
@@ -77,6 +80,50 @@ def _check_evaluate(evaluate: Any) -> tuple[int, Callable[..., Any]] | None:
         raise TypeError(f"evaluate must be a pair (every, fn), got {type(evaluate).__name__}")
     return (check_int("evaluate every", evaluate[0], minimum=1),
             check_callable("evaluate fn", evaluate[1]))
+
+
+def _accepts(fn: Callable[..., Any]) -> tuple[set[str], bool] | None:
+    """The keyword names ``fn`` takes and whether it has ``**kwargs``; None if unknown."""
+    try:
+        sig = inspect.signature(fn)
+    except (TypeError, ValueError):  # a builtin or an exotic callable: nothing to check
+        return None
+    names = {p.name for p in sig.parameters.values()
+             if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+    return names, any(p.kind is p.VAR_KEYWORD for p in sig.parameters.values())
+
+
+def _check_model_kwargs(model: Callable[..., Any], guide: Callable[..., Any],
+                        kwargs: Mapping[str, Any]) -> None:
+    """Refuse a keyword that the model or the guide cannot take, naming the nearest option.
+
+    Keywords other than fit_svi's own options go to the model and guide at every step, so a
+    typo (``loss=`` for ``elbo=``) would fail inside the model at step 1, or be swallowed by a
+    model with ``**kwargs``. A keyword must be a named parameter of a callable that lists it,
+    or go to one with ``**kwargs``; one that is close to a fit_svi option and named by neither
+    callable is refused even then.
+    """
+    if not kwargs:
+        return
+    options = [p for p in inspect.signature(fit_svi).parameters if p not in ("model", "guide",
+                                                                           "args", "kwargs")]
+    for key in kwargs:
+        named: set[str] = set()
+        for role, fn in (("model", model), ("guide", guide)):
+            accepted = _accepts(fn)
+            if accepted is None:
+                continue
+            names, var = accepted
+            named |= names
+            if key not in names and not var:
+                near = difflib.get_close_matches(key, [*options, *sorted(names)], n=1)
+                hint = f"; did you mean {near[0]!r}?" if near else ""
+                raise TypeError(f"fit_svi got an unknown option {key!r}: it is not a fit_svi "
+                                f"option and the {role} takes no such keyword{hint}")
+        near = difflib.get_close_matches(key, options, n=1, cutoff=0.75)
+        if key not in named and near:
+            raise TypeError(f"fit_svi got an unknown option {key!r} (passed on to the model's "
+                            f"**kwargs); did you mean {near[0]!r}?")
 
 
 def fit_svi(model: Callable[..., Any], guide: Callable[..., Any], *args: Any,
@@ -184,7 +231,16 @@ def fit_svi(model: Callable[..., Any], guide: Callable[..., Any], *args: Any,
     Raises
     ------
     NonFiniteLossError
-        On a NaN/inf loss or gradient; ``err.result`` holds the last finite step's params.
+        On a NaN/inf loss or gradient, or a parameter that Pyro's validation rejects after a
+        finite step (a scale driven to 0); ``err.result`` holds the history so far, and the
+        last finite step's params are back in the param store.
+    TypeError
+        A keyword that neither fit_svi nor the model and guide take (naming the nearest).
+    ValueError
+        A ``checkpoint`` that cannot be written (a folder, read-only), or one of another guide
+        on resume (naming the param or site that differs); a truncated file names the file.
+    pyro_vi.svi.checkpoint.CheckpointError
+        An ``OSError`` when a checkpoint save fails mid-run; ``err.result`` holds the run.
 
     .. warning::
         The stopping rule compares noisy Monte-Carlo losses: a slow drift smaller than ``z``
@@ -264,14 +320,15 @@ def fit_svi(model: Callable[..., Any], guide: Callable[..., Any], *args: Any,
     show = check_bool("progress", progress, optional=True)
     if checkpoint is not None and not isinstance(checkpoint, str | os.PathLike):
         raise TypeError(f"checkpoint must be a path, got {type(checkpoint).__name__}")
-    if checkpoint is not None and not Path(checkpoint).parent.is_dir():
-        raise ValueError(f"checkpoint={str(checkpoint)!r}: directory does not exist")
+    if checkpoint is not None:  # a folder, a read-only file or folder: refused before step 1
+        check_writable(checkpoint, what="checkpoint=")
     check_bool("resume", resume)
     if resume and checkpoint is None:
         raise ValueError("resume=True needs checkpoint=<path>")
     if callback is not None:
         check_callable("callback", callback)
     periodic = _check_evaluate(evaluate)
+    _check_model_kwargs(model, guide, kwargs)
 
     hooks: list[Hook] = []
     if periodic is not None:

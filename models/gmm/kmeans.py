@@ -1,11 +1,11 @@
-"""Seeded initialisation of responsibilities: k-means++ seeding and random soft assignments."""
+"""Seeded initialisation of responsibilities: k-means++ seeding, Lloyd's k-means, random soft assignments."""
 
 from __future__ import annotations
 
 import torch
 from torch import Tensor
 
-__all__ = ["initial_responsibilities", "kmeans_plusplus"]
+__all__ = ["initial_labels", "initial_responsibilities", "kmeans_plusplus", "lloyd"]
 
 
 def _sq_dist(x: Tensor, centers: Tensor) -> Tensor:
@@ -14,7 +14,16 @@ def _sq_dist(x: Tensor, centers: Tensor) -> Tensor:
     return d.clamp_min_(0.0)
 
 
-def kmeans_plusplus(x: Tensor, n_clusters: int, *, generator: torch.Generator) -> Tensor:
+def _dist_to(x: Tensor, i: int, rows: int) -> Tensor:
+    """Squared distances ``(N,)`` of the rows of ``x`` to row ``i``, chunk by chunk.
+
+    Differences of raw rows: a common offset cancels exactly, so none needs subtracting.
+    """
+    return torch.cat([(x[j:j + rows] - x[i]).square().sum(-1) for j in range(0, x.shape[0], rows)])
+
+
+def kmeans_plusplus(x: Tensor, n_clusters: int, *, generator: torch.Generator,
+                    offset: Tensor | None = None) -> Tensor:
     """k-means++ seeding (Arthur & Vassilvitskii 2007): ``n_clusters`` centers drawn from ``x``.
 
     The first center is uniform; each next one is drawn with probability proportional to the
@@ -29,11 +38,13 @@ def kmeans_plusplus(x: Tensor, n_clusters: int, *, generator: torch.Generator) -
         Number of centers ``K <= N``.
     generator : torch.Generator
         Source of randomness (on the CPU); the result is a deterministic function of its state.
+    offset : Tensor, optional
+        Seed the points of ``x - offset`` (subtracted chunk by chunk, without a centred copy).
 
     Returns
     -------
     Tensor
-        Centers, shape ``(K, D)``, dtype and device of ``x``.
+        Centers, shape ``(K, D)``, in the coordinates of ``x - offset``.
 
     Examples
     --------
@@ -44,9 +55,22 @@ def kmeans_plusplus(x: Tensor, n_clusters: int, *, generator: torch.Generator) -
     torch.Size([2, 2])
     """
     n = x.shape[0]
+    rows = _rows(1, x.shape[1])
     first = int(torch.randint(n, (1,), generator=generator))
     idx = [first]
-    closest = _sq_dist(x, x[first : first + 1]).squeeze(-1)
+    # small data: the expanded distances of one (N, D) array, as before; large data: chunked
+    # direct differences, with the offset subtracted per chunk (no centred copy of x)
+    base = (x if offset is None else x - offset) if n <= rows else None
+
+    def row(i: int) -> Tensor:
+        return x[i] if offset is None else x[i] - offset
+
+    def dist(i: int) -> Tensor:
+        if base is not None:
+            return _sq_dist(base, base[i : i + 1]).squeeze(-1)
+        return _dist_to(x, i, rows)
+
+    closest = dist(first)
     for _ in range(1, n_clusters):
         total = closest.sum()
         if total > 0:
@@ -55,8 +79,119 @@ def kmeans_plusplus(x: Tensor, n_clusters: int, *, generator: torch.Generator) -
             probs = torch.full((n,), 1.0 / n, dtype=torch.float64)
         nxt = int(torch.multinomial(probs, 1, generator=generator))
         idx.append(nxt)
-        closest = torch.minimum(closest, _sq_dist(x, x[nxt : nxt + 1]).squeeze(-1))
-    return x[idx]
+        closest = torch.minimum(closest, dist(nxt))
+    return torch.stack([row(i) for i in idx])
+
+
+def _rows(n_clusters: int, d: int) -> int:
+    """Rows per chunk: distance temporaries ``rows × (K + D)`` of about 8 MiB, at least 1024."""
+    return max(1024, 2**20 // max(1, n_clusters + d))
+
+
+def _column_variance_mean(x: Tensor, offset: Tensor, rows: int) -> float:
+    """Mean over columns of the (two-pass, chunked) variances of ``x - offset``."""
+    n = x.shape[0]
+    total = torch.zeros(x.shape[1], dtype=torch.float64, device=x.device)
+    for i in range(0, n, rows):
+        total += (x[i:i + rows] - offset).sum(0, dtype=torch.float64)
+    mean = total / n
+    sq = torch.zeros_like(total)
+    for i in range(0, n, rows):
+        sq += ((x[i:i + rows] - offset) - mean).square().sum(0, dtype=torch.float64)
+    return float(sq.mean()) / n
+
+
+def lloyd(
+    x: Tensor,
+    centers: Tensor,
+    *,
+    offset: Tensor | None = None,
+    max_iter: int = 300,
+    tol: float = 1e-4,
+) -> tuple[Tensor, Tensor]:
+    r"""Lloyd's k-means iterations from ``centers``: alternate nearest-center labels and means.
+
+    Each iteration assigns every point of :math:`x - \text{offset}` to its nearest center and
+    moves each center to the mean of its points (a center that loses all its points stays where
+    it is). It stops after ``max_iter`` iterations, when no label changes, or when the centers'
+    total squared shift is at most ``tol`` times the mean column variance (scikit-learn's
+    ``KMeans`` rule and defaults). Works in row chunks: memory is ``O(rows·(K + D))`` beyond
+    the labels, and ``offset`` (e.g. the data mean) is subtracted chunk by chunk, so no centred
+    copy of ``x`` is made.
+
+    Parameters
+    ----------
+    x : Tensor
+        Data ``(N, D)``.
+    centers : Tensor
+        Initial centers ``(K, D)``, in the coordinates of ``x - offset``.
+    offset, max_iter, tol
+        See above (``offset=None``: zero).
+
+    Returns
+    -------
+    (labels, centers) : tuple of Tensor
+        ``(N,)`` int64 labels and the final ``(K, D)`` centers.
+
+    Examples
+    --------
+    >>> import torch
+    >>> x = torch.tensor([[0.0], [0.2], [5.0], [5.2]], dtype=torch.float64)
+    >>> labels, c = lloyd(x, x[[0, 1]])
+    >>> labels.tolist(), c.squeeze(-1).tolist()
+    ([0, 0, 1, 1], [0.1, 5.1])
+    """
+    n, d = x.shape
+    k = centers.shape[0]
+    off = torch.zeros(d, dtype=x.dtype, device=x.device) if offset is None else offset
+    rows = _rows(k, d)
+    threshold = tol * _column_variance_mean(x, off, rows)
+    centers = centers.clone()
+    labels = torch.full((n,), -1, dtype=torch.long, device=x.device)
+    for _ in range(max_iter):
+        sums = torch.zeros(k, d, dtype=torch.float64, device=x.device)
+        changed = 0
+        for i in range(0, n, rows):
+            chunk = x[i:i + rows] - off
+            new = _sq_dist(chunk, centers).argmin(-1)
+            changed += int((new != labels[i:i + rows]).sum())
+            labels[i:i + rows] = new
+            sums.index_add_(0, new, chunk.to(torch.float64))
+        counts = torch.bincount(labels, minlength=k).to(torch.float64)
+        moved = torch.where(counts[:, None] > 0, sums / counts.clamp_min(1.0)[:, None],
+                            centers.to(torch.float64)).to(x.dtype)
+        shift = float((moved - centers).square().sum())
+        centers = moved
+        if changed == 0 or shift <= threshold:
+            break
+    return labels, centers
+
+
+def initial_labels(x: Tensor, n_components: int, *, method: str, generator: torch.Generator,
+                   offset: Tensor | None = None) -> Tensor:
+    """Hard initial labels ``(N,)`` int64 of the points of ``x - offset``.
+
+    ``method="kmeans++"``: nearest k-means++ seed; ``method="kmeans"``: k-means++ seeding, then
+    :func:`lloyd` to convergence (scikit-learn's ``init_params="kmeans"``). Chunked: no
+    ``(N, K)`` array and no centred copy of ``x`` is made.
+
+    Examples
+    --------
+    >>> import torch
+    >>> x = torch.tensor([[0.0], [0.1], [9.0], [9.1]], dtype=torch.float64)
+    >>> lab = initial_labels(x, 2, method="kmeans", generator=torch.Generator().manual_seed(0))
+    >>> bool(lab[0] == lab[1]) and bool(lab[2] == lab[3]) and bool(lab[0] != lab[2])
+    True
+    """
+    off = torch.zeros(x.shape[1], dtype=x.dtype, device=x.device) if offset is None else offset
+    centers = kmeans_plusplus(x, n_components, generator=generator, offset=off)
+    if method == "kmeans":
+        return lloyd(x, centers, offset=off)[0]
+    if method != "kmeans++":
+        raise ValueError(f"method must be 'kmeans' or 'kmeans++', got {method!r}")
+    rows = _rows(n_components, x.shape[1])
+    return torch.cat([_sq_dist(x[i:i + rows] - off, centers).argmin(-1)
+                      for i in range(0, x.shape[0], rows)])
 
 
 def initial_responsibilities(

@@ -98,8 +98,9 @@ def _one_run(
     local = local_pass(model, data, params, chunk_size=chunk_size)
     _check_finite(local, 0)
     elbo = float(local.elbo) + _global_elbo(model, params, 0)
-    # The bound is evaluated in the model's dtype: never ask for less than its round-off.
-    allowance = max(monotone_rtol, 1e3 * torch.finfo(local.elbo.dtype).eps)
+    # The bound is evaluated in the model's dtype and its local step in its compute precision:
+    # never ask for less than their round-off.
+    allowance = max(monotone_rtol, 1e3 * max(torch.finfo(local.elbo.dtype).eps, model.compute_eps()))
     rows = [(0, elbo, time.perf_counter() - t0)]
     converged = False
     it = 0

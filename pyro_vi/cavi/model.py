@@ -230,6 +230,14 @@ class ConjugateModel(ABC, Generic[DataT, ParamsT, StatsT]):
         """
         return data_roundoff(data)
 
+    def compute_eps(self) -> float:
+        """Machine epsilon of the local step's arithmetic (default: of ``dtype``).
+
+        The engine's ELBO-never-decreases check allows a relative decrease of ``1000 ×`` it; a
+        model whose local step runs in a lower precision than ``dtype`` returns that precision's.
+        """
+        return float(torch.finfo(self.dtype).eps)
+
     def local_bytes_per_point(self, data: DataT) -> int | None:
         """Bytes of temporaries per data point in :meth:`local_step`; None: never chunk."""
         return None

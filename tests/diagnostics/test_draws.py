@@ -157,3 +157,25 @@ def test_non_callable_is_a_type_error(bad):
     args = {"model": normal_model, "guide": exact_guide} | {bad: 3}
     with pytest.raises(TypeError, match=f"{bad} must be callable"):
         draw_from_guide(args["model"], args["guide"], normal_data(), num_samples=2)
+
+
+def test_an_unplated_batch_dimension_is_a_named_error():
+    # The regression's mean broadcasts to (8, N) against obs of shape (N,): one extra batch
+    # dim that no plate declares (Pyro's ELBOs reject the site too). It used to surface as
+    # a RuntimeError from a reshape when drawing one sample at a time.
+    from pyro_vi.diagnostics._draws import UnplatedBatchError
+
+    x = torch.linspace(-1, 1, 30, dtype=F64)
+    y = 2 * x
+
+    def model(x, y):
+        w = pyro.sample("w", dist.Normal(torch.zeros(8, dtype=F64), 1.0).to_event(1))
+        with pyro.plate("data", len(y)):
+            pyro.sample("y", dist.Normal(w[:, None] * x, 1.0), obs=y)
+
+    def guide(x, y):
+        pyro.sample("w", dist.Normal(torch.zeros(8, dtype=F64), 1.0).to_event(1))
+
+    with pytest.raises(UnplatedBatchError, match=r"site 'y': log_prob has shape \(8, 30\)"):
+        draw_from_guide(model, guide, x, y, num_samples=10, seed=0)
+    assert issubclass(UnplatedBatchError, ValueError)

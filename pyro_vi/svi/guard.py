@@ -22,10 +22,12 @@ import pyro
 import pyro.poutine as poutine
 import torch
 from pyro.infer.elbo import ELBO
+from pyro.poutine.messenger import Messenger
 
 from pyro_vi.errors import NumericalError
 
-__all__ = ["PYRO_NAN_WARNING", "FiniteGuard", "NonFiniteLossError", "NonFiniteStep", "describe"]
+__all__ = ["PYRO_NAN_WARNING", "AliasCheck", "FiniteGuard", "NonFiniteLossError",
+           "NonFiniteStep", "ParamAliasWarning", "describe"]
 
 #: Pyro's own NaN warning (``pyro.util.warn_if_nan``); the guard raises an error instead.
 PYRO_NAN_WARNING = r"Encountered (NaN|[+-]?inf)"
@@ -49,6 +51,81 @@ class NonFiniteLossError(NumericalError):
     def __init__(self, message: str, *, step: int, sites: list[str], result: Any):
         super().__init__(message)
         self.step, self.sites, self.result = step, sites, result
+
+
+class ParamAliasWarning(UserWarning):
+    """A guide parameter shared its memory with a tensor of the model; it was copied.
+
+    Pyro 1.9's autoguides can store a model tensor as a parameter without copying it (e.g.
+    ``AutoNormal(init_loc_fn=init_to_mean)`` keeps the prior's ``loc``), so the optimizer's
+    in-place updates would rewrite the model's own prior. :func:`pyro_vi.fit_svi` gives such
+    a parameter its own copy before the first update and warns with this class.
+    """
+
+
+def _storage(t: torch.Tensor) -> int:
+    return int(t.untyped_storage().data_ptr()) if t.numel() else 0
+
+
+def _tensors(obj: Any, depth: int = 3) -> list[torch.Tensor]:
+    """The tensors a distribution holds (its parameters), also inside wrapped distributions."""
+    out: list[torch.Tensor] = []
+    for value in vars(obj).values():
+        if isinstance(value, torch.Tensor):
+            out.append(value)
+        elif isinstance(value, torch.distributions.Distribution) and depth > 0:
+            out.extend(_tensors(value, depth - 1))
+    return out
+
+
+class AliasCheck(Messenger):
+    """Wraps the model in the first step to see which memory its sites' tensors use.
+
+    Records the storage of every sample site's distribution parameters and observed values;
+    the model's own ``pyro.param`` sites and the latent values replayed from the guide are
+    exempt (sharing those is intended).
+    :meth:`unalias` then copies any param-store tensor that shares one of those storages.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.active = True
+        self.sites: dict[int, str] = {}
+        self.own: set[int] = set()
+
+    def _postprocess_message(self, msg: Any) -> None:
+        if not self.active:
+            return
+        if msg["type"] == "param":
+            self.own.add(_storage(msg["value"]))
+        elif msg["type"] == "sample":
+            tensors = _tensors(msg["fn"])
+            if isinstance(msg["value"], torch.Tensor):
+                if msg["is_observed"]:
+                    tensors.append(msg["value"])
+                else:  # a latent value comes from the guide (a Delta guide's is its param)
+                    self.own.add(_storage(msg["value"]))
+            for t in tensors:
+                self.sites.setdefault(_storage(t), msg["name"])
+
+    def unalias(self) -> list[str]:
+        """Copy params that share memory with the model's tensors; one warning names them."""
+        self.active = False
+        copied = []
+        for name, p in pyro.get_param_store().named_parameters():
+            ptr = _storage(p)
+            site = self.sites.get(ptr) if ptr and ptr not in self.own else None
+            if site is not None:
+                with torch.no_grad():
+                    p.data = p.data.clone()  # same tensor object (the guide's), own memory
+                copied.append(f"{name!r} (model site {site!r})")
+        self.sites.clear()
+        if copied:
+            warnings.warn(f"fit_svi: param(s) {', '.join(copied)} shared memory with a tensor "
+                          f"of the model (an autoguide stored it without a copy); each was "
+                          f"copied so that the optimizer cannot overwrite the model",
+                          ParamAliasWarning, stacklevel=2)
+        return copied
 
 
 class NonFiniteStep(Exception):
@@ -79,6 +156,7 @@ class FiniteGuard:
         self._ids: tuple[int, ...] = ()
         self._kept: list[torch.Tensor] = []
         self.finite_steps = 0  # steps whose loss and gradients passed the check
+        self.aliases = AliasCheck()  # wraps the model; checked once, before the first update
 
     def __call__(self, model: Callable[..., Any], guide: Callable[..., Any], *args: Any,
                  **kwargs: Any) -> Any:
@@ -92,6 +170,8 @@ class FiniteGuard:
             if not self.finite_steps or not VALIDATION_ERROR.search(str(err)):
                 raise
             raise NonFiniteStep(math.nan, [], invalid=str(err).splitlines()[0]) from err
+        if self.aliases.active:
+            self.aliases.unalias()
         self.check(float(loss))
         return loss
 

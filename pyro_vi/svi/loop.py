@@ -132,8 +132,8 @@ class SVIRun:
         self.guard = FiniteGuard(self.elbo)
         self.recorder = SiteRecorder()  # the guide's sample sites, for checkpoints
         self.guide_sites: set[str] = set()
-        self.svi = SVI(model, self.recorder(guide), self.optim, loss=loss_fn.loss,
-                       loss_and_grads=self.guard)
+        self.svi = SVI(self.guard.aliases(model), self.recorder(guide), self.optim,
+                       loss=loss_fn.loss, loss_and_grads=self.guard)
         self.rule = make_rule(rule, tol=float(tol), window=window, patience=patience,
                               z=float(z))
         self.cursor = BatchCursor(batches, track_rng=True)
@@ -243,7 +243,8 @@ class SVIRun:
     def _restore(self, saved: Mapping[str, Any]) -> None:
         if self.seed is not None and saved["seed"] is not None and saved["seed"] != self.seed:
             raise ValueError(f"seed={self.seed} differs from the checkpoint's seed {saved['seed']}")
-        prime(self.elbo, self.model, self.svi.guide, self.batches, self.args, self.kwargs)
+        prime(self.elbo, self.svi.model, self.svi.guide, self.batches, self.args, self.kwargs)
+        self.guard.aliases.unalias()  # before the saved values are copied into the params
         self.guide_sites = set(self.recorder.names)
         check_compatible(dict(saved), self.guide_sites,
                          where=str(saved.get("path", "the checkpoint")))

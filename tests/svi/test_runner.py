@@ -713,6 +713,33 @@ def test_bad_arguments_are_named(kwargs, error, match):
     assert len(pyro.get_param_store()) == 0  # nothing ran
 
 
+@pytest.mark.parametrize(("kwargs", "match"), [
+    ({"loss": Trace_ELBO()}, r"unknown option 'loss'.*model takes no such keyword"),
+    ({"num_step": 10}, r"unknown option 'num_step'.*did you mean 'num_steps'"),
+    ({"n_totl": 20}, r"unknown option 'n_totl'.*did you mean 'n_total'"),
+])
+def test_unknown_keywords_are_named_before_any_work(kwargs, match):
+    # normal_model(x) takes no keywords; mb_model(xb, idx, n_total) takes n_total
+    fn = mb_model if "n_totl" in kwargs else normal_model
+    guide = fixed_guide if fn is mb_model else make_guide(data())
+    with pytest.raises(TypeError, match=match):
+        fit_svi(fn, guide, data(), progress=False, **kwargs)
+    assert len(pyro.get_param_store()) == 0  # nothing ran
+
+
+def test_a_model_with_var_keywords_still_refuses_a_near_miss_of_an_option():
+    def open_model(x, **extra):
+        normal_model(x)
+
+    def open_guide(x, **extra):
+        delta_guide(x)
+
+    with pytest.raises(TypeError, match="'num_step'.*did you mean 'num_steps'"):
+        fit_svi(open_model, open_guide, data(), num_step=5, progress=False)
+    fit = fit_svi(open_model, open_guide, data(), scale_hint=2.0, num_steps=3, progress=False)
+    assert fit.n_steps == 3  # a keyword unlike any option goes to **extra
+
+
 @pytest.mark.parametrize("which", ["model", "guide"])
 def test_non_callable_model_or_guide_is_named(which):
     fns = {"model": normal_model, "guide": make_guide(data())}

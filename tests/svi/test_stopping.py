@@ -126,6 +126,41 @@ def test_deterministic_loss_uses_the_tol_clause():
     assert not any(rule.update(10.0) for _ in range(100))  # tol=0 turns the rule off
 
 
+@pytest.mark.parametrize("rule", ["noise", "relative"])
+def test_the_tol_clause_is_absolute_below_one_nat(rule):
+    # Losses near 0: constant windows (no noise, so only the tol clause can pass) whose means
+    # move by 5e-5 per window. Relative to |L| ~ 1e-3 that is a 5 % change, but the
+    # denominator is floored at 1 nat, so the change is 5e-5 < tol = 1e-4 and the rule fires
+    # after patience flat windows. With a floor of |L| itself (no floor) it would never fire.
+    def windows(step):
+        return [v for k in range(8) for v in [1e-3 + step * k] * 5]
+
+    r = make_rule(rule, tol=1e-4, window=5, patience=2, z=2.0)
+    fired = [r.update(v) for v in windows(5e-5)]
+    assert fired.index(True) == 3 * 5 - 1  # windows 2 and 3 are flat against 1 and 2
+    # a move of 2e-4 per window is above tol against the floor of 1: never flat
+    r = make_rule(rule, tol=1e-4, window=5, patience=2, z=2.0)
+    assert not any(r.update(v) for v in windows(2e-4))
+    # far from 0 the change is relative: 5e-5 of 1e3 is 5e-8 relative, flat
+    r = make_rule(rule, tol=1e-4, window=5, patience=2, z=2.0)
+    assert [r.update(1e3 + v) for v in windows(0.05)].index(True) == 14
+
+
+@pytest.mark.parametrize("rule", ["noise", "relative"])
+def test_a_moving_window_resets_the_flat_streak(rule):
+    # Constant windows (deterministic loss): flat, moved, flat, flat, moved, flat, flat.
+    # patience=3 consecutive flat windows are never reached although 5 windows are flat; with
+    # patience=2 the rule fires at the first pair of consecutive flat windows (windows 3-4).
+    means = [10.0, 10.0, 11.0, 11.0, 11.0, 12.0, 12.0, 12.0]
+    trace = [m for m in means for _ in range(4)]
+    r = make_rule(rule, tol=1e-4, window=4, patience=3, z=2.0)
+    flags = [r.update(v) for v in trace]
+    assert not any(flags)
+    assert r.streak == 2  # the last two windows: the streak restarted after the move
+    r = make_rule(rule, tol=1e-4, window=4, patience=2, z=2.0)
+    assert [r.update(v) for v in trace].index(True) == 5 * 4 - 1
+
+
 def test_rule_state_round_trips_exactly():
     rng = np.random.default_rng(3)
     for rule in (NoiseRule(1e-4, 7, 2, 1.5), WindowRule(1e-4, 7, 2)):

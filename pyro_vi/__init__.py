@@ -30,7 +30,7 @@ from pyro_vi.diagnostics import (
     psis_diagnostic,
     to_inference_data,
 )
-from pyro_vi.errors import ConvergenceWarning, ELBODecreaseError, NumericalError
+from pyro_vi.errors import ConvergenceWarning, ELBODecreaseError, NumericalError, PrecisionWarning
 from pyro_vi.results import load_result
 from pyro_vi.svi import NonFiniteLossError, SVIResult, fit_svi
 
@@ -60,6 +60,7 @@ __all__ = [
     "NonFiniteLossError",
     "NumericalError",
     "PSISResult",
+    "PrecisionWarning",
     "SVIResult",
     "UnivariateNormal",
     "VAE",

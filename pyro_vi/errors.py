@@ -2,11 +2,21 @@
 
 from __future__ import annotations
 
-__all__ = ["ConvergenceWarning", "ELBODecreaseError", "NumericalError"]
+__all__ = ["ConvergenceWarning", "ELBODecreaseError", "NumericalError", "PrecisionWarning"]
 
 
 class ConvergenceWarning(UserWarning):
     """A fit stopped at its iteration budget before meeting its tolerance."""
+
+
+class PrecisionWarning(UserWarning):
+    """A CAVI run stopped where the ELBO's changes fell below the round-off of its data.
+
+    Coordinate ascent cannot lower the ELBO, but the floating-point ELBO of data far from its
+    mean (raw units: years, epoch seconds, prices) carries round-off of many nats; once a
+    sweep's change is within it, the run has gone as far as the dtype can resolve and stops,
+    keeping its fit. Centring and scaling the data (or float64) resolves more.
+    """
 
 
 class NumericalError(ArithmeticError):

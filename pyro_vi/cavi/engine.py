@@ -30,7 +30,7 @@ from pyro_vi.cavi.model import (
     local_pass,
     nonfinite_global_terms,
 )
-from pyro_vi.errors import ConvergenceWarning, ELBODecreaseError, NumericalError
+from pyro_vi.errors import ConvergenceWarning, ELBODecreaseError, NumericalError, PrecisionWarning
 from pyro_vi.results import CAVIResult, CAVIRun
 
 __all__ = ["DEFAULT_CHUNK_BYTES", "CAVIResult", "CAVIRun", "ConjugateModel", "Local", "cavi",
@@ -63,9 +63,9 @@ def _decrease_message(model: ConjugateModel, data: Any, it: int, old: float, new
     if noise is not None and old - new <= noise:
         return (f"{head}, within the ELBO's round-off for this data (about {noise:.3g} nats: "
                 "values far from their mean or spread over many orders of magnitude lose "
-                "digits in this dtype). This is a precision problem, not a wrong update: "
-                "centre and scale the data ((x - x.mean(0)) / x.std(0)) or fit in "
-                "dtype=torch.float64")
+                "digits in this dtype). This is a precision problem, not a wrong update; the "
+                "run stops here with its fit. To resolve more, centre and scale the data "
+                "((x - x.mean(0)) / x.std(0)) or fit in dtype=torch.float64")
     extra = "" if noise is None else f" (the data's round-off is only about {noise:.3g} nats)"
     return (f"{head}; coordinate ascent cannot do that, so an update is wrong{extra}")
 
@@ -116,7 +116,15 @@ def _one_run(
         change = new - elbo
         scale = max(abs(new), 1.0)
         if change < -allowance * scale:
-            raise ELBODecreaseError(_decrease_message(model, data, it, elbo, new))
+            noise = model.elbo_roundoff(data)
+            if noise is None or elbo - new > noise:
+                raise ELBODecreaseError(_decrease_message(model, data, it, elbo, new))
+            # Within the data's round-off: as far as this dtype can resolve. Stop, keep the fit.
+            warnings.warn(_decrease_message(model, data, it, elbo, new), PrecisionWarning,
+                          stacklevel=3)
+            elbo = new
+            converged = True
+            break
         elbo = new
         if abs(change) < tol * scale:
             converged = True
@@ -147,7 +155,11 @@ def cavi(
     (Bishop 2006, eq. 10.9) through the model's global step, then every local factor (e.g.
     the responsibilities, eq. 10.49) through its local step. The ELBO is evaluated after every
     sweep; it can never decrease, so a drop of more than ``monotone_rtol · max(|ELBO|, 1)``
-    raises :class:`~pyro_vi.errors.ELBODecreaseError` naming the iteration.
+    raises :class:`~pyro_vi.errors.ELBODecreaseError` naming the iteration, unless the drop is
+    within the round-off that the data's magnitude causes (:meth:`ConjugateModel.elbo_roundoff
+    <pyro_vi.cavi.model.ConjugateModel.elbo_roundoff>`, e.g. raw columns far from zero): then
+    the run has gone as far as its dtype can resolve, stops as converged, and a
+    :class:`~pyro_vi.errors.PrecisionWarning` says so and what to do.
 
     Parameters
     ----------
@@ -191,6 +203,11 @@ def cavi(
         An option out of range, or bad data, before any work.
     ELBODecreaseError, NumericalError
         Numerical trouble, naming the iteration.
+
+    Warns
+    -----
+    PrecisionWarning
+        A run stopped because the ELBO's change fell within the data's round-off.
 
     .. warning::
         CAVI needs every complete conditional to be in the exponential family (conditional

@@ -274,6 +274,22 @@ def _moment_message(flags: Sequence[MomentFlag]) -> str:
             "corrected_means/corrected_sds, or improve the guide")
 
 
+def _flat_tail(log_ratios: np.ndarray) -> bool:
+    r"""Whether the :math:`M = \lceil\min(S/5, 3\sqrt S)\rceil` largest ratios are all equal.
+
+    PSIS fits its Pareto tail to those :math:`M` ratios (Vehtari et al. 2024, §3). When they are
+    equal (a guide whose ratio :math:`p/q` takes few values, e.g. a piecewise-constant
+    :math:`q`), the ratios are bounded by that value and there is no tail to smooth:
+    :math:`\hat k = -\infty` and the raw self-normalised weights are used. ArviZ 0.2x then
+    fits :math:`\hat k = \infty` and ArviZ 1.x raises ("All tail values are the same"), so the
+    case is decided here, the same way on both lines.
+    """
+    s = log_ratios.shape[0]
+    m = math.ceil(min(0.2 * s, 3 * math.sqrt(s)))
+    top = np.sort(log_ratios)[-m:]
+    return bool(np.isfinite(top).all() and top[0] == top[-1])
+
+
 def psis_from_draws(draws: GuideDraws) -> PSISResult:
     r"""PSIS :math:`\hat k`, ESS, corrected moments and moment flags from draws already scored.
 
@@ -289,6 +305,9 @@ def psis_from_draws(draws: GuideDraws) -> PSISResult:
     if finite.size == s and np.ptp(finite) <= _CONSTANT:
         khat = -math.inf
         log_weights = np.full(s, -math.log(s))
+    elif _flat_tail(log_ratios):
+        khat = -math.inf
+        log_weights = log_ratios - np.logaddexp.reduce(log_ratios)
     else:
         log_weights, khat = psislw(log_ratios)
     weights = np.exp(log_weights - np.logaddexp.reduce(log_weights))

@@ -37,6 +37,8 @@ from typing import Any
 import pandas as pd
 import torch
 
+from pyro_vi._io import save_figure, write_csv, write_text
+
 BENCH_DIR = Path(__file__).resolve().parent
 DEFAULT_OUT = BENCH_DIR / "results"
 README = BENCH_DIR / "README.md"
@@ -168,12 +170,13 @@ def write_results(out: Path, stem: str, *, table: pd.DataFrame, markdown: str,
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     paths = [out / f"{stem}.csv", out / f"{stem}.md", out / f"{stem}_machine.json"]
-    table.to_csv(paths[0], index=False)
-    paths[1].write_text(markdown + machine_line(info))
-    paths[2].write_text(json.dumps(info, indent=2) + "\n")
+    # every file atomically: a failed or killed write keeps the previous results whole
+    write_csv(table, paths[0], index=False)
+    write_text(paths[1], markdown + machine_line(info))
+    write_text(paths[2], json.dumps(info, indent=2) + "\n")
     for name, fig in (figures or {}).items():
         path = out / f"{stem}_{name}.png"
-        fig.savefig(path, dpi=110, bbox_inches="tight")
+        save_figure(fig, path, dpi=110, bbox_inches="tight")
         paths.append(path)
     return paths
 
@@ -191,7 +194,7 @@ def update_readme(section: str, text: str, *, readme: Path = README) -> None:
         new = head + block + rest.split(end, 1)[1]
     else:
         new = old.rstrip() + ("\n\n" if old else "") + block + "\n"
-    readme.write_text(new)
+    write_text(readme, new)  # atomic: a kill mid-write cannot truncate the README
 
 
 def peak_rss_bytes() -> int:

@@ -11,6 +11,7 @@ nested dicts, lists and tuples of tensors and plain Python values through it and
 from __future__ import annotations
 
 import contextlib
+import io
 import os
 import pickle
 import stat
@@ -21,10 +22,11 @@ from typing import IO, Any
 
 import torch
 
-__all__ = ["atomic_write", "check_writable", "from_plain", "import_class", "load_tensors", "save_tensors", "to_plain"]
+__all__ = ["atomic_write", "check_writable", "from_plain", "import_class", "load_tensors",
+           "save_figure", "save_tensors", "to_plain", "write_bytes", "write_csv", "write_text"]
 
 
-def atomic_write(path: str | os.PathLike[str], write: Callable[[IO[bytes]], None]) -> Path:
+def atomic_write(path: str | os.PathLike[str], write: Callable[[IO[bytes]], object]) -> Path:
     """Call ``write(f)`` on a temporary file beside ``path``, then move it onto ``path``.
 
     Temporary file in the same folder, ``fsync``, :func:`os.replace`, ``fsync`` of the folder.
@@ -98,6 +100,33 @@ def _fsync_dir(folder: Path) -> None:
         pass
     finally:
         os.close(fd)
+
+
+def write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
+    """Write ``data`` to ``path`` atomically (:func:`atomic_write`)."""
+    return atomic_write(path, lambda f: f.write(data))
+
+
+def write_text(path: str | os.PathLike[str], text: str) -> Path:
+    """Write ``text`` (UTF-8) to ``path`` atomically (:func:`atomic_write`)."""
+    return write_bytes(path, text.encode("utf-8"))
+
+
+def write_csv(frame: Any, path: str | os.PathLike[str], **kwargs: Any) -> Path:
+    """``frame.to_csv(**kwargs)`` written to ``path`` atomically (:func:`atomic_write`)."""
+    return write_text(path, frame.to_csv(**kwargs))
+
+
+def save_figure(fig: Any, path: str | os.PathLike[str], **kwargs: Any) -> Path:
+    """``fig.savefig`` into memory, then the bytes to ``path`` atomically.
+
+    The format comes from the suffix of ``path``, as :meth:`matplotlib.figure.Figure.savefig`
+    would infer it.
+    """
+    buffer = io.BytesIO()
+    fmt = kwargs.pop("format", None) or Path(path).suffix.lstrip(".") or "png"
+    fig.savefig(buffer, format=fmt, **kwargs)
+    return write_bytes(path, buffer.getvalue())
 
 
 def save_tensors(path: str | os.PathLike[str], obj: Any) -> Path:

@@ -82,3 +82,55 @@ def test_truncated_and_missing_files_name_the_file(tmp_path):
         load_tensors(path)
     with pytest.raises(FileNotFoundError, match="nope.pt"):
         load_tensors(tmp_path / "nope.pt")
+
+
+# ------------------------------------------- every writer: a failed write keeps the old file
+
+
+def _writers(tmp_path):
+    """(name, target, write) for each file the library writes, each through atomic_write."""
+    import matplotlib.pyplot as plt
+    import pandas as pd
+
+    from benchmarks._common import update_readme, write_results
+    from pyro_vi._io import save_figure, write_csv, write_text
+    from pyro_vi.models.vae.model import VAE, VAEConfig, save_vae
+
+    fig = plt.figure()
+    table = pd.DataFrame({"a": [1.0]})
+    vae = VAE(VAEConfig(input_dim=4, hidden=(3,)))
+    return [
+        ("save_vae", tmp_path / "vae.pt",
+         lambda p: save_vae(p, vae, data="digits", split_seed=0)),
+        ("figure (demo, diagnose, VAE plots)", tmp_path / "f.png",
+         lambda p: save_figure(fig, p, dpi=20)),
+        ("CSV (demo, VAE metrics and curves)", tmp_path / "t.csv",
+         lambda p: write_csv(table, p, index=False)),
+        ("Markdown (VAE metrics)", tmp_path / "m.md", lambda p: write_text(p, "| new |")),
+        ("benchmarks write_results", tmp_path / "b.csv",
+         lambda p: write_results(p.parent, "b", table=table, markdown="x", info={})),
+        ("benchmarks README section", tmp_path / "README.md",
+         lambda p: update_readme("demo", "new text", readme=p)),
+    ]
+
+
+@pytest.mark.parametrize("index", range(6))
+def test_each_writer_keeps_the_old_file_when_the_write_fails(tmp_path, monkeypatch, index):
+    import matplotlib.pyplot as plt
+
+    name, target, write = _writers(tmp_path)[index]
+    target.write_bytes(b"previous <!-- demo:start -->\nold\n<!-- demo:end -->\n")
+    before = target.read_bytes()
+
+    def refuse(src, dst):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr("pyro_vi._io.os.replace", refuse)
+    with pytest.raises(OSError, match="No space"):
+        write(target)
+    monkeypatch.undo()
+    assert target.read_bytes() == before, name
+    assert sorted(p.name for p in tmp_path.iterdir()) == [target.name], name  # no temporary
+    write(target)  # and the same writer does replace it once writing works
+    assert target.read_bytes() != before, name
+    plt.close("all")

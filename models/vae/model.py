@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from pyro.params import param_with_module_name
 from torch import Tensor, nn
 
+from pyro_vi._io import save_tensors
 from pyro_vi.data.images import Minibatches, binarize, check_images
 
 __all__ = ["VAE", "LoadedVAE", "VAEConfig", "load_vae", "save_vae"]
@@ -312,6 +313,9 @@ def save_vae(
 ) -> Path:
     """Write weights, config and the data split seed to ``path`` (one ``torch.save`` dict).
 
+    Written atomically (:func:`pyro_vi._io.atomic_write`): a save that fails or is killed
+    leaves the previous file whole, and an existing file keeps its mode.
+
     Examples
     --------
     >>> import tempfile, torch
@@ -333,7 +337,7 @@ def save_vae(
         "extra": dict(extra or {}),
     }
     path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(payload, path)
+    save_tensors(path, payload)  # atomic: a failed save keeps the previous file
     return path
 
 

@@ -14,6 +14,7 @@ import torch
 from matplotlib.figure import Figure
 from torch import Tensor
 
+from pyro_vi._io import save_figure
 from pyro_vi.models.vae.model import VAE
 
 __all__ = ["plot_elbo_curves", "plot_latent_space", "plot_prior_samples",
@@ -159,5 +160,5 @@ def _save(fig: Figure, path: str | Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    save_figure(fig, path, dpi=110)  # atomic: a failed write keeps the previous PNG
     return path

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import argparse
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import matplotlib
@@ -21,6 +21,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from pyro_vi._io import check_writable, save_figure, write_csv
 from pyro_vi.cavi.engine import cavi
 from pyro_vi.data.bundled import load_old_faithful
 from pyro_vi.models.gmm.model import GaussianMixture, GMMParams
@@ -83,7 +84,7 @@ def run_demo(*, out: Path, steps: int | None = None, seed: int = 0, progress: bo
            title="Old Faithful, K=6: ELBO vs time")
     ax.legend()
     fig.tight_layout()
-    fig.savefig(out / "elbo_vs_seconds.png", dpi=120)
+    save_figure(fig, out / "elbo_vs_seconds.png", dpi=120)
     plt.close(fig)
 
     fig, axes = plt.subplots(1, len(fits), figsize=(4.4 * len(fits), 4.2), sharex=True, sharey=True)
@@ -94,10 +95,25 @@ def run_demo(*, out: Path, steps: int | None = None, seed: int = 0, progress: bo
         ax.set(title=label, xlabel="eruption (standardized)")
     axes[0].set_ylabel("waiting (standardized)")
     fig.tight_layout()
-    fig.savefig(out / "components.png", dpi=120)
+    save_figure(fig, out / "components.png", dpi=120)
     plt.close(fig)
-    table.to_csv(out / "summary.csv", index=False)
+    write_csv(table, out / "summary.csv", index=False)
     return table
+
+
+def _count(minimum: int) -> Callable[[str], int]:
+    """An argparse ``type``: an integer ``>= minimum`` (a bad value exits with status 2)."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {value}")
+        return value
+
+    return parse
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -108,12 +124,18 @@ def main(argv: Sequence[str] | None = None) -> int:
                                      formatter_class=HelpFormatter)
     parser.add_argument("--out", type=Path, default=Path("pyro-vi-demo"),
                         help="folder for the figures and the CSV (default: ./pyro-vi-demo)")
-    parser.add_argument("--steps", type=int, default=None, help="SVI steps (default per method)")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--steps", type=_count(1), default=None,
+                        help="SVI steps (default per method)")
+    parser.add_argument("--seed", type=_count(0), default=0)
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bars")
     parser.add_argument("--free-trace", action="store_true",
                         help="also fit Trace_ELBO with free q(z) parameters (does not converge; ~10 s more)")
     ns = parser.parse_args(argv)
+    try:
+        ns.out.mkdir(parents=True, exist_ok=True)
+        check_writable(ns.out / "summary.csv", what="--out")
+    except (OSError, ValueError) as err:  # before any fitting
+        parser.error(str(err))
     matplotlib.use("Agg")  # files only; set here, not at import, so importing stays side-effect free
     # 272 points: one intra-op thread is fastest, and on a busy 2-core machine a second thread
     # made the SVI fits several times slower.

@@ -34,6 +34,7 @@ from typing import Any
 import numpy as np
 
 from pyro_vi._checks import check_int
+from pyro_vi._io import check_writable
 from pyro_vi.cli.main import HelpFormatter, plain
 from pyro_vi.diagnostics.report import diagnose
 
@@ -270,7 +271,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     ns = p.parse_args(list(argv) if argv is not None else None)
     try:
         guide, model, data = _resolve(ns)
-    except UsageError as err:
+        if ns.out_dir:  # before any fitting: figures go there at the end
+            Path(ns.out_dir).mkdir(parents=True, exist_ok=True)
+            check_writable(Path(ns.out_dir) / "elbo_trace.png", what="--out-dir")
+    except (UsageError, OSError, ValueError) as err:
         p.error(str(err))
     try:
         result, args, nuts_options = _fit(ns, guide, model, data)

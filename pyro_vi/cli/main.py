@@ -84,7 +84,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     ns = parser.parse_args(argv[:1])
     module = importlib.import_module(COMMANDS[ns.command][0])
-    return int(module.main(argv[1:]) or 0)
+    try:
+        return int(module.main(argv[1:]) or 0)
+    except (ValueError, TypeError, OSError) as err:
+        # the library names the bad value; a CLI user gets that message, not a traceback
+        print(f"pyro-vi {ns.command}: error: {err}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":  # pragma: no cover

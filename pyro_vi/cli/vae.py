@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from pyro_vi._io import check_writable, write_csv, write_text
 from pyro_vi.data.images import ImageData, load_digits, load_mnist
 from pyro_vi.models.vae.evaluate import elbo_per_image, iw_log_likelihood
 from pyro_vi.models.vae.model import VAE, VAEConfig, save_vae
@@ -97,9 +98,15 @@ def _load(args: argparse.Namespace) -> ImageData:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run ``pyro-vi vae``; returns the exit status."""
-    args = build_parser().parse_args(argv)
-    if not args.lr > 0:
-        raise SystemExit("pyro-vi vae: --lr must be positive")
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not args.lr > 0 or not math.isfinite(args.lr):
+        parser.error(f"argument --lr: must be a finite number > 0, got {args.lr}")
+    try:
+        args.out.mkdir(parents=True, exist_ok=True)
+        check_writable(args.out / "metrics.csv", what="--out")
+    except (OSError, ValueError) as err:  # before any training
+        parser.error(str(err))
     data = _load(args)
     config = VAEConfig(input_dim=data.x_train.shape[1], latent_dim=args.latent_dim,
                        hidden=args.hidden, seed=args.seed)
@@ -136,9 +143,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         "metrics (Markdown)": out / "metrics.md",
         "ELBO curves (CSV)": out / "curves.csv",
     }
-    table.to_csv(paths["metrics (CSV)"], index=False)
-    paths["metrics (Markdown)"].write_text(_markdown(table))
-    fit.curves.to_csv(paths["ELBO curves (CSV)"], index=False)
+    write_csv(table, paths["metrics (CSV)"], index=False)
+    write_text(paths["metrics (Markdown)"], _markdown(table))
+    write_csv(fit.curves, paths["ELBO curves (CSV)"], index=False)
     shape = data.image_shape
     paths["reconstructions"] = plot_reconstructions(vae, x_test, out / "reconstructions.png",
                                                     image_shape=shape)

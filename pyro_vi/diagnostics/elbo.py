@@ -122,6 +122,34 @@ def _check(num_particles: Any, max_plate_nesting: Any, chunk_size: Any, model: A
             check_bool("vectorize", vectorize, optional=True))
 
 
+def _check_guide_covers_model(model: Callable[..., Any], guide: Callable[..., Any],
+                              args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+    """Refuse a guide that lacks a latent site of the model (ValueError naming the site).
+
+    One guide trace and one replayed model trace, with the RNG state put back afterwards so
+    that the estimate draws the same numbers as without this check.
+    """
+    import pyro.poutine as poutine
+    from pyro.poutine.util import site_is_subsample
+    from pyro.util import get_rng_state, set_rng_state
+
+    rng = get_rng_state()
+    try:
+        with torch.no_grad(), poutine.block():
+            guide_trace = poutine.trace(guide).get_trace(*args, **kwargs)
+            model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(
+                *args, **kwargs)
+    finally:
+        set_rng_state(rng)
+    missing = [name for name, site in model_trace.nodes.items()
+               if site["type"] == "sample" and not site["is_observed"]
+               and not site_is_subsample(site) and name not in guide_trace.nodes]
+    if missing:
+        raise ValueError(f"elbo_estimate: the guide has no sample site {missing[0]!r} of the "
+                         f"model (latent sites the guide lacks: {', '.join(missing)}); the "
+                         f"estimate would not be an ELBO of this model")
+
+
 def elbo_estimate(model: Callable[..., Any], guide: Callable[..., Any], *args: Any,
                   num_particles: int = 10000, max_plate_nesting: int | None = None,
                   chunk_size: int = 1000, vectorize: bool | None = None,
@@ -185,6 +213,7 @@ def elbo_estimate(model: Callable[..., Any], guide: Callable[..., Any], *args: A
     """
     num_particles, max_plate_nesting, chunk_size, vectorize = _check(
         num_particles, max_plate_nesting, chunk_size, model, guide, vectorize)
+    _check_guide_covers_model(model, guide, args, kwargs)
     with torch.no_grad():
         nesting = (_guess_max_plate_nesting(model, guide, args, kwargs)
                    if max_plate_nesting is None else int(max_plate_nesting))

@@ -206,3 +206,18 @@ def test_non_callable_model_is_named():
         elbo_estimate("model", scalar_guide)
     assert isinstance(elbo_estimate(normal_model, scalar_guide, torch.zeros(2),
                                     num_particles=10), ELBOEstimate)
+
+
+def test_a_guide_lacking_a_model_site_is_refused_naming_the_site():
+    # issue 12 §7: the model's "tau" would be drawn from its prior inside the model trace,
+    # so the number returned would not be an ELBO of this model
+    def two_sites():
+        mu = pyro.sample("mu", dist.Normal(0.0, 1.0))
+        tau = pyro.sample("tau", dist.Normal(0.0, 1.0))
+        pyro.sample("x", dist.Normal(mu + tau, 1.0), obs=torch.tensor(1.0))
+
+    def only_mu():
+        pyro.sample("mu", dist.Normal(0.5, 0.7))
+
+    with pytest.raises(ValueError, match="guide has no sample site 'tau'"):
+        elbo_estimate(two_sites, only_mu, num_particles=10)

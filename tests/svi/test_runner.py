@@ -767,3 +767,13 @@ def test_result_exports_to_arviz_and_diagnoses(tmp_path):
     assert "x" in idata.log_likelihood
     report = fit.diagnose(x, num_samples=500, out_dir=tmp_path, verbose=False)
     assert report.psis.khat < 0.7
+
+
+def test_a_numpy_integer_seed_gives_the_same_run():
+    import numpy as np
+
+    x = data()
+    a = fit_svi(normal_model, delta_guide, x, num_steps=5, seed=np.int64(3), progress=False)
+    pyro.clear_param_store()
+    b = fit_svi(normal_model, delta_guide, x, num_steps=5, seed=3, progress=False)
+    assert a.history["loss"].equals(b.history["loss"])

@@ -133,3 +133,19 @@ def test_on_epoch_sees_each_epoch_row_and_x_test_is_optional(digits):
     # the train objective is the mean per-image loss of the epoch's two steps
     losses = fit.history["loss"].tolist()
     assert curves["train_elbo"].iloc[2] == pytest.approx(-(losses[2] + losses[3]) / 2 / 200)
+
+
+def test_a_gaussian_vae_on_raw_0_255_data_keeps_its_partial_training():
+    # issue 12 §3: grey levels in 0-255 with lr 0.1 drive the encoder's scale to 0 at step 2,
+    # which Pyro's validation rejects; the run so far must come back as a VAEResult.
+    from pyro_vi import NonFiniteLossError, VAEResult
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randint(0, 256, (200, 64), generator=g).float()
+    vae = VAE(VAEConfig(input_dim=64, likelihood="gaussian", binarize=None))
+    with pytest.raises(NonFiniteLossError, match="validation rejected a parameter") as info:
+        fit_vae(vae, x, epochs=3, batch_size=50, lr=1e-1, progress=False)
+    partial = info.value.result
+    assert isinstance(partial, VAEResult)
+    assert partial.n_steps == info.value.step - 1 >= 1
+    assert partial.stop_reason == "non_finite"

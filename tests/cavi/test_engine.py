@@ -1,6 +1,6 @@
 """The generic CAVI engine: loop rules, restarts, chunking, monotonicity guard, options.
 
-The engine is exercised on two models: a toy conjugate model written here (a Normal mean with
+The engine is exercised on two models: a toy conjugate model (``_toy.py``) (a Normal mean with
 known precision, where the mean-field family is exact, so the ELBO must equal the log evidence)
 and the Bayesian GMM of :mod:`pyro_vi.models.gmm.model`.
 """
@@ -8,17 +8,14 @@ and the Bayesian GMM of :mod:`pyro_vi.models.gmm.model`.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import pandas as pd
-import pyro
-import pyro.distributions as dist
 import pytest
 import scipy.stats
 import torch
-from pyro.distributions import constraints
+from cavi._toy import MeanParams, NormalMean, toy_params
 from torch import Tensor
 
 from pyro_vi import (
@@ -35,60 +32,6 @@ from pyro_vi import (
 from pyro_vi.cavi.engine import local_pass
 from pyro_vi.factors import Normal
 from pyro_vi.models.gmm.model import GaussianMixture
-
-
-@dataclass(frozen=True)
-class MeanParams:
-    loc: Normal
-
-
-class NormalMean(ConjugateModel[Tensor, MeanParams, tuple[Tensor, ...]]):
-    """x_n ~ N(mu, 1/tau), tau known, mu ~ N(m0, 1/l0); q(mu) = N(m, 1/l) is exact (PRML 2.141)."""
-
-    def __init__(self, m0: float = 0.5, l0: float = 2.0, tau: float = 3.0) -> None:
-        super().__init__()
-        self.m0, self.l0, self.tau = m0, l0, tau
-
-    def prepare(self, data: Any) -> tuple[NormalMean, Tensor]:
-        return self, torch.as_tensor(data, dtype=torch.float64)
-
-    def init_stats(self, data: Tensor, *, generator: torch.Generator) -> tuple:
-        return self.local_step(data, self.prior_params()).stats
-
-    def local_step(self, data: Tensor, params: MeanParams) -> Local:
-        m, lam = params.loc.loc, params.loc.precision
-        t = self.tau
-        ell = 0.5 * math.log(t / (2 * math.pi)) - 0.5 * t * ((data - m) ** 2 + 1.0 / lam)
-        n = torch.tensor(float(data.shape[0]), dtype=torch.float64)
-        return Local((n, data.sum()), ell.sum())
-
-    def global_step(self, stats: tuple, params: Any) -> MeanParams:
-        n, sx = stats
-        lam = self.l0 + self.tau * n
-        return MeanParams(Normal((self.l0 * self.m0 + self.tau * sx) / lam, precision=lam))
-
-    def prior_params(self) -> MeanParams:
-        return MeanParams(Normal(self._t(self.m0), precision=self._t(self.l0)))
-
-    def model(self, x: Tensor) -> None:
-        mu = pyro.sample("mu", dist.Normal(self._t(self.m0), self._t(self.l0**-0.5)))
-        with pyro.plate("data", x.shape[0], dim=-1):
-            pyro.sample("obs", dist.Normal(mu, self.tau**-0.5), obs=x)
-
-    def sample_guide(self, params: MeanParams, *data: Any) -> dict[str, Tensor]:
-        q = params.loc
-        return {"mu": pyro.sample("mu", dist.Normal(q.loc, q.precision.rsqrt()))}
-
-    def guide_params(self, *data: Any) -> MeanParams:
-        prior = self.prior_params().loc
-        return MeanParams(Normal(pyro.param("toy.loc", prior.loc.clone),
-                                 precision=pyro.param("toy.precision", prior.precision.clone,
-                                                      constraint=constraints.positive)))
-
-
-def _params(m: float, lam: float) -> MeanParams:
-    f = torch.tensor
-    return MeanParams(Normal(f(m, dtype=torch.float64), precision=f(lam, dtype=torch.float64)))
 
 
 @pytest.fixture(scope="module")
@@ -163,7 +106,7 @@ class _Chunky(NormalMean):
 def test_local_pass_is_additive_over_chunks(chunk_size):
     model = NormalMean()
     x = torch.randn(100, dtype=torch.float64)
-    params = _params(0.3, 4.0)
+    params = toy_params(0.3, 4.0)
     whole = local_pass(model, x, params, chunk_size=0)
     parts = local_pass(model, x, params, chunk_size=chunk_size)
     # sums of <= 100 O(1) terms in a different order: round-off ~1e-14 relative
@@ -177,7 +120,7 @@ def test_automatic_chunk_size_from_memory_estimate():
     # 2500 points run as chunks of 1024, 1024, 452.
     model = _Chunky(per_point=2**30)
     x = torch.randn(2500, dtype=torch.float64)
-    params = _params(0.0, 1.0)
+    params = toy_params(0.0, 1.0)
     local_pass(model, x, params, chunk_size=None)
     assert model.calls == [1024, 1024, 452]
     small = _Chunky(per_point=8)  # 64 MiB / 8 B: the whole set fits in one chunk
@@ -325,6 +268,56 @@ def test_monotone_rtol_is_the_allowance(faithful):
     assert fit.history["elbo"].diff().iloc[3] < 0
 
 
+class _NudgedMean(NormalMean):
+    """Sweep ``bad``'s global step moves the exact q(mu)'s mean by ``delta``.
+
+    The toy's ELBO is exactly quadratic in q's mean with curvature -l (l = l0 + tau N, the
+    posterior precision, which the nudge leaves alone), so the nudge lowers the bound by
+    exactly l delta^2 / 2 nats; the next sweep restores the optimum.
+    """
+
+    def __init__(self, *, bad: int, drop: float, n: int) -> None:
+        super().__init__()
+        self.bad, self.sweep = bad, [0]
+        self.delta = math.sqrt(2.0 * drop / (self.l0 + self.tau * n))
+
+    def global_step(self, stats: tuple, params: Any) -> MeanParams:
+        new = super().global_step(stats, params)
+        sweep, self.sweep[0] = self.sweep[0], self.sweep[0] + 1  # call 0: the initial step
+        if sweep != self.bad:
+            return new
+        return MeanParams(Normal(new.loc.loc + self.delta, precision=new.loc.precision))
+
+
+def test_an_elbo_decrease_far_below_one_nat_is_caught():
+    # A wrong update that costs only 1e-3 nats (of |ELBO| ~ 20) is still a wrong update:
+    # 1e-3 is 5e4 x the default allowance (1e-9 relative, ~2e-8 nats here) and far above the
+    # round-off of O(1) float64 data (data_roundoff ~ 1e-14 nats), so the guard must fire.
+    x = torch.randn(12, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    model = _NudgedMean(bad=2, drop=1e-3, n=12)
+    with pytest.raises(ELBODecreaseError,
+                       match=r"CAVI iteration 2: the ELBO decreased .* \(by 0\.001\)"):
+        cavi(model, x, max_iter=4, tol=0.0, warn=False)
+    # The same nudge under monotone_rtol = 1e-3 (0.02 nats here) passes, and the history shows
+    # the exact designed drop: the check, not the model, is what raised.
+    fit = cavi(_NudgedMean(bad=2, drop=1e-3, n=12), x, max_iter=4, tol=0.0, warn=False,
+               monotone_rtol=1e-3)
+    drop = fit.history["elbo"].iloc[1] - fit.history["elbo"].iloc[2]
+    assert drop == pytest.approx(1e-3, rel=1e-6)  # float64 difference of O(20) values
+
+
+def test_an_elbo_decrease_within_round_off_is_not_an_error():
+    # A drop of 1e-11 relative (2e-10 nats) sits a factor 100 inside the 1e-9 allowance and
+    # ~1e4 x above float64's eps on the ELBO, so it is a real (designed) but allowed decrease.
+    x = torch.randn(12, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    scale = abs(cavi(NormalMean(), x).elbo)
+    fit = cavi(_NudgedMean(bad=2, drop=1e-11 * scale, n=12), x, max_iter=4, tol=0.0,
+               warn=False)
+    elbo = fit.history["elbo"]
+    assert 0.0 < elbo.iloc[1] - elbo.iloc[2] <= 2e-11 * scale
+    assert elbo.iloc[3] == pytest.approx(elbo.iloc[1], rel=1e-14)  # sweep 3 restores it
+
+
 class _NaNLocal(GaussianMixture):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -408,7 +401,7 @@ def test_numpy_scalars_are_accepted(faithful):
 @pytest.mark.parametrize(
     ("init", "match"),
     [
-        ("kmeans", "init must be 'kmeans\\+\\+', 'random'"),
+        ("k-means", "init must be 'kmeans\\+\\+', .*'random'"),
         (torch.full((272, 3), 0.5, dtype=torch.float64), "init responsibilities must be"),
         (torch.full((271, 2), 0.5, dtype=torch.float64), "init responsibilities must be"),
         (torch.full((272, 2), 0.4, dtype=torch.float64), "init responsibilities must be"),

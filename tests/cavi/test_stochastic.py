@@ -14,12 +14,15 @@ import warnings
 import numpy as np
 import pytest
 import torch
+from cavi._toy import NormalMean
 
 from pyro_vi import (
     BayesianLinearRegression,
     ConvergenceWarning,
     GaussianMixture,
     HierarchicalNormal,
+    Local,
+    NumericalError,
     blend_params,
     cavi,
     svi_cavi,
@@ -156,3 +159,102 @@ def test_blend_params_refuses_a_non_factor_field_that_changed():
 def test_bad_options_are_named(kwargs, match):
     with pytest.raises(ValueError, match=match):
         svi_cavi(HIER, groups(20), **kwargs)
+
+
+# ------------------------------------------------------ minibatch scaling, order, stopping
+# The toy Normal mean (known precision tau, prior N(m0, 1/l0)) has the statistics (n, sum x):
+# whatever the batch, the count rescaled by N/|B| is exactly N, so every step's target and
+# every blend of them has q's precision l0 + tau N, the exact posterior's (PRML 2.141).
+def test_every_step_including_a_short_last_batch_estimates_n_points():
+    x = torch.randn(10, generator=torch.Generator().manual_seed(0), dtype=F64)
+    model = NormalMean()
+    seen = []
+    # N = 10 in batches of 4: each epoch ends with a batch of 2, here at steps 3 and 6.
+    svi_cavi(model, x, batch_size=4, max_steps=6, seed=0,
+             callback=lambda step, p: seen.append(float(p.loc.precision)))
+    want = model.l0 + model.tau * 10
+    # Sums of a few O(1) float64 terms: 1e-12 relative is ~1e4 x their round-off. A batch of 2
+    # scaled by N/batch_size = 2.5 would give a target of l0 + 5 tau and move the blend by
+    # rho (tau N / 2) ~ 10.
+    np.testing.assert_allclose(seen, [want] * 6, rtol=1e-12)
+
+
+def test_identical_points_keep_every_step_at_the_exact_posterior():
+    # With N identical points every minibatch, of any size, scaled by N/|B| has the full-data
+    # statistics, so the start (the first batch scaled to N), every target, and every
+    # minibatch ELBO estimate (at the params the step started from) are the exact posterior's:
+    # the estimate equals the log evidence.
+    x = torch.full((10,), 0.7, dtype=F64)
+    model = NormalMean()
+    exact = cavi(model, x)
+    fit = svi_cavi(model, x, batch_size=4, max_steps=6, seed=0)
+    np.testing.assert_allclose(fit.history["elbo"], [exact.elbo] * 6, rtol=1e-12)
+    for a, b in zip(fit.params.loc.natural_params, exact.params.loc.natural_params, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=0.0)
+
+
+def test_the_first_step_starts_from_the_first_minibatch_scaled_to_n():
+    # One step (rho_1 = 2^-0.7 < 1 keeps part of the start): the start is the global step of
+    # the first batch's statistics times N/|B|, i.e. the exact posterior here; unscaled, it
+    # would be the posterior of 4 points, l0 + 4 tau instead of l0 + 10 tau.
+    x = torch.full((10,), 0.7, dtype=F64)
+    model = NormalMean()
+    exact = cavi(model, x)
+    fit = svi_cavi(model, x, batch_size=4, max_steps=1, seed=0)
+    assert fit.history["elbo"].iloc[0] == pytest.approx(exact.elbo, rel=1e-12)
+    assert float(fit.params.loc.precision) == pytest.approx(model.l0 + model.tau * 10, rel=1e-12)
+
+
+class _Recording(NormalMean):
+    """Records the data of every minibatch local step (not the start's)."""
+
+    def __init__(self, nan_at: int | None = None) -> None:
+        super().__init__()
+        self.batches: list[list[float]] = []
+        self.nan_at = nan_at
+
+    def init_stats(self, data, *, generator):
+        return NormalMean.local_step(self, data, self.prior_params()).stats
+
+    def local_step(self, data, params):
+        self.batches.append(data.tolist())
+        out = super().local_step(data, params)
+        if len(self.batches) == self.nan_at:
+            return Local((out.stats[0], out.stats[1] * float("nan")), out.elbo)
+        return out
+
+
+def test_each_epoch_visits_every_point_once_in_a_fresh_order():
+    x = torch.arange(12, dtype=F64)  # distinct values name the points
+    model = _Recording()
+    svi_cavi(model, x, batch_size=4, max_steps=9, seed=0)  # 3 epochs of 3 batches
+    epochs = [sum(model.batches[3 * e:3 * e + 3], []) for e in range(3)]
+    for order in epochs:
+        assert sorted(order) == x.tolist()  # a permutation: each point once per epoch
+    # Hoffman et al. draw a new permutation every epoch; two epochs of a correct run repeat
+    # an order with probability 1/12! = 2e-9 per pair, and the run is seeded (budget 0).
+    assert len({tuple(order) for order in epochs}) == 3
+
+
+def test_nan_statistics_with_a_finite_elbo_stop_at_the_step_that_made_them():
+    x = torch.randn(12, generator=torch.Generator().manual_seed(1), dtype=F64)
+    model = _Recording(nan_at=2)  # step 2's sum x is NaN; its ELBO is finite
+    with pytest.raises(NumericalError, match="stochastic VI step 2: .*sufficient statistic"):
+        svi_cavi(model, x, batch_size=4, max_steps=6, seed=0)
+    assert len(model.batches) == 2  # stopped there, before the next local step
+
+
+def test_tol_stops_at_the_first_epoch_whose_mean_changes_by_at_most_tol():
+    y, sigma = groups(400, seed=4)
+    tol = 1e-5
+    fit = svi_cavi(HIER, (y, sigma), batch_size=40, num_epochs=300, tol=tol, seed=0)
+    assert fit.converged
+    per_epoch = 10
+    assert fit.n_steps % per_epoch == 0
+    means = fit.history["elbo"].to_numpy().reshape(-1, per_epoch).mean(1)
+    change = np.abs(np.diff(means)) / np.maximum(np.abs(means[1:]), 1.0)
+    assert change[-1] <= tol
+    assert (change[:-1] > tol).all()  # not one epoch earlier
+    # the run passes epochs whose change lies within (tol, 10 tol]: a rule looser by 10x
+    # would have stopped at one of them, so this test can tell the two apart
+    assert ((change[:-1] > tol) & (change[:-1] <= 10 * tol)).any()

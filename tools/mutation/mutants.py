@@ -217,7 +217,7 @@ MUTANTS: tuple[Mutant, ...] = (
        "best = runs[-1]", ENGINE, "n_init keeps the best"),
     _m("engine-seed-offset", _ENG, "else int(seed) + i)", "else int(seed))", ENGINE,
        "restart i uses seed + i"),
-    _m("engine-allowance-eps", _ENG, "allowance = max(monotone_rtol, 1e3 * torch.finfo(local.elbo.dtype).eps)",
+    _m("engine-allowance-eps", _ENG, "allowance = max(monotone_rtol, 1e3 * max(torch.finfo(local.elbo.dtype).eps, model.compute_eps()))",
        "allowance = monotone_rtol", ENGINE, "float32 round-off allowance"),
     _m("stoch-step-size", _STO, "return float((t + tau) ** (-kappa))",
        "return float((t + tau) ** (-kappa) / 2)", STOCH, "Robbins-Monro rho_t = (t + tau)^-kappa"),

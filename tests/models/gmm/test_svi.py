@@ -34,7 +34,12 @@ def test_trace_elbo_on_cavi_guide_agrees_with_analytic_elbo(data, covariance):
     # fitted guide is the optimal one the analytic bound assumes). With 10^4 particles the mean is
     # Gaussian to high accuracy, so |z| > 4 has probability 6e-5 per case (4 cases: budget 2.5e-4).
     assert est.num_particles == 10_000
-    assert 0 < est.stderr < 0.05 * max(1.0, abs(fit.elbo))
+    # Power: the z-test below misses a bias only if it is under ~4 stderr. Measured stderr
+    # (seeds 0-2): 0.0055 (faithful full), 0.015 (faithful diag), 0.020 (iris full), 0.013
+    # (iris diag) nats, stable to ~3 % across seeds (a sd from 10^4 draws). Bounding it by
+    # 0.05 nats (2.5x the largest) means any error of 0.2 nats or more in the analytic ELBO
+    # fails; the old bound (5 % of |ELBO|, ~22 nats) let a 90-nat error through.
+    assert 0 < est.stderr < 0.05
     z = (est.mean - fit.elbo) / est.stderr
     assert abs(z) < 4, (est.mean, est.stderr, fit.elbo)
 

@@ -168,6 +168,11 @@ def _per_draw(log_prob: Tensor, n: int, nest: int, name: str = "?") -> Tensor:
     if log_prob.dim() < nest + 1:
         return log_prob.sum().expand(n)
     if log_prob.dim() > nest + 1 or log_prob.shape[0] not in (1, n):
+        if n > 1:
+            # e.g. a global of shape (n, 1, F) under the draws plate giving a mean (n, 1, N):
+            # Pyro broadcasts the log-prob to (n, n, N), and summing rows would count every
+            # draw's likelihood n times. Score this model one draw at a time instead.
+            raise _NotVectorisable(f"site {name!r}: log_prob shape {tuple(log_prob.shape)}")
         raise UnplatedBatchError(
             f"site {name!r}: log_prob has shape {tuple(log_prob.shape)}, more batch dims than "
             f"its plates and value allow ({nest}); an unplated batch dimension (e.g. a mean "

@@ -179,3 +179,34 @@ def test_an_unplated_batch_dimension_is_a_named_error():
     with pytest.raises(UnplatedBatchError, match=r"site 'y': log_prob has shape \(8, 30\)"):
         draw_from_guide(model, guide, x, y, num_samples=10, seed=0)
     assert issubclass(UnplatedBatchError, ValueError)
+
+
+def test_a_model_that_does_not_broadcast_over_the_draws_plate_is_scored_per_draw_exactly():
+    # einsum("nf,...f->...n") on a global w of shape (draws, 1, 3) gives a mean of shape
+    # (draws, 1, N): under the draws plate Pyro broadcasts y's log-prob to (draws, draws, N),
+    # and summing it per row counted the likelihood once per draw of the chunk (a log-ratio
+    # sd of ~735 nats instead of ~1 on this case). Such a log-prob has more batch dims than
+    # plates, so the draws are now scored one at a time, and equal an independent
+    # computation with torch.distributions (float64: 1e-9).
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(40, 3, generator=g, dtype=F64)
+    y = x @ torch.tensor([1.0, -2.0, 0.5], dtype=F64) + torch.randn(40, generator=g, dtype=F64)
+    loc = torch.tensor([1.0, -1.9, 0.6], dtype=F64)
+    scale = torch.tensor([0.05, 0.06, 0.06], dtype=F64)
+
+    def model(x, y):
+        w = pyro.sample("w", dist.Normal(torch.zeros(3, dtype=F64), 5.0).to_event(1))
+        with pyro.plate("data", len(y)):
+            pyro.sample("y", dist.Normal(torch.einsum("nf,...f->...n", x, w), 1.0), obs=y)
+
+    def guide(x, y):
+        pyro.sample("w", dist.Normal(loc, scale).to_event(1))
+
+    d = draw_from_guide(model, guide, x, y, num_samples=300, seed=0)
+    w = d.values["w"]
+    log_q = torch.distributions.Normal(loc, scale).log_prob(w).sum(-1)
+    five, one = torch.tensor(5.0, dtype=F64), torch.tensor(1.0, dtype=F64)
+    log_p = (torch.distributions.Normal(torch.zeros((), dtype=F64), five).log_prob(w).sum(-1)
+             + torch.distributions.Normal(w @ x.T, one).log_prob(y).sum(-1))
+    torch.testing.assert_close(d.log_ratio, log_p - log_q, rtol=1e-9, atol=1e-9)
+    assert not d.vectorised

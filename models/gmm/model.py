@@ -35,6 +35,7 @@ from pyro_vi.cavi.model import (
     DEFAULT_CHUNK_BYTES,
     ConjugateModel,
     FittedGuide,
+    LabelAlignment,
     Local,
     Stats,
     data_roundoff,
@@ -531,6 +532,10 @@ class GaussianMixture(ConjugateModel[Tensor, GMMParams, Stats]):
         if not self._use_features(data.shape[1]):
             return self._stats_bytes_per_point(data)
         return 2 * data.shape[1] * data.element_size()
+
+    def label_alignment(self) -> LabelAlignment:
+        """Components are matched on ``loc``; ``weights``, ``loc``, ``precision`` and ``z`` follow."""
+        return LabelAlignment("loc", ("weights", "loc", "precision"), labels=("z",))
 
     # ------------------------------------------------------------------------- Pyro side
     def model(self, x: Tensor) -> Tensor:

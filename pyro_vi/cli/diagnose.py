@@ -36,6 +36,7 @@ import numpy as np
 from pyro_vi._checks import check_int
 from pyro_vi._io import check_writable
 from pyro_vi.cli.main import HelpFormatter, plain
+from pyro_vi.diagnostics.psis import MIN_SAMPLES
 from pyro_vi.diagnostics.report import diagnose
 
 __all__ = ["GUIDES", "load_data", "load_model", "logistic_model", "main"]
@@ -259,7 +260,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--nuts", action="store_true", help="also compare with NUTS (slow)")
     p.add_argument("--nuts-samples", type=_count(1), default=300, help="NUTS draws")
     p.add_argument("--nuts-warmup", type=_count(0), default=300, help="NUTS warm-up steps")
-    p.add_argument("--num-samples", type=_count(1), default=4000, help="guide draws for PSIS")
+    p.add_argument("--num-samples", type=_count(MIN_SAMPLES), default=4000,
+                   help=f"guide draws for PSIS (at least {MIN_SAMPLES}: k-hat needs a tail)")
     p.add_argument("--seed", type=_count(0), default=0, help="seed of the fit and the draws")
     p.add_argument("--out-dir", default="diagnose-out", help="where figures are written")
     return p

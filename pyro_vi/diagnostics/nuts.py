@@ -29,6 +29,7 @@ from torch.distributions import biject_to, constraints
 from torch.distributions.transforms import Transform
 
 from pyro_vi._checks import check_bool, check_callable, check_int
+from pyro_vi._io import save_figure
 from pyro_vi.diagnostics._arviz_compat import bulk_ess
 from pyro_vi.diagnostics._draws import check_num_samples, draw_from_guide, seeded
 from pyro_vi.diagnostics._sites import inspect_model, node
@@ -313,7 +314,7 @@ def _plot(vi: Mapping[str, np.ndarray], nuts: Mapping[str, np.ndarray], table: p
     fig.suptitle("Posterior densities: VI vs NUTS (largest discrepancies)", fontsize=10)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
+    save_figure(fig, path, dpi=100)
     plt.close(fig)
     return path
 

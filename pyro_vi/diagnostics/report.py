@@ -43,6 +43,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from pyro_vi._checks import check_bool, check_callable, check_int
+from pyro_vi._io import save_figure
 from pyro_vi.diagnostics.nuts import MCMCComparison, align_from_spec, compare_to_mcmc, label_alignment
 from pyro_vi.diagnostics.psis import PSISResult, check_psis_samples, psis_diagnostic
 
@@ -144,7 +145,7 @@ def _plot_elbo(history: Sequence[float], trend: ElboTrend, path: Path) -> Path:
     ax.set_ylabel("ELBO (nats)")
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    save_figure(fig, path, dpi=100)
     plt.close(fig)
     return path
 
@@ -160,7 +161,7 @@ def _plot_psis(psis: PSISResult, path: Path) -> Path:
     ax.set_title(f"PSIS k-hat = {psis.khat:.2f} ({psis.verdict}), ESS {psis.ess:.0f}",
                  fontsize=10)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    save_figure(fig, path, dpi=100)
     plt.close(fig)
     return path
 

@@ -20,6 +20,7 @@ CASES = [
     ("diagnose", ["--data", "NAN"], "NaN"),
     ("diagnose", ["--components", "0"], "--components"),
     ("diagnose", ["--steps", "0"], "--steps"),
+    ("diagnose", ["--num-samples", "10"], "--num-samples"),
     ("diagnose", ["--model", "logistic", "--n", "0"], "--n"),
     ("diagnose", ["--out-dir", "/proc/pyro-vi-out"], "--out-dir"),
     ("demo", ["--steps", "-1"], "--steps"),

@@ -15,12 +15,38 @@
   allocations — ``tracemalloc`` does not) of a fresh subprocess that builds the data and runs
   :func:`pyro_vi.cavi.engine` with default options; the high-water mark is reset after the data is built.
 
-Run ``python -m benchmarks.scaling`` (or ``pyro-vi bench scaling``); ``--quick`` is a smoke test.
+* **Paths** (``--sections paths``): per (N, D, K) the seconds of a sweep on the *triangular*
+  path (per-component triangular product), the *feature* path (quadratic features
+  vech(x xᵀ), two GEMMs per 512-row block) and the *float32* mode (``compute_dtype=
+  torch.float32``, float64 accumulation), with scikit-learn's iteration beside them, all at one
+  thread (``torch.set_num_threads(1)`` and ``threadpoolctl.threadpool_limits(1)``), interleaved
+  (the order rotates every round), as the median with the range over the pooled sweeps. The
+  ratio sklearn/CAVI is taken per round (medians of the round) and reported as median [range]
+  over rounds. GFLOP/s are given against the 2·N·K·D(D+1) floor of the feature path and the
+  4·N·K·D² textbook count, and divided by a single-thread matmul (float64; float32 for the
+  float32 mode) timed in the same round. ``GaussianMixture`` has no public option choosing the
+  full-covariance path, so the benchmark forces one by setting the module constants
+  ``VECH_MIN_D``/``VECH_MAX_D`` of :mod:`pyro_vi.models.gmm.model` for the duration of the
+  measurement (:func:`forced_path`; restored afterwards, and checked by counting calls of the
+  feature builder). A same-start check gives the ELBO of each path after 10 sweeps.
+* **Threads** (``--threads N`` with N > 1): at the target size, wall-clock seconds per sweep at
+  1 and N threads for the float64 and float32 modes and for sklearn (N BLAS threads),
+  interleaved; the speed-up is per round, median [range]. The load average before and after is
+  in the machine JSON (``load_avg_start``/``load_avg_end``).
+* **CUDA** (``--device cuda``): the float64 feature path and the float32 mode at N=1e6, D=32,
+  K=16 on the GPU (synchronised timing), TFLOP/s against the device's own matmul, and the
+  speed-up over this machine's CPU (1 thread) in the same run. Without CUDA the script says so
+  and exits 0 without writing anything.
+
+Each section writes its own files (``scaling``, ``scaling_paths``, ``scaling_threads``,
+``scaling_cuda``) and README section. Run ``python -m benchmarks.scaling`` (or ``pyro-vi bench
+scaling``); ``--sections paths`` runs only the path comparison; ``--quick`` is a smoke test.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import resource
@@ -28,7 +54,7 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import matplotlib
@@ -48,6 +74,7 @@ from ._common import (
     machine_info,
     machine_line,
     markdown_table,
+    median_range,
     peak_rss_bytes,
     reset_peak_rss,
     should_update_readme,
@@ -86,9 +113,10 @@ def _clocks() -> tuple[float, float]:
     return time.process_time(), time.perf_counter()
 
 
-def matmul_gflops(size: int = 1024, repeat: int = 3) -> tuple[float, float]:
-    """(CPU-time, wall-clock) GFLOP/s of a float64 ``size``² matmul, best of ``repeat``."""
-    a = torch.randn(size, size, dtype=torch.float64)
+def matmul_gflops(size: int = 1024, repeat: int = 3, *,
+                  dtype: torch.dtype = torch.float64) -> tuple[float, float]:
+    """(CPU-time, wall-clock) GFLOP/s of a ``size``² matmul in ``dtype``, best of ``repeat``."""
+    a = torch.randn(size, size, dtype=dtype)
     a @ a
     cpu, wall = [], []
     for _ in range(repeat):
@@ -292,16 +320,240 @@ def report(df: pd.DataFrame, same: dict[str, float], mem: dict[str, float], thre
     return "".join(lines)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    matplotlib.use("Agg")  # an app: figures go to files
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if argv[:1] == ["--memory-child"]:
-        n, d, k = (int(v) for v in argv[1:4])
-        memory_child(n, d, k, argv[4])
-        return 0
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    add_common_args(parser)
-    args = parser.parse_args(argv)
+# ------------------------------------------------------------------------------------------ paths
+PATHS = ("triangular", "features", "float32")  #: the local-step variants compared side by side
+PATH_GRID = [(50_000, d, k, "full") for k in (8, 16) for d in (16, 24, 32, 40, 48)]
+
+
+@contextlib.contextmanager
+def forced_path(path: str) -> Iterator[None]:
+    """Force the full-covariance local step onto ``path`` ("triangular" or "features") in this block.
+
+    ``GaussianMixture`` chooses by ``D`` through the module constants ``VECH_MIN_D`` and
+    ``VECH_MAX_D`` of :mod:`pyro_vi.models.gmm.model` and has no public option for it, so they
+    are set here (an empty range: triangular; every D: features) and restored on exit.
+    Any other ``path`` (``"float32"``, ``"default"``) leaves the model's own choice.
+    """
+    from pyro_vi.models.gmm import model as gmm_model
+
+    if not all(hasattr(gmm_model, c) for c in ("VECH_MIN_D", "VECH_MAX_D")):
+        raise RuntimeError("pyro_vi.models.gmm.model has no VECH_MIN_D/VECH_MAX_D: update forced_path")
+    old = gmm_model.VECH_MIN_D, gmm_model.VECH_MAX_D
+    new = {"triangular": (1 << 30, -1), "features": (0, 1 << 30)}.get(path, old)
+    gmm_model.VECH_MIN_D, gmm_model.VECH_MAX_D = new
+    try:
+        yield
+    finally:
+        gmm_model.VECH_MIN_D, gmm_model.VECH_MAX_D = old
+
+
+@contextlib.contextmanager
+def counting_features() -> Iterator[list[int]]:
+    """Count the calls of the feature builder ``_features`` (proves which path ran)."""
+    from pyro_vi.models.gmm import model as gmm_model
+
+    calls = [0]
+    original = gmm_model._features
+
+    def counted(*a, **kw):  # type: ignore[no-untyped-def]
+        calls[0] += 1
+        return original(*a, **kw)
+
+    gmm_model._features = counted
+    try:
+        yield calls
+    finally:
+        gmm_model._features = original
+
+
+def path_model(k: int, path: str, x: torch.Tensor, covariance: str = "full") -> GaussianMixture:
+    """The (resolved) model of one variant: float32 GEMMs for ``"float32"``, else float64."""
+    dtype = torch.float32 if path == "float32" else None
+    return GaussianMixture(k, covariance=covariance, compute_dtype=dtype).resolve(x)
+
+
+def floor_flops(n: int, d: int, k: int, covariance: str) -> float:
+    """FLOPs of the feature path's two GEMMs: 2·N·K·D(D+1) (full; the issue's floor), 8·N·K·D (diag)."""
+    return 2.0 * n * k * d * (d + 1) if covariance == "full" else 8.0 * n * k * d
+
+
+def path_variants(covariance: str) -> tuple[str, ...]:
+    """The variants that exist for a covariance type (diag has no triangular path)."""
+    return PATHS if covariance == "full" else PATHS[1:]
+
+
+def time_paths(n: int, d: int, k: int, covariance: str, *, sweeps: int, rounds: int) -> list[dict]:
+    """One row per variant (and sklearn): CPU s per sweep, sklearn/CAVI ratio, GFLOP/s, matmul."""
+    x = make_data(n, d, k)
+    variants = path_variants(covariance)
+    models = {p: path_model(k, p, x, covariance) for p in variants}
+    names = [*variants, "sklearn"]
+    cpu: dict[str, list[list[float]]] = {m: [] for m in names}
+    wall: dict[str, list[list[float]]] = {m: [] for m in names}
+    mm = {torch.float64: [], torch.float32: []}
+    for r in range(rounds):
+        for dt in mm:
+            mm[dt].append(matmul_gflops(dtype=dt)[0])
+        for name in names[r % len(names):] + names[:r % len(names)]:  # rotate who goes first
+            if name == "sklearn":
+                res = sklearn_sweeps(models["features"], x, sweeps)
+            else:
+                with forced_path(name):
+                    res = cavi_sweeps(models[name], x, sweeps)
+            cpu[name].append([c for c, _ in res])
+            wall[name].append([w for _, w in res])
+    med = statistics.median
+    rows = []
+    for name in names:
+        pooled = [v for rnd in cpu[name] for v in rnd]
+        ratios = [med(s) / med(c) for s, c in zip(cpu["sklearn"], cpu[name], strict=True)]
+        matmul = med(mm[torch.float32 if name == "float32" else torch.float64])
+        t = med(pooled)
+        rows.append({"N": n, "D": d, "K": k, "covariance": covariance, "path": name,
+                     "cpu_s": t, "cpu_s_min": min(pooled), "cpu_s_max": max(pooled),
+                     "wall_s": med(v for rnd in wall[name] for v in rnd),
+                     "sklearn_over_cavi": med(ratios), "ratio_min": min(ratios), "ratio_max": max(ratios),
+                     # sklearn does the textbook work: the feature path's floor does not apply to it
+                     "gflops_floor": float("nan") if name == "sklearn" else floor_flops(n, d, k, covariance) / t / 1e9,
+                     "gflops_textbook": nominal_flops(n, d, k, covariance) / t / 1e9,
+                     "matmul_gflops": matmul, "rounds": rounds, "sweeps_per_round": sweeps})
+        rows[-1]["floor_fraction_of_matmul"] = rows[-1]["gflops_floor"] / matmul
+        rows[-1]["textbook_fraction_of_matmul"] = rows[-1]["gflops_textbook"] / matmul
+    return rows
+
+
+def same_start_paths(n: int, d: int, k: int, sweeps: int = 10) -> dict[str, float]:
+    """ELBO after ``sweeps`` sweeps from the same start on each path; the feature calls prove the path."""
+    x = make_data(n, d, k)
+    out: dict[str, float] = {}
+    for name in PATHS:
+        with forced_path(name), counting_features() as calls:
+            fit = cavi(path_model(k, name, x), x, max_iter=sweeps, tol=0.0, seed=0, warn=False)
+        if (calls[0] > 0) != (name != "triangular"):
+            raise RuntimeError(f"forcing the {name} path failed ({calls[0]} feature-builder calls)")
+        out[name] = fit.elbo
+    return {"sweeps": sweeps, **{f"elbo_{p}": v for p, v in out.items()},
+            "features_vs_triangular": abs(out["features"] - out["triangular"]) / abs(out["triangular"]),
+            "float32_vs_float64": abs(out["float32"] - out["features"]) / abs(out["features"])}
+
+
+def paths_report(df: pd.DataFrame, same: dict[str, float], target: tuple[int, int, int]) -> str:
+    """The target's verdict, the crossover, and one long table (median [range] per variant)."""
+    def cell(r: pd.Series) -> dict[str, object]:
+        return {"N": r.N, "D": r.D, "K": r.K, "cov": r.covariance, "path": r.path,
+                "s/sweep (CPU)": f"{r.cpu_s:.3g} [{r.cpu_s_min:.3g}–{r.cpu_s_max:.3g}]",
+                "sklearn/CAVI": "—" if r.path == "sklearn" else
+                f"{r.sklearn_over_cavi:.2f} [{r.ratio_min:.2f}–{r.ratio_max:.2f}]",
+                "GFLOP/s floor": r.gflops_floor, "GFLOP/s 4NKD²": r.gflops_textbook,
+                "matmul GFLOP/s": r.matmul_gflops, "floor / matmul": r.floor_fraction_of_matmul}
+
+    n, d, k = target
+    lines = ["All at 1 thread (torch and BLAS); CPU seconds per sweep, median [range] over the pooled "
+             "sweeps; sklearn/CAVI per round, median [range] over rounds; `floor` = 2·N·K·D(D+1) "
+             "(full) / 8·N·K·D (diag) flops; matmul is float32 for the float32 row, else float64.\n\n"]
+    tgt = df[(df.N == n) & (df.D == d) & (df.K == k)]
+    for cov in ("full", "diag"):
+        part = tgt[tgt.covariance == cov].set_index("path")
+        if part.empty:
+            continue
+        ratios = ", ".join(f"{p} **{part.loc[p, 'sklearn_over_cavi']:.2f}×** [{part.loc[p, 'ratio_min']:.2f}–"
+                           f"{part.loc[p, 'ratio_max']:.2f}]" for p in part.index if p != "sklearn")
+        lines.append(f"**Target N={n}, D={d}, K={k} ({cov}):** sklearn/CAVI {ratios}.\n")
+    lines.append(f"**Same start, {same['sweeps']} sweeps (N={n}, D={d}, K={k}):** features vs triangular "
+                 f"ELBO {same['features_vs_triangular']:.1e} relative; float32 vs float64 "
+                 f"{same['float32_vs_float64']:.1e} relative.\n")
+    full = df[(df.covariance == "full") & (df.path.isin(["triangular", "features"]))]
+    cross = []
+    for (nn, kk), g in full.groupby(["N", "K"]):
+        piv = g.pivot_table(index="D", columns="path", values="cpu_s")
+        faster = [int(dd) for dd, r in piv.iterrows() if r["features"] < r["triangular"]]
+        cross.append(f"N={nn}, K={kk}: features faster at D ∈ {faster or 'none'} of {list(map(int, piv.index))}")
+    if cross:
+        lines.append("**Crossover (CPU s, features < triangular):** " + "; ".join(cross) + ".\n")
+    lines.append("\n" + markdown_table(pd.DataFrame([cell(r) for _, r in df.iterrows()]), floatfmt="{:.3g}"))
+    return "".join(lines)
+
+
+# ---------------------------------------------------------------------------------------- threads
+def time_threads(n: int, d: int, k: int, threads: int, *, sweeps: int, rounds: int) -> pd.DataFrame:
+    """Wall s per sweep at 1 and ``threads`` threads: float64 (default path), float32, sklearn."""
+    x = make_data(n, d, k)
+    models = {"float64": path_model(k, "features", x), "float32": path_model(k, "float32", x)}
+    cells = [(m, t) for m in ("float64", "float32", "sklearn") for t in (1, threads)]
+    wall: dict[tuple[str, int], list[float]] = {c: [] for c in cells}
+    for r in range(rounds):
+        for m, t in cells[r % len(cells):] + cells[:r % len(cells)]:
+            with limit_threads(t):
+                res = (sklearn_sweeps(models["float64"], x, sweeps) if m == "sklearn"
+                       else cavi_sweeps(models[m], x, sweeps))
+            wall[(m, t)].append(statistics.median(w for _, w in res))
+    rows = []
+    for m in ("float64", "float32", "sklearn"):
+        one, many = wall[(m, 1)], wall[(m, threads)]
+        speed = [a / b for a, b in zip(one, many, strict=True)]
+        rows.append({"N": n, "D": d, "K": k, "mode": m, "threads": threads,
+                     "wall_s_1": statistics.median(one), "wall_s_n": statistics.median(many),
+                     "speedup": statistics.median(speed), "speedup_min": min(speed), "speedup_max": max(speed),
+                     "rounds": rounds})
+    return pd.DataFrame(rows)
+
+
+def threads_report(df: pd.DataFrame, load: tuple[tuple[float, ...], tuple[float, ...]]) -> str:
+    t = df.iloc[0]
+    table = pd.DataFrame([{"mode": r.mode, "1 thread (wall s)": r.wall_s_1, f"{r.threads} threads (wall s)": r.wall_s_n,
+                           "speed-up": median_range([r.speedup_min, r.speedup, r.speedup_max], "{:.2f}")}
+                          for r in df.itertuples()])
+    return (f"N={t.N}, D={t.D}, K={t.K} (full), wall-clock seconds per sweep (threads use the wall clock: "
+            f"CPU time sums over threads); speed-up per round, median [range] over {t.rounds} rounds; sklearn "
+            f"with {t.threads} BLAS threads. Load average (1, 5, 15 min) before {load[0]}, after {load[1]} on "
+            f"{os.cpu_count()} logical cores: a load near the core count means the second thread shared its "
+            f"core.\n\n" + markdown_table(table, floatfmt="{:.3g}"))
+
+
+# ------------------------------------------------------------------------------------------- cuda
+def time_cuda(n: int, d: int, k: int, *, sweeps: int) -> tuple[pd.DataFrame, dict[str, float]]:
+    """Seconds per sweep on CUDA (float64 features, float32) and on this CPU (1 thread), same start."""
+    x_cpu = make_data(n, d, k)
+    start = initial_resp(x_cpu, k, 0)
+    dev = torch.device("cuda")
+    rows, peak = [], {}
+    for dt in (torch.float64, torch.float32):
+        a = torch.randn(4096, 4096, dtype=dt, device=dev)
+        a @ a
+        torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        for _ in range(5):
+            a @ a
+        torch.cuda.synchronize()
+        peak[str(dt).split(".")[1]] = 5 * 2.0 * 4096**3 / (time.perf_counter() - t0) / 1e12
+    for mode in ("float64", "float32"):
+        cdt = torch.float32 if mode == "float32" else None
+        per = {}
+        for where in ("cuda", "cpu"):
+            x = x_cpu.to(where)
+            gmm = GaussianMixture(k, init=start.to(where), device=where, compute_dtype=cdt).resolve(x)
+            # each sweep ends in float(ELBO), a device synchronisation: its wall time is the GPU's
+            with forced_path("features"), limit_threads(1):
+                res = cavi_sweeps(gmm, x, 2 if where == "cpu" else sweeps + 1)[1:]  # first: warm-up
+            per[where] = statistics.median(w for _, w in res)
+        tflops = floor_flops(n, d, k, "full") / per["cuda"] / 1e12
+        rows.append({"N": n, "D": d, "K": k, "mode": mode, "cuda_s": per["cuda"], "cpu_s": per["cpu"],
+                     "speedup_over_cpu": per["cpu"] / per["cuda"], "tflops_floor": tflops,
+                     "matmul_tflops": peak[mode], "fraction_of_matmul": tflops / peak[mode]})
+    return pd.DataFrame(rows), {"device_name": torch.cuda.get_device_name(0), **{f"matmul_tflops_{k_}": v
+                                                                                for k_, v in peak.items()}}
+
+
+def write_section(args: argparse.Namespace, name: str, df: pd.DataFrame, md: str, info: dict) -> None:
+    """Write ``name``'s results files and, on a full run into the default folder, its README section."""
+    write_results(args.out, stem(name, args.quick), table=df, markdown=md, info=info)
+    if should_update_readme(args):
+        update_readme(name.replace("_", "-"), md + machine_line(info))
+    print(md, flush=True)
+
+
+def run_sweeps(args: argparse.Namespace) -> None:
+    """The original section: sweeps over N, K and D, the target, chunk sizes and memory."""
     if args.quick:
         n_grid, k_grid, d_grid, n_fixed = [1000, 4000], [2, 4], [2, 4], 2000
         target, memory, sweeps, rounds = (2000, 8, 4), (20_000, 8, 4), 2, 1
@@ -341,6 +593,94 @@ def main(argv: Sequence[str] | None = None) -> int:
     if should_update_readme(args):
         update_readme(NAME, md + machine_line(info))
     print(md)
+
+
+def _info(args: argparse.Namespace, *, dtype: str, device: str, threads: int, load0: tuple[float, ...],
+          t0: float) -> dict:
+    info = machine_info(dtype=dtype, device=device, threads=threads)
+    info.update(load_avg_start=[round(v, 2) for v in load0], load_avg_end=[round(v, 2) for v in os.getloadavg()],
+                wall_seconds=round(time.perf_counter() - t0, 1))
+    return info
+
+
+def run_paths(args: argparse.Namespace) -> None:
+    """Triangular vs feature path vs float32 vs sklearn, one thread, interleaved."""
+    if args.quick:
+        grid, target, sweeps, rounds = [(2000, 30, 4, "full"), (2000, 30, 4, "diag")], (2000, 30, 4), 2, 2
+    else:
+        grid = [(*TARGET, "full"), (*TARGET, "diag"), *PATH_GRID]
+        target, sweeps, rounds = TARGET, 3, 5
+    t0, load0 = time.perf_counter(), os.getloadavg()
+    rows = []
+    with limit_threads(1):
+        for n, d, k, cov in grid:
+            r = rounds if (n, d, k) == target else max(2, rounds - 2)
+            part = time_paths(n, d, k, cov, sweeps=sweeps, rounds=r)
+            rows += part
+            print("  paths: " + ", ".join(f"{row['path']} {row['cpu_s']:.3g} s" for row in part)
+                  + f" (N={n} D={d} K={k} {cov})", flush=True)
+        same = same_start_paths(*target, sweeps=10)
+    df = pd.DataFrame(rows)
+    info = _info(args, dtype="float64 (float32: compute_dtype)", device="cpu", threads=1, load0=load0, t0=t0)
+    write_section(args, f"{NAME}_paths", df, paths_report(df, same, target), info)
+
+
+def run_threads(args: argparse.Namespace) -> None:
+    """The speed-up of ``args.threads`` threads over one at the target size."""
+    n, d, k = (2000, 30, 4) if args.quick else TARGET
+    t0, load0 = time.perf_counter(), os.getloadavg()
+    df = time_threads(n, d, k, args.threads, sweeps=2 if args.quick else 3, rounds=2 if args.quick else 4)
+    info = _info(args, dtype="float64 and float32", device="cpu", threads=args.threads, load0=load0, t0=t0)
+    write_section(args, f"{NAME}_threads", df, threads_report(df, (tuple(info["load_avg_start"]),
+                                                                  tuple(info["load_avg_end"]))), info)
+
+
+def run_cuda(args: argparse.Namespace) -> None:
+    n, d, k = (20_000, 32, 16) if args.quick else MEMORY
+    t0, load0 = time.perf_counter(), os.getloadavg()
+    df, dev = time_cuda(n, d, k, sweeps=3 if args.quick else 10)
+    info = {**_info(args, dtype="float64 and float32", device="cuda", threads=1, load0=load0, t0=t0), **dev}
+    md = (f"N={n}, D={d}, K={k} (full, feature path), seconds per sweep on {dev['device_name']} against this "
+          f"CPU at 1 thread; TFLOP/s against the 2·N·K·D(D+1) floor and the device's own 4096² matmul.\n\n"
+          + markdown_table(df, floatfmt="{:.3g}"))
+    write_section(args, f"{NAME}_cuda", df, md, info)
+
+
+SECTIONS = ("sweeps", "paths", "threads")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    matplotlib.use("Agg")  # an app: figures go to files
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["--memory-child"]:
+        n, d, k = (int(v) for v in argv[1:4])
+        memory_child(n, d, k, argv[4])
+        return 0
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_common_args(parser)
+    parser.add_argument("--sections", default="sweeps,paths",
+                        help=f"comma-separated subset of {','.join(SECTIONS)} (default sweeps,paths; "
+                             "threads is added when --threads > 1)")
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
+                        help="cuda: only the GPU comparison (N=1e6, D=32, K=16); skipped without CUDA")
+    args = parser.parse_args(argv)
+    sections = {s.strip() for s in args.sections.split(",") if s.strip()}
+    if not sections <= set(SECTIONS):
+        parser.error(f"--sections: unknown {sorted(sections - set(SECTIONS))}; choose from {SECTIONS}")
+    if args.threads < 1:
+        parser.error(f"--threads must be >= 1, got {args.threads}")
+    if args.device == "cuda":
+        if not torch.cuda.is_available():
+            print("scaling: --device cuda skipped: torch.cuda.is_available() is False on this machine "
+                  f"(torch {torch.__version__}); nothing was measured or written.", file=sys.stderr)
+            return 0
+        run_cuda(args)
+        return 0
+    if args.threads > 1:
+        sections.add("threads")
+    for section in SECTIONS:
+        if section in sections:
+            {"sweeps": run_sweeps, "paths": run_paths, "threads": run_threads}[section](args)
     return 0
 
 

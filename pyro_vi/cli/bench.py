@@ -10,7 +10,7 @@ unchanged (``--quick``, ``--out DIR``, ``--threads N``, ...).
 Examples
 --------
 >>> sorted(SCRIPTS)
-['gmm', 'scaling', 'stochastic', 'stopping', 'svi-overhead', 'time-to-optimum', 'vae']
+['gmm', 'gmm-starts', 'scaling', 'stochastic', 'stopping', 'svi-overhead', 'time-to-optimum', 'vae']
 """
 
 from __future__ import annotations
@@ -38,6 +38,7 @@ SCRIPTS: dict[str, str] = {
     "stochastic": "stochastic_vs_batch.py",
     "time-to-optimum": "time_to_optimum.py",
     "stopping": "stopping_rule.py",
+    "gmm-starts": "gmm_starts.py",
 }
 
 #: environment variable naming the benchmarks folder

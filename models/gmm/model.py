@@ -46,6 +46,7 @@ from pyro_vi.linalg import inverse_cholesky
 from pyro_vi.models.gmm.guides import MAX_PLATE_NESTING, mixture_program, param_sites, sample_latents
 from pyro_vi.models.gmm.kmeans import initial_labels, initial_responsibilities
 from pyro_vi.models.gmm.params import GMMHyperparams, GMMParams
+from pyro_vi.models.gmm.priors import resolve_hyperparams
 from pyro_vi.models.gmm.summary import GMMSummary, log_predictive_components, summarize
 
 __all__ = ["GMMHyperparams", "GMMParams", "GaussianMixture", "replace_model"]
@@ -197,6 +198,8 @@ class GaussianMixture(ConjugateModel[Tensor, GMMParams, Stats]):
     def resolve(self, x: Any) -> GaussianMixture:
         """A copy with every prior concrete (data-dependent defaults taken from ``x``).
 
+        See :func:`~pyro_vi.models.gmm.priors.resolve_hyperparams` for the defaults.
+
         Raises ``ValueError`` for a non-PD covariance prior, ``ν0 <= D - 1`` or a mean prior
         of the wrong shape.
         """
@@ -206,54 +209,10 @@ class GaussianMixture(ConjugateModel[Tensor, GMMParams, Stats]):
                 raise ValueError(f"x has D={x.shape[1]} columns but the prior was resolved "
                                  f"for D={self.hyperparams.mean_prior.shape[0]}")
             return self
-        d = x.shape[1]
-        s = self._spec
-        as_t = dict(dtype=self.dtype, device=x.device)
-        alpha0 = s["weight_concentration"] or 1.0 / self.n_components
-        nu0 = float(s["degrees_of_freedom"] or d)
-        if nu0 <= d - 1:
-            raise ValueError(f"degrees_of_freedom must exceed D - 1 = {d - 1}, got {nu0}")
-        m0 = x.mean(0) if s["mean_prior"] is None else torch.as_tensor(s["mean_prior"], **as_t)
-        if m0.shape != (d,) or not torch.isfinite(m0).all():
-            raise ValueError(f"mean_prior must be a finite vector of shape ({d},), "
-                             f"got shape {tuple(m0.shape)}")
-        cov = s["covariance_prior"]
-        cov = self._default_covariance(x) if cov is None else torch.as_tensor(cov, **as_t)
-        cov = self._check_covariance_prior(cov, d)
         new = replace_model(self)
-        new.hyperparams = GMMHyperparams(float(alpha0), m0, float(s["mean_precision"]), cov, nu0)
+        new.hyperparams = resolve_hyperparams(self._spec, x, n_components=self.n_components,
+                                              covariance=self.covariance)
         return new
-
-    def _default_covariance(self, x: Tensor) -> Tensor:
-        # two-pass, centred variances: torch.var loses ~1e-6 of them at an offset of 1e9 spreads
-        dev = x - x.mean(0)
-        var = (dev.square().sum(0) / (x.shape[0] - 1) if x.shape[0] > 1
-               else torch.zeros_like(x[0]))
-        var = torch.where(var > 0, var, torch.ones_like(var))
-        if self.covariance == "diag":
-            return var
-        if x.shape[0] > x.shape[1]:
-            cov = (dev.T @ dev / (x.shape[0] - 1)).reshape(x.shape[1], x.shape[1])
-            if torch.linalg.cholesky_ex(cov)[1] == 0 and torch.linalg.eigvalsh(cov)[0] > 1e-10 * var.max():
-                return cov
-        return torch.diag(var)
-
-    def _check_covariance_prior(self, cov: Tensor, d: int) -> Tensor:
-        if self.covariance == "diag":
-            if cov.shape == (d, d):
-                cov = torch.diagonal(cov).clone()
-            if cov.shape != (d,) or not torch.isfinite(cov).all() or (cov <= 0).any():
-                raise ValueError(f"covariance_prior for 'diag' must be {d} positive variances "
-                                 f"(or a ({d}, {d}) matrix with a positive diagonal)")
-            return cov
-        if cov.shape != (d, d) or not torch.isfinite(cov).all():
-            raise ValueError(f"covariance_prior must be a finite ({d}, {d}) matrix, "
-                             f"got shape {tuple(cov.shape)}")
-        if not torch.allclose(cov, cov.T, rtol=1e-10, atol=1e-12):
-            raise ValueError("covariance_prior must be symmetric")
-        if torch.linalg.cholesky_ex(cov)[1] != 0:
-            raise ValueError("covariance_prior must be positive definite")
-        return cov
 
     def _hyperparams(self) -> GMMHyperparams:
         if self.hyperparams is None:

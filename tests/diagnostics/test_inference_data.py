@@ -126,6 +126,8 @@ def test_logistic_groups_dims_and_attrs(logistic):
     assert idata.log_likelihood["y"].dims == ("chain", "draw", "data")
     np.testing.assert_array_equal(idata.observed_data["y"].values, y.numpy())
     np.testing.assert_array_equal(idata.constant_data["x"].values, x.numpy())
+    # y is a model argument too, but it is an observed site's value: observed, not constant
+    assert set(idata.constant_data.data_vars) == {"x"}
     assert idata.posterior.attrs["inference_method"] == "SVI"
     stats_ = idata.sample_stats
     np.testing.assert_array_equal(stats_["elbo"].values[0], fit.history["elbo"].to_numpy())
@@ -359,3 +361,16 @@ def test_restarts_with_permuted_labels_agree_after_alignment():
             assert min(agree) < 0.1
         else:
             assert min(agree) > low
+
+
+def test_chains_of_one_guide_draw_independent_samples():
+    # one guide twice: two chains; each chain draws with its own seed (seed + chain), so the
+    # draws differ (continuous draws coincide with probability 0) and chain 0 is reproducible
+    y = normal_data()
+    idata = to_inference_data(normal_model, None, y, guides=[exact_guide, exact_guide],
+                              num_samples=50, seed=3)
+    mu = idata.posterior["mu"].values
+    assert mu.shape[:2] == (2, 50)
+    assert not np.array_equal(mu[0], mu[1])
+    again = to_inference_data(normal_model, exact_guide, y, num_samples=50, seed=3)
+    np.testing.assert_array_equal(again.posterior["mu"].values[0], mu[0])

@@ -75,6 +75,22 @@ def test_white_noise_false_alarm_rate_and_trend_power():
     assert misses == 0
 
 
+def test_short_windows_use_the_residual_degrees_of_freedom():
+    # With w = 5 values the slope's t statistic has w - 2 = 3 dof: a 3-SE band calls
+    # P(|t_3| > 3) = 5.77 % of white-noise traces "not flat" (231 of 4000 expected). The bounds
+    # are the binomial's 1e-4 and 1 - 1e-4 quantiles (failure budget 2e-4); an SE computed
+    # with w dof instead (sqrt(3/5) smaller) alarms at P(|t_3| > 2.32) = 10.3 % (412 expected),
+    # far outside them.
+    from scipy import stats
+
+    rng = np.random.default_rng(1)
+    n, w = 4000, 5
+    p = 2 * stats.t.sf(3.0, w - 2)
+    lo, hi = stats.binom.ppf([1e-4, 1 - 1e-4], n, p)
+    alarms = sum(not elbo_flatness(rng.normal(size=w), window=w, rtol=0.0).flat for _ in range(n))
+    assert lo <= alarms <= hi, (alarms, lo, hi)
+
+
 @pytest.mark.parametrize(("values", "kwargs", "match"), [
     ([1.0, 2.0], {}, "at least 3"), ([1.0, np.nan, 2.0, 3.0], {}, "NaN"),
     ([1.0] * 10, {"window": 2}, "window"), ([1.0] * 10, {"window": 4.0}, "window")])

@@ -272,3 +272,16 @@ def test_resume_across_windows_stops_by_the_rule_bitwise(tmp_path, rule):
     assert seconds.iloc[:k].tolist() == saved["history"]["seconds"]
     assert seconds.iloc[k] >= seconds.iloc[k - 1]
     assert seconds.is_monotonic_increasing
+
+
+def test_a_checkpoint_of_another_format_is_refused_naming_it(tmp_path):
+    # an older layout (format 3 kept pickled constraints) must not be read as the current one
+    from pyro_vi._io import save_tensors
+
+    path = tmp_path / "old.pt"
+    run(path)
+    raw = torch.load(path, weights_only=True)
+    save_tensors(path, {**raw, "format": "pyro_vi.fit_svi/3"})
+    with pytest.raises(ValueError, match="fit_svi/3") as err:
+        load_checkpoint(path)
+    assert "old.pt" in str(err.value)

@@ -323,5 +323,6 @@ MUTANTS: tuple[Mutant, ...] = (
     _m("io-fsync", "pyro_vi/_io.py", "            os.fsync(f.fileno())\n", "", ("tests/test_io.py", *RUNNER),
        "equivalent for tests: fsync only matters on power loss"),
     _m("ckpt-format-check", _CK, "if not isinstance(state, dict) or state.get(\"format\") != FORMAT:",
-       "if not isinstance(state, dict):", RUNNER, "a checkpoint of another format is refused"),
+       "if not isinstance(state, dict):", (*RUNNER, "tests/svi/test_checkpoint.py"),
+       "a checkpoint of another format is refused"),
 )

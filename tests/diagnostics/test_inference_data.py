@@ -374,3 +374,20 @@ def test_chains_of_one_guide_draw_independent_samples():
     assert not np.array_equal(mu[0], mu[1])
     again = to_inference_data(normal_model, exact_guide, y, num_samples=50, seed=3)
     np.testing.assert_array_equal(again.posterior["mu"].values[0], mu[0])
+
+
+def test_an_argument_named_like_a_site_is_not_constant_data():
+    # obs=y[:3] is not the argument y itself, but y feeds the site "y": it is the observed
+    # data, not a constant, so constant_data keeps only x
+    def model(x, y):
+        mu = pyro.sample("mu", dist.Normal(x.new_tensor(0.0), 1.0))
+        with pyro.plate("data", 3):
+            pyro.sample("y", dist.Normal(mu + x[:3], 1.0), obs=y[:3])
+
+    def guide(x, y):
+        pyro.sample("mu", dist.Normal(x.new_tensor(0.0), 1.0))
+
+    x = torch.arange(5, dtype=torch.float64)
+    y = torch.ones(5, dtype=torch.float64)
+    idata = to_inference_data(model, guide, x, y, num_samples=20, seed=0)
+    assert set(idata.constant_data.data_vars) == {"x"}

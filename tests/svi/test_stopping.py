@@ -17,6 +17,7 @@ import pyro
 import pyro.distributions as dist
 import pytest
 import torch
+from _normal_mean import adam, data, make_guide, normal_model, posterior
 from pyro.infer import Trace_ELBO
 from pyro.infer.autoguide import AutoNormal
 
@@ -30,7 +31,6 @@ from pyro_vi.svi.stopping import (
     rule_state,
 )
 
-PRIOR_LOC, PRIOR_SD, LIK_SD = 1.0, 3.0, 1.5
 W, PATIENCE = 100, 3
 SE_DIFF = math.sqrt(2 / W)
 
@@ -40,38 +40,14 @@ def _float64():
     torch.set_default_dtype(torch.float64)
 
 
-def normal_model(x):
-    mu = pyro.sample("mu", dist.Normal(PRIOR_LOC, PRIOR_SD))
-    with pyro.plate("data", len(x)):
-        pyro.sample("x", dist.Normal(mu, LIK_SD), obs=x)
 
 
-def posterior(x):
-    """Exact posterior (mean, sd) of normal_model (Murphy 2007, eq. 20)."""
-    prec = 1 / PRIOR_SD**2 + len(x) / LIK_SD**2
-    return (PRIOR_LOC / PRIOR_SD**2 + float(x.sum()) / LIK_SD**2) / prec, prec**-0.5
 
 
-def data(n=20):
-    g = torch.Generator().manual_seed(0)
-    return torch.randn(n, generator=g) * LIK_SD + 2.0
 
 
-def make_guide(x):
-    """A Normal guide started 2 posterior SDs off, twice as wide."""
-    mean, sd = posterior(x)
-
-    def guide(x):
-        loc = pyro.param("loc", lambda: torch.tensor(mean + 2 * sd))
-        scale = pyro.param("scale", lambda: torch.tensor(2 * sd),
-                           constraint=dist.constraints.positive)
-        pyro.sample("mu", dist.Normal(loc, scale))
-
-    return guide
 
 
-def adam():
-    return pyro.optim.ClippedAdam({"lr": 0.1, "lrd": 0.98})
 
 
 def first_stop(trace, rule="noise"):

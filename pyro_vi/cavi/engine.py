@@ -30,6 +30,7 @@ from pyro_vi.cavi.model import (
     local_pass,
     nonfinite_global_terms,
 )
+from pyro_vi.cavi.resolve import resolve_model
 from pyro_vi.errors import ConvergenceWarning, ELBODecreaseError, NumericalError, PrecisionWarning
 from pyro_vi.results import CAVIResult, CAVIRun
 
@@ -134,9 +135,8 @@ def _one_run(
 
 
 def cavi(
-    model: ConjugateModel,
-    data: Any,
-    *,
+    model: Any,
+    *data: Any,
     max_iter: int = 500,
     tol: float = 1e-8,
     n_init: int = 1,
@@ -145,6 +145,9 @@ def cavi(
     progress: bool | None = False,
     monotone_rtol: float = 1e-9,
     warn: bool = True,
+    init: Any = None,
+    joint: bool = True,
+    **model_kwargs: Any,
 ) -> CAVIResult:
     r"""Fit a conjugate-exponential model by coordinate ascent; keep the best of ``n_init``.
 
@@ -163,11 +166,15 @@ def cavi(
 
     Parameters
     ----------
-    model : ConjugateModel
+    model : ConjugateModel or callable
         Any subclass of :class:`~pyro_vi.cavi.model.ConjugateModel`, e.g.
-        :class:`pyro_vi.models.gmm.GaussianMixture`.
-    data : Any
-        The model's data (for the GMM an ``(N, D)`` float tensor or array).
+        :class:`pyro_vi.models.gmm.GaussianMixture`, or a plain Pyro model: its conjugate
+        structure is then detected and the updates derived (:func:`pyro_vi.conjugacy` shows
+        what was found; a site without a closed-form update raises
+        :class:`~pyro_vi.errors.NotConjugateError` before any work).
+    *data : Any
+        A ConjugateModel's data as one argument (for the GMM an ``(N, D)`` float tensor or
+        array); a Pyro model's positional arguments.
     max_iter : int, keyword-only
         Maximum number of sweeps per restart.
     tol : float
@@ -189,6 +196,18 @@ def cavi(
         machine epsilons of the ELBO's dtype (no change in float64, 1.2e-4 in float32).
     warn : bool
         Emit :class:`~pyro_vi.errors.ConvergenceWarning` when the best run did not converge.
+    init : Tensor, str or None
+        Plain Pyro models only: the start of the local discrete latent (a mixture's ``z``):
+        ``None`` or ``"kmeans++"`` (k-means++ seeding on the observed site it selects),
+        ``"random"`` (Dirichlet-random responsibilities) or an ``(N, K)`` tensor of
+        responsibilities.
+    joint : bool
+        Plain Pyro models only: fit a Normal site whose prior precision scales with a
+        Gamma/Wishart site, and whose every use shares that precision, as one joint
+        Normal-Gamma/Normal-Wishart factor (as Bishop 2006, §10.2 does for the GMM).
+        ``False``: one factor per site (mean field over sites).
+    **model_kwargs
+        Plain Pyro models only: keyword arguments of the model.
 
     Returns
     -------
@@ -231,9 +250,8 @@ def cavi(
     >>> fit.converged, fit.params.weights.mean().shape
     (True, torch.Size([2]))
     """
-    if not isinstance(model, ConjugateModel):
-        raise TypeError(f"model must be a pyro_vi.ConjugateModel, got {type(model).__name__}")
     _validate_options(max_iter, tol, n_init, chunk_size, monotone_rtol, seed, progress, warn)
+    model, data = resolve_model(model, data, model_kwargs, init=init, joint=joint, where="cavi")
     max_iter, n_init, tol = int(max_iter), int(n_init), float(tol)
     model, data = model.prepare(data)
     if progress is None:

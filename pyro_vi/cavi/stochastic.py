@@ -23,7 +23,8 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from pyro_vi._checks import check_bool, check_int, check_optional_int, check_real, check_seed
-from pyro_vi.cavi.model import ConjugateModel, check_params, local_pass
+from pyro_vi.cavi.model import check_params, local_pass
+from pyro_vi.cavi.resolve import resolve_model
 from pyro_vi.errors import ConvergenceWarning, NumericalError
 from pyro_vi.factors import ExpFamFactor, blend
 from pyro_vi.results import CAVIResult, CAVIRun
@@ -123,9 +124,8 @@ def _validate(batch_size: Any, tau: Any, kappa: Any, num_epochs: Any, max_steps:
 
 
 def svi_cavi(
-    model: ConjugateModel,
-    data: Any,
-    *,
+    model: Any,
+    *data: Any,
     batch_size: int,
     tau: float = 1.0,
     kappa: float = 0.7,
@@ -139,6 +139,9 @@ def svi_cavi(
     callback: Callable[[int, Any], bool | None] | None = None,
     progress: bool | None = False,
     warn: bool = True,
+    init: Any = None,
+    joint: bool = True,
+    **model_kwargs: Any,
 ) -> CAVIResult:
     r"""Fit a conjugate-exponential model by stochastic VI (natural-gradient minibatch CAVI).
 
@@ -159,11 +162,14 @@ def svi_cavi(
 
     Parameters
     ----------
-    model : ConjugateModel
+    model : ConjugateModel or callable
         Any :class:`~pyro_vi.cavi.model.ConjugateModel`; its params record is a frozen
-        dataclass of :class:`~pyro_vi.factors.ExpFamFactor` s (or fixed tensors).
-    data : Tensor or tuple of Tensor
-        Split along dimension 0.
+        dataclass of :class:`~pyro_vi.factors.ExpFamFactor` s (or fixed tensors). Or a plain
+        Pyro model, derived as :func:`pyro_vi.cavi` does (``init``, ``joint`` and
+        ``**model_kwargs`` as there).
+    *data : Tensor or tuple of Tensor
+        A ConjugateModel's data as one argument, split along dimension 0; a Pyro model's
+        positional arguments.
     batch_size : int, keyword-only
         :math:`|B|` (capped at :math:`N`).
     tau, kappa : float
@@ -188,6 +194,8 @@ def svi_cavi(
         tqdm bar (None: only when stderr is a terminal).
     warn : bool
         Emit :class:`~pyro_vi.errors.ConvergenceWarning` when ``tol`` is set and not met.
+    init, joint, **model_kwargs
+        Plain Pyro models only; see :func:`pyro_vi.cavi`.
 
     Returns
     -------
@@ -218,8 +226,8 @@ def svi_cavi(
     >>> sorted(round(v, 1) for v in fit.params.weights.mean().tolist())
     [0.5, 0.5]
     """
-    if not isinstance(model, ConjugateModel):
-        raise TypeError(f"model must be a pyro_vi.ConjugateModel, got {type(model).__name__}")
+    model, data = resolve_model(model, data, model_kwargs, init=init, joint=joint,
+                                where="svi_cavi")
     _validate(batch_size, tau, kappa, num_epochs, max_steps, tol, seed, chunk_size, final_elbo,
               progress, warn)
     model, data = model.prepare(data)

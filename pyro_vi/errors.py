@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-__all__ = ["ConvergenceWarning", "ELBODecreaseError", "NumericalError", "PrecisionWarning"]
+__all__ = ["ConvergenceWarning", "ELBODecreaseError", "NotConjugateError", "NumericalError",
+           "PrecisionWarning"]
 
 
 class ConvergenceWarning(UserWarning):
@@ -29,3 +30,21 @@ class ELBODecreaseError(NumericalError):
     Coordinate ascent on a conjugate-exponential model cannot decrease the ELBO (Bishop 2006,
     §10.1.1), so a drop names the iteration at which the update or the bound is wrong.
     """
+
+
+class NotConjugateError(ValueError):
+    """A latent site of a plain Pyro model has no closed-form CAVI update.
+
+    Raised by :func:`pyro_vi.cavi` (and :func:`pyro_vi.conjugacy` reports the same reason)
+    before any fitting. ``site`` is the latent, ``child`` the site whose distribution it enters
+    (None when the latent's own family is the problem), ``slot`` the parameter it enters
+    (``"loc"``, ``"rate"``, ...; None when not one slot) and ``reason`` what was found.
+    """
+
+    def __init__(self, site: str, child: str | None, slot: str | None, reason: str) -> None:
+        self.site, self.child, self.slot, self.reason = site, child, slot, reason
+        where = f"{site!r}"
+        if child is not None:
+            where += f" enters {slot or 'the distribution'} of {child!r}"
+        super().__init__(f"{where}: {reason}; no closed-form update — fit it with fit_svi "
+                         "and an autoguide (pyro.infer.autoguide.AutoNormal)")

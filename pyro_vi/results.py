@@ -172,6 +172,15 @@ class CAVIResult(FitResult):
         return cast(pd.DataFrame, self.cavi_model.posterior_summary(
             self.params, *self.data, prob=prob, seed=seed, **options))
 
+    def posterior(self, name: str) -> Any:
+        """Q's marginal of latent site ``name`` as a torch distribution (e.g. ``Gamma``).
+
+        For a plain Pyro model fitted by :func:`pyro_vi.cavi`, every latent site of the model
+        (a local discrete latent gives its optimal ``Categorical``); for a hand-written model
+        the sites of its summary.
+        """
+        return self.cavi_model.posterior(self.params, name, *self.data)
+
     def restart_results(self) -> list[CAVIResult]:
         """One result per restart (for one ArviZ chain per independent fit)."""
         return [self.from_run(self.cavi_model, r, runs=(r,), data=self.data) for r in self.runs]
@@ -200,8 +209,8 @@ class CAVIResult(FitResult):
         """The result of one run of a conjugate model (its Pyro model and fitted guide)."""
         return cls(params=run.params, elbo=run.elbo, converged=run.converged, n_steps=run.n_steps,
                    history=run.history, model=cavi_model.model,
-                   guide=cavi_model.fitted_guide(run.params), data=data, cavi_model=cavi_model,
-                   runs=runs)
+                   guide=cavi_model.fitted_guide(run.params), data=cavi_model.pyro_data(data),
+                   cavi_model=cavi_model, runs=runs)
 
 
 @dataclass(frozen=True, repr=False)

@@ -41,12 +41,14 @@ from pyro_vi.cavi.model import (
     data_roundoff,
 )
 from pyro_vi.cavi.summary import loc_marginal, summary_table
+from pyro_vi.distributed.collectives import Comm
+from pyro_vi.distributed.conjugate import subsample_start
 from pyro_vi.factors import Dirichlet, NormalGamma, NormalWishart
 from pyro_vi.linalg import inverse_cholesky
 from pyro_vi.models.gmm.guides import MAX_PLATE_NESTING, mixture_program, param_sites, sample_latents
-from pyro_vi.models.gmm.kmeans import initial_labels, initial_responsibilities
+from pyro_vi.cavi.kmeans import initial_labels, initial_responsibilities
 from pyro_vi.models.gmm.params import GMMHyperparams, GMMParams
-from pyro_vi.models.gmm.priors import resolve_hyperparams
+from pyro_vi.models.gmm.priors import covariance_from_scatter, resolve_hyperparams
 from pyro_vi.models.gmm.summary import GMMSummary, log_predictive_components, summarize
 
 __all__ = ["GMMHyperparams", "GMMParams", "GaussianMixture", "replace_model"]
@@ -283,6 +285,51 @@ class GaussianMixture(ConjugateModel[Tensor, GMMParams, Stats]):
             part = self._stats(self._centre(data[i:i + rows]), r[i:i + rows])
             total = tuple(a + b for a, b in zip(total, part, strict=True))
         return total
+
+    def prepare_shard(self, data: Any, *, comm: Comm) -> tuple[GaussianMixture, Tensor]:
+        r""":meth:`prepare` for one rank's rows: data-derived priors from sums over all ranks.
+
+        The default :math:`m_0` (the data mean) and :math:`W_0^{-1}` (the unbiased covariance)
+        come from :math:`\sum_r\sum_n x_n` and the centred scatter summed over ranks, so every
+        rank gets the priors of the concatenated rows; ``N >= K`` is checked on the total.
+        """
+        x = as_matrix(data, dtype=self.dtype, device=self.device)
+        check_spread("x", x)
+        spec = dict(self._spec)
+        n_rows = torch.tensor(float(x.shape[0]), dtype=x.dtype)
+        if self.hyperparams is None and (spec["mean_prior"] is None or spec["covariance_prior"] is None):
+            total, count = comm.sum((x.sum(0), n_rows))
+            n, mean = int(count), total / count
+            dev = x - mean
+            scatter = dev.square().sum(0) if self.covariance == "diag" else dev.T @ dev
+            (scatter,) = comm.sum((scatter,))
+            if spec["mean_prior"] is None:
+                spec["mean_prior"] = mean
+            if spec["covariance_prior"] is None:
+                spec["covariance_prior"] = covariance_from_scatter(scatter, n, self.covariance)
+        else:
+            (count,) = comm.sum((n_rows,))
+            n = int(count)
+        if n < self.n_components:
+            raise ValueError(f"x has N={n} rows over all ranks, fewer than the "
+                             f"{self.n_components} needed")
+        if self.hyperparams is not None:
+            return self.resolve(x), x
+        new = replace_model(self)
+        new.hyperparams = resolve_hyperparams(spec, x, n_components=self.n_components,
+                                              covariance=self.covariance)
+        return new, x
+
+    def init_stats_shard(self, data: Tensor, *, generator: torch.Generator, comm: Comm) -> Stats:
+        """A tensor start is summed over ranks; a random one is drawn from a subsample of all rows.
+
+        See :func:`pyro_vi.distributed.conjugate.subsample_start`: k-means++ (or Lloyd, or the
+        random responsibilities) runs on up to 4096 rows chosen by the seed among all ranks'
+        rows, so the start does not depend on the number of ranks.
+        """
+        if isinstance(self.init, Tensor):
+            return super().init_stats_shard(data, generator=generator, comm=comm)
+        return subsample_start(self, data, generator=generator, comm=comm)
 
     def _stats_bytes_per_point(self, data: Tensor) -> int:
         k, d = self.n_components, data.shape[1]

@@ -26,7 +26,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 from abc import ABC, abstractmethod
-from typing import Any, ClassVar, Generic, NamedTuple, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, Generic, NamedTuple, TypeVar
 
 import pandas as pd
 import torch
@@ -35,6 +35,9 @@ from torch import Tensor
 from pyro_vi._checks import check_device, check_dtype
 from pyro_vi.cavi.summary import summary_table
 from pyro_vi.factors import ExpFamFactor
+
+if TYPE_CHECKING:
+    from pyro_vi.distributed.collectives import Comm
 
 __all__ = ["DEFAULT_CHUNK_BYTES", "ConjugateModel", "FittedGuide", "LabelAlignment", "Local",
            "Stats", "check_params", "data_roundoff", "detach_params", "local_pass",
@@ -199,6 +202,29 @@ class ConjugateModel(ABC, Generic[DataT, ParamsT, StatsT]):
     def prior_params(self) -> ParamsT:
         """The prior as a params record of the guide's families."""
 
+    # ------------------------------------------------------- data-parallel (distributed=True)
+    def prepare_shard(self: M, data: Any, *, comm: Comm) -> tuple[M, DataT]:
+        """:meth:`prepare` for one rank's rows of a distributed fit.
+
+        Every rank must get the model that :meth:`prepare` of the concatenated rows gives. The
+        default, ``prepare(data)``, is right when the prepared model does not depend on the
+        data's values (validation only); a model with data-dependent choices (priors from the
+        data's moments, a centring origin) overrides it and takes them from sums over ranks
+        (``comm.sum``). The engine checks that the first global parameters agree bitwise
+        across ranks, so a forgotten override is an error, not a silent difference.
+        """
+        return self.prepare(data)
+
+    def init_stats_shard(self, data: DataT, *, generator: torch.Generator, comm: Comm) -> StatsT:
+        """:meth:`init_stats` summed over every rank's rows, the same for any number of ranks.
+
+        The default sums ``init_stats(data)`` over ranks: right when it is a sum over rows of
+        a function of each row (every deterministic start). A model with a random start
+        overrides it, e.g. with :func:`pyro_vi.distributed.conjugate.subsample_start`.
+        """
+        stats: StatsT = comm.sum(self.init_stats(data, generator=generator))  # type: ignore[assignment]
+        return stats
+
     def global_elbo(self, params: ParamsT) -> Tensor:
         r"""ELBO terms that do not sum over data points; by default :math:`-\sum_j \mathrm{KL}`.
 
@@ -262,6 +288,24 @@ class ConjugateModel(ABC, Generic[DataT, ParamsT, StatsT]):
     def guide(self, *data: Any) -> dict[str, Tensor]:
         """The mean-field guide with trainable ``pyro.param`` sites (for :func:`pyro_vi.fit_svi`)."""
         return self.sample_guide(self.guide_params(*data), *data)
+
+    def pyro_data(self, data: tuple[Any, ...]) -> tuple[Any, ...]:
+        """The Pyro model's arguments for the (prepared) ``data`` tuple; by default the same."""
+        return data
+
+    def posterior(self, params: ParamsT, name: str, *data: Any) -> Any:
+        """Q's marginal of latent site ``name`` as a torch distribution.
+
+        By default the :meth:`summary_sites` entry of ``name`` converted by
+        :func:`pyro_vi.cavi.summary.as_distribution` (a ``ValueError`` names the sites when
+        ``name`` is not one).
+        """
+        from pyro_vi.cavi.summary import as_distribution
+
+        sites = self.summary_sites(params, *data)
+        if name not in sites:
+            raise ValueError(f"no latent site {name!r}; the latent sites are {sorted(sites)}")
+        return as_distribution(sites[name])
 
     def fitted_guide(self, params: ParamsT) -> FittedGuide:
         """A Pyro guide carrying fixed ``params`` (``CAVIResult.guide``)."""

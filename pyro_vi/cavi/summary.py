@@ -48,7 +48,8 @@ from pyro_vi.factors import (
     Wishart,
 )
 
-__all__ = ["MC_DRAWS", "StudentT", "loc_marginal", "summary_columns", "summary_table"]
+__all__ = ["MC_DRAWS", "StudentT", "as_distribution", "loc_marginal", "summary_columns",
+           "summary_table"]
 
 #: Seeded draws behind a ``"mc_interval"`` row (the 3 % quantile of 4000 draws has a standard
 #: error of about 0.07 marginal sds).
@@ -88,6 +89,39 @@ def loc_marginal(joint: NormalWishart | NormalGamma) -> StudentT:
     a, b, beta = joint.concentration, joint.rate, joint.precision_scale
     scale = (b / (a * beta)).sqrt()
     return StudentT(2.0 * a, joint.loc, scale, scale)
+
+
+def as_distribution(q: Any) -> Any:
+    """A factor (or :class:`StudentT` marginal) as the matching Pyro distribution.
+
+    Normal → ``Normal(loc, precision ** -0.5)``, MultivariateNormal →
+    ``MultivariateNormal(loc, precision_matrix=...)``, Gamma, Beta, Dirichlet, Wishart →
+    their namesakes with the same parameters, :class:`StudentT` → ``StudentT``. The batch
+    shape is the factor's; nothing is reinterpreted as an event.
+
+    Examples
+    --------
+    >>> import torch
+    >>> as_distribution(Gamma(torch.tensor(2.0), torch.tensor(3.0))).mean
+    tensor(0.6667)
+    """
+    import pyro.distributions as dist
+
+    if isinstance(q, Normal):
+        return dist.Normal(q.loc, q.precision.rsqrt())
+    if isinstance(q, MultivariateNormal):
+        return dist.MultivariateNormal(q.loc, precision_matrix=q.precision())
+    if isinstance(q, Gamma):
+        return dist.Gamma(q.concentration, q.rate)
+    if isinstance(q, Beta):
+        return dist.Beta(q.concentration1, q.concentration0)
+    if isinstance(q, Dirichlet):
+        return dist.Dirichlet(q.concentration)
+    if isinstance(q, Wishart):
+        return dist.Wishart(df=q.df, scale_tril=q.scale_tril)
+    if isinstance(q, StudentT):
+        return dist.StudentT(q.df, q.loc, q.scale)
+    raise TypeError(f"no torch distribution for a {type(q).__name__}")
 
 
 def summary_columns(prob: float = 0.94) -> list[str]:

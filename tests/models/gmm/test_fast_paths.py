@@ -10,7 +10,7 @@ from sklearn.datasets import load_iris, load_wine
 
 from pyro_vi import cavi, load_old_faithful
 from pyro_vi.cavi.engine import local_pass
-from pyro_vi.models.gmm.kmeans import initial_labels, lloyd
+from pyro_vi.cavi.kmeans import initial_labels, lloyd
 from pyro_vi.models.gmm.model import VECH_MAX_D, VECH_MIN_D, GaussianMixture, replace_model
 
 

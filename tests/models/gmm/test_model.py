@@ -17,7 +17,7 @@ from sklearn.exceptions import ConvergenceWarning as SkConvergenceWarning
 from sklearn.mixture import BayesianGaussianMixture
 
 from pyro_vi import cavi, load_old_faithful
-from pyro_vi.models.gmm.kmeans import initial_responsibilities
+from pyro_vi.cavi.kmeans import initial_responsibilities
 from pyro_vi.models.gmm.model import GaussianMixture
 
 LOG_2PI = np.log(2 * np.pi)

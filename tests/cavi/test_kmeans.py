@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from pyro_vi.models.gmm.kmeans import initial_responsibilities, kmeans_plusplus
+from pyro_vi.cavi.kmeans import initial_responsibilities, kmeans_plusplus
 
 
 def _gen(seed: int) -> torch.Generator:

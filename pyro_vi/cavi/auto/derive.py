@@ -1,0 +1,643 @@
+r"""A plain Pyro model's closed-form CAVI updates, derived onto the one model contract.
+
+:func:`derive` analyses the model (:func:`pyro_vi.cavi.auto.structure.analyse`) and returns
+a :class:`DerivedModel`, an ordinary :class:`~pyro_vi.cavi.model.ConjugateModel`, so the
+engine fits it like a hand-written model: chunks, restarts, stochastic VI and the
+never-decreasing-ELBO guard all apply.
+
+The updates are variational message passing (Winn & Bishop 2005; Bishop 2006, §10.4.1):
+with each term's expected log-density written as a function of the factors' moments
+(:mod:`pyro_vi.cavi.auto.terms`), the optimal factor is
+
+.. math::
+    \ln q^*(\theta_j) = \Big\langle \nabla_{\mu_j} \sum_{s} E_q[\log p(x_s\mid\mathrm{pa}(s))],
+        \; T_j(\theta_j) \Big\rangle + \text{const}
+
+(Bishop 2006, eq. 10.9, with :math:`\mu_j = E_q[T_j]`), because every term is linear in
+:math:`\mu_j`. The gradient is taken by autograd. The contract's split follows:
+
+* **local step** (per chunk of data points): optimal local factors (a mixture's
+  :math:`q(z_n)` by enumeration, eq. 10.49's form; a per-point Gaussian in closed form), the
+  chunk's share of the ELBO and, as the summed statistics, the gradient of that share with
+  respect to every global factor's moments: the data's messages, additive over points;
+* **global step**: each global factor in program order gets its prior's message and the
+  messages of global terms (computed there, from the freshest neighbours) plus the data's.
+
+Two global factors that meet in one *data* term (a Normal's location and precision, fitted
+mean-field) must not both be updated from messages computed before either moved; they are
+coloured apart and updated on alternate sweeps, so every sweep is an exact coordinate step
+and the ELBO never decreases.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Any
+
+import pyro
+import pyro.distributions as dist
+import torch
+from pyro.distributions import constraints
+from torch import Tensor
+
+from pyro_vi.cavi.auto.structure import FactorSpec, Structure, analyse
+from pyro_vi.cavi.auto.terms import Ctx, LatentValue, ObsValue, TermSpec, expected_log_prob
+from pyro_vi.cavi.kmeans import initial_responsibilities
+from pyro_vi.cavi.model import ConjugateModel, Local, Stats
+from pyro_vi.errors import NumericalError
+from pyro_vi.factors import (
+    Beta,
+    Dirichlet,
+    ExpFamFactor,
+    Gamma,
+    MultivariateNormal,
+    Normal,
+    NormalGamma,
+    NormalWishart,
+    Wishart,
+)
+
+__all__ = ["DerivedModel", "derive"]
+
+_FAMILY: dict[str, type[ExpFamFactor]] = {
+    "gamma": Gamma, "beta": Beta, "dirichlet": Dirichlet, "normal": Normal,
+    "mvn": MultivariateNormal, "wishart": Wishart, "ng": NormalGamma, "nw": NormalWishart,
+}
+
+
+def _sym(t: Tensor) -> Tensor:
+    return 0.5 * (t + t.transpose(-1, -2))
+
+
+def _natural_to_factor(spec: FactorSpec, eta: list[Tensor]) -> ExpFamFactor:
+    """The factor with natural parameters ``eta`` (matrices symmetrised), or a named error."""
+    if spec.kind == "mvn":
+        eta[1] = _sym(eta[1])
+    elif spec.kind == "wishart":
+        eta[0] = _sym(eta[0])
+    elif spec.kind == "nw":
+        eta[2] = _sym(eta[2])
+    try:
+        q = _FAMILY[spec.kind].from_natural(*eta)
+    except Exception as exc:  # noqa: BLE001 - a Cholesky or domain failure: say where
+        raise NumericalError(f"the update of factor {spec.name!r} ({spec.kind}) is not a "
+                             f"valid distribution: {exc}") from exc
+    bad = [k for k, v in vars(q).items() if isinstance(v, Tensor) and not torch.isfinite(v).all()]
+    if bad:
+        raise NumericalError(f"the update of factor {spec.name!r} ({spec.kind}) has non-finite "
+                             f"parameters ({', '.join(bad)})")
+    return q
+
+
+class DerivedModel(ConjugateModel[tuple[Tensor, ...], Any, Stats]):
+    r"""A plain Pyro model with its conjugate structure detected: the CAVI contract, derived.
+
+    Build it with :func:`derive` (or let :func:`pyro_vi.cavi` do it). Its params record is a
+    frozen dataclass with one field per factor (named after the site, ``"loc+precision"`` for
+    a fused pair) and ``sweep``, the number of global steps taken (it picks the colour class
+    a sweep updates). Everything is float64 on the CPU.
+
+    Examples
+    --------
+    >>> import torch, pyro, pyro.distributions as dist
+    >>> def model(x):
+    ...     rate = pyro.sample("rate", dist.Gamma(2.0, 1.0))
+    ...     with pyro.plate("data", len(x)):
+    ...         pyro.sample("x", dist.Poisson(rate), obs=x)
+    >>> m = derive(model, torch.tensor([1.0, 3.0, 2.0]))
+    >>> q = m.posterior(m.global_step(m.init_stats(m.data, generator=torch.Generator()), None),
+    ...                 "rate")
+    >>> float(q.concentration), float(q.rate)  # Gamma(2 + 6, 1 + 3), the exact posterior
+    (8.0, 4.0)
+    """
+
+    name = "auto"
+
+    def __init__(self, model: Any, args: tuple[Any, ...], kwargs: dict[str, Any],
+                 structure: Structure, *, init: Any = None) -> None:
+        super().__init__()
+        self.user_model = model
+        self.args, self.kwargs = args, kwargs
+        self.s = structure
+        self.init = init
+        self.max_plate_nesting = structure.nesting  # type: ignore[misc]
+        self.data: tuple[Tensor, ...] = tuple(t for _, t, _ in structure.point_arrays)
+        self._keys = [(k, ax) for k, _, ax in structure.point_arrays]
+        self._global = [f for f, sp in structure.factors.items() if not sp.local]
+        self._local = [f for f, sp in structure.factors.items() if sp.local]
+        touched: dict[str, set[int]] = {f: set() for f in structure.factors}
+        for i, t in enumerate(structure.terms):
+            for f in _factors_of(t):
+                touched[f].add(i)
+        self._touched = touched
+        data = set(structure.data_terms)
+        self._data_factors = [f for f in self._global if touched[f] & data]
+        self._colour = _colour(self._data_factors, structure, touched)
+        self.n_colours = 1 + max(self._colour.values(), default=0)
+        fields = [(f, ExpFamFactor) for f in self._global] + [("sweep", Tensor)]
+        self.params_type = dataclasses.make_dataclass("DerivedParams", fields, frozen=True)
+
+    # ------------------------------------------------------------------ the contract
+    def prepare(self, data: Any) -> tuple[DerivedModel, tuple[Tensor, ...]]:
+        """The data are this model's own per-point arrays (:attr:`data`): checked, returned."""
+        if not isinstance(data, tuple) or len(data) != len(self.data):
+            raise TypeError("a DerivedModel fits the data it was derived from (its .data)")
+        return self, data
+
+    def prior_params(self) -> Any:
+        """Every global factor at its prior given its parents' prior moments (program order)."""
+        return self._initial()
+
+    def _initial(self) -> Any:
+        cur: dict[str, ExpFamFactor] = {}
+        for f in self._global:
+            own = [i for i in self._touched[f] if _value_factor(self.s.terms[i]) == f]
+            cur[f] = self._update(f, cur, own, None)
+        return self._record(cur, -1)
+
+    def _record(self, factors: dict[str, ExpFamFactor], sweep: int) -> Any:
+        return self.params_type(**factors, sweep=torch.tensor(sweep))
+
+    def _stats_of(self, factors: dict[str, ExpFamFactor]) -> dict[str, tuple[Tensor, ...]]:
+        return {f: tuple(factors[f].expected_stats()) for f in factors}
+
+    def _update(self, f: str, cur: dict[str, ExpFamFactor], terms: list[int],
+                message: tuple[Tensor, ...] | None) -> ExpFamFactor:
+        """The optimal factor ``f`` given ``cur`` (the others), from ``terms`` and ``message``."""
+        spec = self.s.factors[f]
+        q_like = self._template(f)
+        leaves = tuple(t.detach().clone().requires_grad_(True) for t in q_like)
+        stats = self._stats_of({g: q for g, q in cur.items() if g != f})
+        stats[f] = leaves
+        ctx = Ctx(self.s.arrays, stats, {})
+        total = sum((expected_log_prob(ctx, self.s.terms[i]).sum() for i in terms),
+                    torch.zeros((), dtype=torch.float64))
+        grads = torch.autograd.grad(total, leaves, allow_unused=True)
+        eta = [torch.zeros_like(l) if g is None else g for g, l in zip(grads, leaves, strict=True)]
+        if message is not None:
+            eta = [e + m for e, m in zip(eta, message, strict=True)]
+        return _natural_to_factor(spec, eta)
+
+    def _template(self, f: str, shape: torch.Size | None = None) -> tuple[Tensor, ...]:
+        """Zero moments of factor ``f``'s shapes (leaves for autograd)."""
+        spec = self.s.factors[f]
+        sh = spec.shape if shape is None else shape
+        z = functools.partial(torch.zeros, dtype=torch.float64)
+        if spec.kind in ("gamma", "beta"):
+            return (z(sh), z(sh))
+        if spec.kind == "dirichlet":
+            return (z(sh + spec.event),)
+        if spec.kind == "normal":
+            return (z(sh), z(sh))
+        if spec.kind == "mvn":
+            d = spec.event[-1]
+            return (z(sh + (d,)), z(sh + (d, d)))
+        if spec.kind == "wishart":
+            d = spec.event[-1]
+            return (z(sh + (d, d)), z(sh))
+        if spec.kind == "ng":
+            return (z(sh), z(sh), z(sh), z(sh))
+        d = spec.event[-1]
+        return (z(sh + (d,)), z(sh), z(sh + (d, d)), z(sh))
+
+    def _arrays(self, data: tuple[Tensor, ...]) -> dict[str, Tensor]:
+        arrays = dict(self.s.arrays)
+        for (key, ax), t in zip(self._keys, data, strict=True):
+            arrays[key] = t.movedim(0, ax)
+        return arrays
+
+    def _points(self, data: tuple[Tensor, ...]) -> int:
+        return int(data[0].shape[0]) if data else self.s.n_points
+
+    def init_stats(self, data: tuple[Tensor, ...], *, generator: torch.Generator) -> Stats:
+        """The data's messages at the prior (for a mixture: at the ``init`` responsibilities)."""
+        params = self._initial()
+        resp = self._init_resp(data, generator) if self.s.enum_site is not None else None
+        n = self._points(data)
+        rows = self._chunk_rows(data)
+        total: list[Tensor] | None = None
+        for start in range(0, max(n, 1), rows):
+            part = tuple(t[start:start + rows] for t in data)
+            r = None if resp is None else resp[start:start + rows]
+            local = self._local_step(part, params, resp=r)
+            total = list(local.stats) if total is None else [a + b for a, b in
+                                                            zip(total, local.stats, strict=True)]
+        assert total is not None
+        return tuple(total)
+
+    def _chunk_rows(self, data: tuple[Tensor, ...]) -> int:
+        per = self.local_bytes_per_point(data) or 1
+        from pyro_vi.cavi.model import DEFAULT_CHUNK_BYTES
+
+        return max(1024, DEFAULT_CHUNK_BYTES // max(1, per))
+
+    def _init_resp(self, data: tuple[Tensor, ...], generator: torch.Generator) -> Tensor:
+        n, k = self._points(data), self.s.enum_size
+        init = self.init
+        if isinstance(init, Tensor):
+            r = init.to(torch.float64)
+            if r.shape != (n, k) or not torch.isfinite(r).all() or bool((r < 0).any()):
+                raise ValueError(f"init must be a finite, non-negative ({n}, {k}) tensor of "
+                                 f"responsibilities, got shape {tuple(r.shape)}")
+            return r / r.sum(-1, keepdim=True).clamp_min(1e-300)
+        method = "kmeans++" if init is None else init
+        if method not in ("kmeans++", "random"):
+            raise ValueError(f"init must be None, 'kmeans++', 'random' or a tensor, got {init!r}")
+        x = self._selected_data(data)
+        return initial_responsibilities(x, k, method=method, generator=generator)
+
+    def _selected_data(self, data: tuple[Tensor, ...]) -> Tensor:
+        """The observed site the discrete latent selects, as an ``(N, features)`` matrix."""
+        arrays = dict(zip([k for k, _ in self._keys], data, strict=True))
+        for i in self.s.data_terms:
+            t = self.s.terms[i]
+            if t.site == self.s.enum_site or not isinstance(t.value, ObsValue):
+                continue
+            if t.value.key in arrays:
+                x = arrays[t.value.key].to(torch.float64)
+                return x.reshape(x.shape[0], -1)
+        raise ValueError("init='kmeans++' needs an observed site with one row per data point")
+
+    def local_step(self, data: tuple[Tensor, ...], params: Any) -> Local:
+        r"""Optimal local factors; the data's ELBO share and its messages to the globals.
+
+        With the enumerated discrete latent ``z`` the share is
+        :math:`\sum_n \log\sum_k \exp\big(\sum_{s \ni z} E_q[\log p(x_s|z_n{=}k, \cdot)]\big)`
+        (the optimal :math:`q(z_n)` is its softmax, Bishop 2006, eq. 10.46–10.49); a local
+        Gaussian factor is set to its closed-form optimum first.
+        """
+        return self._local_step(data, params, resp=None)
+
+    def _local_step(self, data: tuple[Tensor, ...], params: Any, *, resp: Tensor | None,
+                    want_local: bool = False) -> Any:
+        n = self._points(data)
+        arrays = self._arrays(data)
+        factors = {f: getattr(params, f) for f in self._global}
+        leaves = {f: tuple(t.detach().clone().requires_grad_(True)
+                           for t in factors[f].expected_stats()) for f in self._data_factors}
+        stats = self._stats_of({f: q for f, q in factors.items() if f not in leaves})
+        stats.update(leaves)
+        ctx = Ctx(arrays, stats, {})
+        extra = torch.zeros((), dtype=torch.float64)
+        local_q: dict[str, ExpFamFactor] = {}
+        for f in self._local:
+            q = self._local_factor(f, ctx, n)
+            local_q[f] = q
+            ctx.stats[f] = tuple(t.detach() for t in q.expected_stats())
+            extra = extra + q.entropy().sum()
+        k_terms, total = self._evaluate(ctx, n)
+        r = None
+        if k_terms is not None:
+            if resp is not None:
+                r = resp.T.to(k_terms)
+                share = (r * k_terms).sum() - torch.xlogy(r, r).sum()
+            else:
+                share = torch.logsumexp(k_terms, 0).sum()
+                if want_local:
+                    r = torch.softmax(k_terms.detach(), 0)
+            total = total + share
+        total = total + extra
+        if want_local:
+            return local_q, (None if r is None else r.T)
+        flat = [t for f in self._data_factors for t in leaves[f]]
+        grads = torch.autograd.grad(total, flat, allow_unused=True) if flat else ()
+        msgs = tuple(torch.zeros_like(t) if g is None else g for g, t in zip(grads, flat, strict=True))
+        return Local(msgs, total.detach())
+
+    def _evaluate(self, ctx: Ctx, n: int) -> tuple[Tensor | None, Tensor]:
+        """Data terms: ``(K, n)`` logits of the enumerated latent (None: none), and the rest."""
+        p = self.s.nesting
+        plate = self.s.data_plate
+        total = torch.zeros((), dtype=torch.float64)
+        logits: Tensor | None = None
+        for i in self.s.data_terms:
+            out = expected_log_prob(ctx, self.s.terms[i])
+            assert plate is not None
+            out = out.reshape((1,) * (p + 1 - out.dim()) + out.shape)
+            axis = p + 1 + plate.dim
+            others = tuple(j for j in range(1, p + 1) if j != axis)
+            if others:
+                out = out.sum(others, keepdim=True)
+            out = out.reshape(out.shape[0], out.shape[axis])  # (K or 1, n or 1)
+            if out.shape[0] > 1:
+                logits = out.expand(out.shape[0], n) if logits is None else logits + out
+            else:
+                total = total + out.sum() * (n if out.shape[1] == 1 else 1)
+        return logits, total
+
+    def _local_factor(self, f: str, ctx: Ctx, n: int) -> ExpFamFactor:
+        """The optimal local factor ``f`` for this chunk, given the global moments in ``ctx``."""
+        spec = self.s.factors[f]
+        shape = list(spec.shape)
+        assert spec.n_axis is not None
+        shape[spec.n_axis] = n
+        leaves = tuple(t.requires_grad_(True) for t in self._template(f, torch.Size(shape)))
+        ctx.stats[f] = leaves
+        terms = [i for i in self.s.data_terms if i in self._touched[f]]
+        total = sum((expected_log_prob(ctx, self.s.terms[i]).sum() for i in terms),
+                    torch.zeros((), dtype=torch.float64))
+        grads = torch.autograd.grad(total, leaves, retain_graph=True, allow_unused=True)
+        eta = [torch.zeros_like(l) if g is None else g.detach()
+               for g, l in zip(grads, leaves, strict=True)]
+        return _natural_to_factor(spec, eta)
+
+    def global_step(self, stats: Stats, params: Any) -> Any:
+        """Update the global factors in program order: prior, global terms and data messages.
+
+        Updated are this sweep's colour class and every factor no data term touches.
+        """
+        if params is None:
+            params = self._initial()
+        sweep = int(params.sweep) + 1
+        active = sweep % self.n_colours
+        cur = {f: getattr(params, f) for f in self._global}
+        msgs: dict[str, tuple[Tensor, ...]] = {}
+        pos = 0
+        for f in self._data_factors:
+            k = len(self._template(f))
+            msgs[f] = tuple(stats[pos:pos + k])
+            pos += k
+        glob = set(self.s.global_terms)
+        for f in self._global:
+            if f in msgs and self._colour[f] != active:
+                continue
+            terms = sorted(self._touched[f] & glob)
+            cur[f] = self._update(f, cur, terms, msgs.get(f))
+        return self._record(cur, sweep)
+
+    def global_elbo(self, params: Any) -> Tensor:
+        """The global terms' expected log-densities plus every global factor's entropy."""
+        factors = {f: getattr(params, f) for f in self._global}
+        ctx = Ctx(self.s.arrays, self._stats_of(factors), {})
+        total = torch.zeros((), dtype=torch.float64)
+        for i in self.s.global_terms:
+            total = total + expected_log_prob(ctx, self.s.terms[i]).sum()
+        for q in factors.values():
+            total = total + q.entropy().sum()
+        return total
+
+    def local_bytes_per_point(self, data: tuple[Tensor, ...]) -> int | None:
+        """About 16 float64 temporaries per element a data term holds for one data point."""
+        if self.s.data_plate is None:
+            return None
+        per = 0
+        k = max(1, self.s.enum_size)
+        for _key, t, _ in self.s.point_arrays:
+            per += int(t[0].numel()) if t.shape[0] else 1
+        return 8 * 16 * k * max(1, per)
+
+    def elbo_roundoff(self, data: tuple[Tensor, ...]) -> float | None:
+        """Round-off of the data's own magnitude (the observed values only)."""
+        from pyro_vi.cavi.model import data_roundoff
+
+        obs = tuple(t for (key, _), t in zip(self._keys, data, strict=True)
+                    if key.endswith(".value") and t.is_floating_point())
+        return data_roundoff(obs) if obs else None
+
+    # ------------------------------------------------------------------------ Pyro side
+    def model(self, *args: Any) -> Any:
+        """The user's model (with the keyword arguments it was derived with)."""
+        return self.user_model(*args, **self.kwargs)
+
+    def pyro_data(self, data: tuple[Any, ...]) -> tuple[Any, ...]:
+        """The user's positional arguments (what the model and guide take)."""
+        return self.args
+
+    def local_factors(self, params: Any, *args: Any) -> tuple[dict[str, ExpFamFactor], Tensor | None]:
+        """Optimal local factors and the discrete latent's ``(N, K)`` responsibilities."""
+        model = self if not args or args is self.args else derive(self.user_model, *args,
+                                                                  init=self.init, **self.kwargs)
+        return model._local_step(model.data, params, resp=None, want_local=True)
+
+    def sample_guide(self, params: Any, *args: Any) -> dict[str, Tensor]:
+        """Sample every latent site from q, with the model's site names and plates."""
+        local_q, resp = self.local_factors(params, *args)
+        out: dict[str, Tensor] = {}
+        info = {s.name: s for s in self.s.sites}
+        for s in self.s.sites:
+            if s.observed:
+                continue
+            with _plates(s):
+                if s.name == self.s.enum_site:
+                    assert resp is not None
+                    probs = resp.reshape(s.batch_shape + (resp.shape[-1],)) \
+                        if s.batch_shape.numel() == resp.shape[0] else resp
+                    out[s.name] = pyro.sample(s.name, dist.Categorical(probs=probs))
+                    continue
+                f = self.s.site_factor[s.name]
+                q = local_q[f] if f in local_q else getattr(params, f)
+                out[s.name] = pyro.sample(s.name, self._site_dist(s, q, out, info))
+        return out
+
+    def _site_dist(self, s: Any, q: ExpFamFactor, out: dict[str, Tensor], info: dict[str, Any]) -> Any:
+        spec = self.s.factors[self.s.site_factor[s.name]]
+        shape = s.batch_shape + s.event_shape
+        if spec.kind in ("ng", "nw"):
+            loc_site, prec_site = spec.sites
+            if s.name == prec_site:
+                if spec.kind == "ng":
+                    return _gamma(q.concentration, q.rate, s)  # type: ignore[attr-defined]
+                return _wishart(q.df, q.scale_tril)  # type: ignore[attr-defined]
+            lam = out[prec_site]
+            if spec.kind == "ng":
+                prec = q.precision_scale * lam.reshape(q.loc.shape)  # type: ignore[attr-defined]
+                return _event(dist.Normal(q.loc.reshape(shape),  # type: ignore[attr-defined]
+                                          prec.rsqrt().reshape(shape)), s)
+            beta = q.precision_scale  # type: ignore[attr-defined]
+            return dist.MultivariateNormal(q.loc,  # type: ignore[attr-defined]
+                                           precision_matrix=beta[..., None, None] * lam)
+        return self.posterior_factor(spec, q, s)
+
+    def posterior_factor(self, spec: FactorSpec, q: Any, s: Any) -> Any:
+        """Q of one plain factor as a Pyro distribution with the site's batch/event shape."""
+        if spec.kind == "gamma":
+            return _gamma(q.concentration, q.rate, s)
+        if spec.kind == "beta":
+            return _event(dist.Beta(q.concentration1.reshape(s.batch_shape + s.event_shape),
+                                    q.concentration0.reshape(s.batch_shape + s.event_shape)), s)
+        if spec.kind == "dirichlet":
+            return dist.Dirichlet(q.concentration)
+        if spec.kind == "wishart":
+            return _wishart(q.df, q.scale_tril)
+        if spec.kind == "normal":
+            return dist.Normal(q.loc, q.precision.rsqrt())
+        return dist.MultivariateNormal(q.loc, scale_tril=_cov_tril(q))
+
+    def posterior(self, params: Any, name: str, *args: Any) -> Any:
+        """Q's marginal of latent site ``name`` as a torch distribution (see the module doc)."""
+        if name not in self.s.site_factor and name != self.s.enum_site:
+            latent = sorted(self.s.site_factor) + ([self.s.enum_site] if self.s.enum_site else [])
+            raise ValueError(f"no latent site {name!r}; the latent sites are {latent}")
+        info = {s.name: s for s in self.s.sites}[name]
+        if name == self.s.enum_site:
+            _, resp = self.local_factors(params, *args)
+            return dist.Categorical(probs=resp)
+        f = self.s.site_factor[name]
+        spec = self.s.factors[f]
+        if spec.local:
+            local_q, _ = self.local_factors(params, *args)
+            return self.posterior_factor(spec, local_q[f], info)
+        q = getattr(params, f)
+        if spec.kind == "ng":
+            if name == spec.sites[1]:
+                return _gamma(q.concentration, q.rate, info)
+            scale = (q.rate / (q.concentration * q.precision_scale)).sqrt()
+            return _event(dist.StudentT(2.0 * q.concentration, q.loc, scale), info)
+        if spec.kind == "nw":
+            if name == spec.sites[1]:
+                return _wishart(q.df, q.scale_tril)
+            d = q.loc.shape[-1]
+            nu = q.df - d + 1.0
+            prec = (nu * q.precision_scale)[..., None, None] * q.precision.scale
+            return dist.MultivariateStudentT(nu, q.loc, torch.linalg.cholesky(torch.linalg.inv(prec)))
+        return self.posterior_factor(spec, q, info)
+
+    def guide_params(self, *args: Any) -> Any:
+        """Trainable ``pyro.param`` sites ``"auto.<factor>.<param>"`` started at the prior."""
+        prior = self._initial()
+        out: dict[str, ExpFamFactor] = {}
+        pos = constraints.positive
+        for f in self._global:
+            q = getattr(prior, f)
+            n = f"{self.name}.{f}"
+            kind = self.s.factors[f].kind
+            if kind == "gamma":
+                out[f] = Gamma(pyro.param(f"{n}.concentration", q.concentration.clone, constraint=pos),
+                               pyro.param(f"{n}.rate", q.rate.clone, constraint=pos))
+            elif kind == "beta":
+                out[f] = Beta(pyro.param(f"{n}.concentration1", q.concentration1.clone, constraint=pos),
+                              pyro.param(f"{n}.concentration0", q.concentration0.clone, constraint=pos))
+            elif kind == "dirichlet":
+                out[f] = Dirichlet(pyro.param(f"{n}.concentration", q.concentration.clone,
+                                              constraint=pos))
+            elif kind == "normal":
+                out[f] = Normal(pyro.param(f"{n}.loc", q.loc.clone),
+                                precision=pyro.param(f"{n}.precision", q.precision.clone,
+                                                     constraint=pos))
+            elif kind == "mvn":
+                out[f] = MultivariateNormal(pyro.param(f"{n}.loc", q.loc.clone),
+                                            pyro.param(f"{n}.precision_tril", q.precision_tril.clone,
+                                                       constraint=constraints.lower_cholesky))
+            elif kind == "wishart":
+                d = q.scale_tril.shape[-1]
+                out[f] = Wishart(pyro.param(f"{n}.scale_tril", q.scale_tril.clone,
+                                            constraint=constraints.lower_cholesky),
+                                 pyro.param(f"{n}.df", q.df.clone,
+                                            constraint=constraints.greater_than(d - 1.0)))
+            elif kind == "ng":
+                out[f] = NormalGamma(pyro.param(f"{n}.loc", q.loc.clone),
+                                     pyro.param(f"{n}.precision_scale", q.precision_scale.clone,
+                                                constraint=pos),
+                                     pyro.param(f"{n}.concentration", q.concentration.clone,
+                                                constraint=pos),
+                                     pyro.param(f"{n}.rate", q.rate.clone, constraint=pos))
+            else:
+                d = q.loc.shape[-1]
+                out[f] = NormalWishart(pyro.param(f"{n}.loc", q.loc.clone),
+                                       pyro.param(f"{n}.precision_scale", q.precision_scale.clone,
+                                                  constraint=pos),
+                                       pyro.param(f"{n}.scale_tril", q.scale_tril.clone,
+                                                  constraint=constraints.lower_cholesky),
+                                       pyro.param(f"{n}.df", q.df.clone,
+                                                  constraint=constraints.greater_than(d - 1.0)))
+        return self._record(out, -1)
+
+    def summary_sites(self, params: Any, *data: Any) -> dict[str, Any]:
+        """Every global latent site's factor (fused pairs split into their marginals)."""
+        from pyro_vi.cavi.summary import loc_marginal
+
+        out: dict[str, Any] = {}
+        for f in self._global:
+            q = getattr(params, f)
+            spec = self.s.factors[f]
+            if spec.kind in ("ng", "nw"):
+                out[spec.sites[1]] = q.precision
+                out[spec.sites[0]] = loc_marginal(q)
+            else:
+                out[f] = q
+        return out
+
+
+# ----------------------------------------------------------------------------- helpers
+def _factors_of(term: TermSpec) -> set[str]:
+    from pyro_vi.cavi.auto.structure import _factors_of as inner
+
+    return inner(term)
+
+
+def _value_factor(term: TermSpec) -> str | None:
+    return term.value.factor if isinstance(term.value, LatentValue) else None
+
+
+def _colour(factors: list[str], s: Structure, touched: dict[str, set[int]]) -> dict[str, int]:
+    """Greedy colouring: factors that share a data term get different colours."""
+    data = set(s.data_terms)
+    colour: dict[str, int] = {}
+    for f in factors:
+        taken = {colour[g] for g in colour if touched[g] & touched[f] & data}
+        c = 0
+        while c in taken:
+            c += 1
+        colour[f] = c
+    return colour
+
+
+class _PlateStack:
+    def __init__(self, site: Any) -> None:
+        self.plates = [pyro.plate(p.name, p.size, dim=p.dim) for p in site.plates]
+
+    def __enter__(self) -> None:
+        for p in self.plates:
+            p.__enter__()
+
+    def __exit__(self, *exc: Any) -> None:
+        for p in reversed(self.plates):
+            p.__exit__(*exc)
+
+
+def _plates(site: Any) -> _PlateStack:
+    return _PlateStack(site)
+
+
+def _event(d: Any, s: Any) -> Any:
+    return d.to_event(s.event_dims) if s.event_dims else d
+
+
+def _gamma(conc: Tensor, rate: Tensor, s: Any) -> Any:
+    shape = s.batch_shape + s.event_shape
+    return _event(dist.Gamma(conc.reshape(shape), rate.reshape(shape)), s)
+
+
+class _Wishart(dist.Wishart):
+    """A Wishart whose draws are the exact Bartlett ones, without torch's resampling warning.
+
+    ``torch.distributions.Wishart.rsample`` (torch <= 2.13) checks its support as if a valid
+    sample flagged a singular one, so every batched draw warns and is redrawn
+    (pytorch/pytorch#122021).
+    """
+
+    def rsample(self, sample_shape: Any = (), max_try_correction: Any = None) -> Tensor:
+        return self._bartlett_sampling(torch.Size(sample_shape))
+
+
+def _wishart(df: Tensor, tril: Tensor) -> Any:
+    return _Wishart(df=df, scale_tril=tril)
+
+
+def _cov_tril(q: MultivariateNormal) -> Tensor:
+    return torch.linalg.cholesky(torch.cholesky_inverse(q.precision_tril))
+
+
+def derive(model: Any, *args: Any, init: Any = None, joint: bool = True,
+           **kwargs: Any) -> DerivedModel:
+    """Detect the conjugate structure of ``model(*args, **kwargs)``; return its CAVI model.
+
+    Raises :class:`~pyro_vi.errors.NotConjugateError` naming the latent, the child site and
+    the slot when some latent has no closed-form update, before any fitting.
+    """
+    if not isinstance(joint, bool):
+        raise TypeError(f"joint must be a bool, got {type(joint).__name__}")
+    structure = analyse(model, args, kwargs, joint=joint)
+    return DerivedModel(model, args, kwargs, structure, init=init)
+

@@ -1,0 +1,455 @@
+r"""Expected log-densities of a model's terms under the mean-field q, from factors' moments.
+
+Every sample site of the model is a **term** :math:`E_q[\log p(x_s \mid \mathrm{pa}(s))]`.
+Under the mean field, and for the links that detection admits, it is a function of the
+factors' expected sufficient statistics (their *moments*) that is linear in each factor's
+moments separately. That is what variational message passing needs (Winn & Bishop 2005,
+§3; Bishop 2006, §10.4.1): the natural parameters of the optimal factor :math:`q^*(\theta_j)`
+are the gradient of the expected log-joint with respect to :math:`\theta_j`'s moments, so
+:mod:`pyro_vi.cavi.auto.derive` gets every message by automatic differentiation of the
+functions here. Every constant is kept: the sum of terms plus the factors' entropies is the
+ELBO on Trace_ELBO's scale.
+
+Moments (``stats[factor]``, in the order of :meth:`ExpFamFactor.expected_stats`):
+
+======== =============================================
+kind     moments
+======== =============================================
+gamma    :math:`(E\log\lambda, E\lambda)`
+beta     :math:`(E\log p, E\log(1-p))`
+dirichlet :math:`(E\log\pi,)`
+normal   :math:`(E\theta, E\theta^2)`
+mvn      :math:`(E\theta, E\theta\theta^T)`
+wishart  :math:`(E\Lambda, E\log|\Lambda|)`
+ng       :math:`(E\lambda\mu, E\lambda\mu^2, E\lambda, E\log\lambda)`
+nw       :math:`(E\Lambda\mu, E\mu^T\Lambda\mu, E\Lambda, E\log|\Lambda|)`
+======== =============================================
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from pyro_vi.factors import log_wishart_normalizer
+
+__all__ = ["GSlot", "KSlot", "LatentValue", "ObsValue", "PSlot", "TermSpec", "expected_log_prob"]
+
+_LOG_2PI = math.log(2.0 * math.pi)
+
+
+@dataclass(frozen=True)
+class KSlot:
+    """A known slot: ``arrays[key]``."""
+
+    key: str
+
+
+@dataclass(frozen=True)
+class PSlot:
+    """``coef * theta[idx]`` of factor ``factor`` read through ``view`` (see module doc)."""
+
+    factor: str
+    view: str
+    idx: str | None
+    coef: str
+
+
+@dataclass(frozen=True)
+class GPart:
+    """``A @ theta[idx]`` of a Gaussian factor (``idx`` None: aligned with the slot)."""
+
+    factor: str
+    view: str
+    idx: str | None
+    a: str
+
+
+@dataclass(frozen=True)
+class GSlot:
+    """``b + sum(parts)``: an affine location."""
+
+    b: str
+    parts: tuple[GPart, ...]
+
+
+@dataclass(frozen=True)
+class ObsValue:
+    """The site's value is data (or the enumerated values of a discrete latent)."""
+
+    key: str
+
+
+@dataclass(frozen=True)
+class LatentValue:
+    """The site's value is a latent factor, read through ``view``."""
+
+    factor: str
+    view: str
+
+
+Slot = KSlot | PSlot | GSlot
+
+
+@dataclass(frozen=True)
+class TermSpec:
+    """One term: the site, its family, value and slots; ``event_dims`` summed at the end.
+
+    ``joint`` names the Normal-Gamma/Normal-Wishart factor when the term's location and
+    precision both come from it (the joint formula applies).
+    """
+
+    site: str
+    family: str
+    value: ObsValue | LatentValue
+    slots: dict[str, Slot]
+    event_dims: int
+    joint: str | None = None
+
+
+def _gather(t: Tensor, n_event: int, idx: Tensor | None, shape: torch.Size) -> Tensor:
+    """``t`` (factor shape + event) flattened and gathered at ``idx``; aligned if idx None."""
+    if idx is None:
+        return t
+    flat = t.reshape((-1,) + t.shape[t.dim() - n_event:])
+    return flat[idx]
+
+
+class Ctx:
+    """What a term evaluation reads: arrays (data and links) and factor moments."""
+
+    def __init__(self, arrays: dict[str, Tensor], stats: dict[str, tuple[Tensor, ...]],
+                 shapes: dict[str, torch.Size]) -> None:
+        self.arrays = arrays
+        self.stats = stats
+        self.shapes = shapes  # factor -> element shape (for aligned local factors)
+
+    def arr(self, key: str) -> Tensor:
+        return self.arrays[key]
+
+    def stat(self, factor: str, i: int, n_event: int, idx: str | None) -> Tensor:
+        t = self.stats[factor][i]
+        return _gather(t, n_event, None if idx is None else self.arrays[idx], t.shape)
+
+
+# --------------------------------------------------------------------------- slot moments
+def _positive(ctx: Ctx, slot: Slot, matrix: bool) -> tuple[Tensor, Tensor]:
+    """``(E[slot], E[log slot])`` (matrix: ``(E[slot], E[log|slot|])``)."""
+    if isinstance(slot, KSlot):
+        v = ctx.arr(slot.key)
+        if matrix:
+            return v, torch.logdet(v)
+        return v, torch.log(v)
+    assert isinstance(slot, PSlot)
+    coef = ctx.arr(slot.coef)
+    if slot.view in ("gamma", "wishart"):
+        i_mean, i_log = (1, 0) if slot.view == "gamma" else (0, 1)
+    else:  # ng / nw precision views
+        i_mean, i_log = 2, 3
+    n_ev = 2 if matrix else 0
+    mean = ctx.stat(slot.factor, i_mean, n_ev, slot.idx)
+    log = ctx.stat(slot.factor, i_log, 0, slot.idx)
+    if matrix:
+        d = mean.shape[-1]
+        return coef[..., None, None] * mean, log + d * torch.log(coef)
+    return coef * mean, log + torch.log(coef)
+
+
+def _probs(ctx: Ctx, slot: Slot) -> tuple[Tensor, Tensor | None]:
+    """Beta: ``(E log p, E log(1-p))``; Dirichlet: ``(E log pi, None)``; known: ``(p, None)``."""
+    if isinstance(slot, KSlot):
+        return ctx.arr(slot.key), None
+    assert isinstance(slot, PSlot)
+    if slot.view == "beta":
+        return ctx.stat(slot.factor, 0, 0, slot.idx), ctx.stat(slot.factor, 1, 0, slot.idx)
+    return ctx.stat(slot.factor, 0, 1, slot.idx), None
+
+
+def _gauss_parts(ctx: Ctx, slot: GSlot, vec: bool) -> tuple[Tensor, Tensor]:
+    """``(E[loc], Var[loc])``; vector slots give ``(E, Cov)`` with trailing ``(D,)``/``(D, D)``."""
+    mean = ctx.arr(slot.b)
+    var: Tensor | int = 0
+    for p in slot.parts:
+        a = ctx.arr(p.a)
+        if p.view == "normal":
+            m = ctx.stat(p.factor, 0, 0, p.idx).unsqueeze(-1)
+            s = ctx.stat(p.factor, 1, 0, p.idx).unsqueeze(-1).unsqueeze(-1)
+        else:
+            m = ctx.stat(p.factor, 0, 1, p.idx)
+            s = ctx.stat(p.factor, 1, 2, p.idx)
+        cov = s - m.unsqueeze(-1) * m.unsqueeze(-2)
+        if vec:
+            mean = mean + (a @ m.unsqueeze(-1)).squeeze(-1)
+            var = var + a @ cov @ a.transpose(-1, -2)
+        else:
+            mean = mean + (a * m).sum(-1)
+            var = var + ((a.unsqueeze(-1) * cov).sum(-2) * a).sum(-1)
+    if isinstance(var, int):
+        var = torch.zeros_like(mean)
+        if vec:
+            var = torch.zeros(mean.shape + mean.shape[-1:], dtype=mean.dtype, device=mean.device)
+    return mean, var
+
+
+def _gauss_value(ctx: Ctx, value: ObsValue | LatentValue, vec: bool) -> tuple[Tensor, Tensor | None]:
+    """``(E[x], Var[x] or Cov[x])`` of a Normal/MVN site's value (None: observed)."""
+    if isinstance(value, ObsValue):
+        return ctx.arr(value.key), None
+    t0, t1 = ctx.stats[value.factor][0], ctx.stats[value.factor][1]
+    if value.view == "normal":
+        return t0, t1 - t0 * t0
+    cov = t1 - t0.unsqueeze(-1) * t0.unsqueeze(-2)
+    if vec:
+        return t0, cov
+    return t0, torch.diagonal(cov, dim1=-2, dim2=-1)
+
+
+def quad(y: Tensor, p: Tensor) -> Tensor:
+    r""":math:`y^T P y` over broadcast batch dims without materialising a ``(..., D, D)`` per ``y``.
+
+    ``y`` is ``(..., D)``, ``p`` is ``(..., D, D)``; batch dims where ``p`` has size 1 and ``y``
+    does not (the data points, for a precision per component) become matrix rows.
+    """
+    nb = max(y.dim() - 1, p.dim() - 2)
+    y = y.reshape((1,) * (nb - (y.dim() - 1)) + y.shape)
+    p = p.reshape((1,) * (nb - (p.dim() - 2)) + p.shape)
+    rows = [i for i in range(nb) if p.shape[i] == 1 and y.shape[i] > 1]
+    if not rows:
+        return ((y.unsqueeze(-2) @ p).squeeze(-2) * y).sum(-1)
+    keep = [i for i in range(nb) if i not in rows]
+    yp = y.permute(*keep, *rows, nb)  # batch..., rows..., D
+    kshape = [y.shape[i] if p.shape[i] == 1 else p.shape[i] for i in keep]
+    rshape = [y.shape[i] for i in rows]
+    yb = yp.expand(*kshape, *rshape, y.shape[-1]).reshape(*kshape, -1, y.shape[-1])
+    pb = p.permute(*keep, *rows, nb, nb + 1).reshape(*[p.shape[i] for i in keep], p.shape[-2],
+                                                     p.shape[-1])
+    pb = pb.expand(*kshape, p.shape[-2], p.shape[-1])
+    out = ((yb @ pb) * yb).sum(-1).reshape(*kshape, *rshape)
+    inv = [0] * nb
+    for pos, i in enumerate(keep + rows):
+        inv[i] = pos
+    return out.permute(*inv)
+
+
+# --------------------------------------------------------------------------- the families
+def _normal(ctx: Ctx, term: TermSpec) -> Tensor:
+    loc, prec = term.slots["loc"], term.slots["precision"]
+    if term.joint is not None:
+        return _normal_joint(ctx, term, vec=False)
+    e_prec, e_logprec = _positive(ctx, prec, matrix=False)
+    assert isinstance(loc, KSlot | GSlot)
+    if isinstance(loc, KSlot):
+        m_loc, v_loc = ctx.arr(loc.key), None
+    else:
+        m_loc, v_loc = _gauss_parts(ctx, loc, vec=False)
+    x, v_x = _gauss_value(ctx, term.value, vec=False)
+    sq = (x - m_loc).square()
+    if v_loc is not None:
+        sq = sq + v_loc
+    if v_x is not None:
+        sq = sq + v_x
+    return 0.5 * (e_logprec - _LOG_2PI) - 0.5 * e_prec * sq
+
+
+def _mvn(ctx: Ctx, term: TermSpec) -> Tensor:
+    if term.joint is not None:
+        return _normal_joint(ctx, term, vec=True)
+    loc, prec = term.slots["loc"], term.slots["precision"]
+    e_p, e_logdet = _positive(ctx, prec, matrix=True)
+    if isinstance(loc, KSlot):
+        m_loc, c_loc = ctx.arr(loc.key), None
+    else:
+        assert isinstance(loc, GSlot)
+        m_loc, c_loc = _gauss_parts(ctx, loc, vec=True)
+    x, c_x = _gauss_value(ctx, term.value, vec=True)
+    d = x.shape[-1]
+    out = 0.5 * (e_logdet - d * _LOG_2PI) - 0.5 * quad(x - m_loc, e_p)
+    for c in (c_loc, c_x):
+        if c is not None:
+            out = out - 0.5 * (e_p * c).sum((-1, -2))
+    return out
+
+
+def _normal_joint(ctx: Ctx, term: TermSpec, *, vec: bool) -> Tensor:
+    r"""A Normal/MVN term whose location and precision are one Normal-Gamma/-Wishart factor.
+
+    With ``loc = b + a mu[idx]``, ``precision = c lambda[idx]`` (observed ``x``, ``y = x - b``):
+
+    .. math::
+        \tfrac12(D\log c + E\log|\Lambda| - D\log 2\pi)
+        - \tfrac c2\big(y^T E[\Lambda] y - 2a\,y^T E[\Lambda\mu] + a^2 E[\mu^T\Lambda\mu]\big);
+
+    for the prior of ``mu`` itself (``x = mu``, ``loc = b``) the same with the roles swapped:
+    :math:`E[\mu^T\Lambda\mu] - 2b^T E[\Lambda\mu] + b^T E[\Lambda] b`.
+    """
+    prec = term.slots["precision"]
+    assert isinstance(prec, PSlot)
+    f, idx = prec.factor, prec.idx
+    n1 = 1 if vec else 0
+    e_lmu = ctx.stat(f, 0, n1, idx)
+    e_mulmu = ctx.stat(f, 1, 0, idx)
+    e_l = ctx.stat(f, 2, 2 if vec else 0, idx)
+    e_log = ctx.stat(f, 3, 0, idx)
+    c = ctx.arr(prec.coef)
+    d = e_lmu.shape[-1] if vec else 1
+    head = 0.5 * (d * torch.log(c) + e_log - d * _LOG_2PI)
+    loc = term.slots["loc"]
+    if isinstance(term.value, LatentValue):  # the prior of mu: x = mu, loc known
+        assert isinstance(loc, KSlot)
+        b = ctx.arr(loc.key)
+        if vec:
+            inner = e_mulmu - 2.0 * (b * e_lmu).sum(-1) + quad(b, e_l)
+        else:
+            inner = e_mulmu - 2.0 * b * e_lmu + b * b * e_l
+        return head - 0.5 * c * inner
+    assert isinstance(loc, GSlot)
+    assert len(loc.parts) == 1
+    part = loc.parts[0]
+    a = ctx.arr(part.a)
+    a = a[..., 0, 0] if vec else a[..., 0]
+    y = ctx.arr(term.value.key) - ctx.arr(loc.b)
+    if vec:
+        inner = quad(y, e_l) - 2.0 * a * (y * e_lmu).sum(-1) + a * a * e_mulmu
+    else:
+        inner = e_l * y * y - 2.0 * a * y * e_lmu + a * a * e_mulmu
+    return head - 0.5 * c * inner
+
+
+def _positive_value(ctx: Ctx, value: ObsValue | LatentValue) -> tuple[Tensor, Tensor]:
+    """``(E[x], E[log x])`` of a Gamma site's value."""
+    if isinstance(value, ObsValue):
+        x = ctx.arr(value.key)
+        return x, torch.log(x)
+    s = ctx.stats[value.factor]
+    if value.view == "gamma":
+        return s[1], s[0]
+    return s[2], s[3]  # ng precision view
+
+
+def _gamma(ctx: Ctx, term: TermSpec) -> Tensor:
+    alpha = ctx.arr(_known(term, "concentration"))
+    e_rate, e_lograte = _positive(ctx, term.slots["rate"], matrix=False)
+    ex, elogx = _positive_value(ctx, term.value)
+    return (alpha * e_lograte - torch.lgamma(alpha) + (alpha - 1.0) * elogx - e_rate * ex)
+
+
+def _poisson(ctx: Ctx, term: TermSpec) -> Tensor:
+    x = _obs(ctx, term)
+    slot = term.slots["rate"]
+    e_rate, e_lograte = _positive(ctx, slot, matrix=False)
+    if isinstance(slot, KSlot):
+        return torch.xlogy(x, e_rate) - e_rate - torch.lgamma(x + 1.0)
+    return x * e_lograte - e_rate - torch.lgamma(x + 1.0)
+
+
+def _exponential(ctx: Ctx, term: TermSpec) -> Tensor:
+    x = _obs(ctx, term)
+    e_rate, e_lograte = _positive(ctx, term.slots["rate"], matrix=False)
+    return e_lograte - e_rate * x
+
+
+def _bernoulli_like(ctx: Ctx, term: TermSpec) -> Tensor:
+    x = _obs(ctx, term)
+    slot = term.slots["probs"]
+    a, b = _probs(ctx, slot)
+    fam = term.family
+    const: Tensor | float
+    if fam == "Bernoulli":
+        success, failure, const = x, 1.0 - x, 0.0
+    elif fam == "Geometric":
+        success, failure, const = torch.ones_like(x), x, 0.0
+    else:  # Binomial
+        n = ctx.arr(_known(term, "total_count"))
+        success, failure = x, n - x
+        const = torch.lgamma(n + 1.0) - torch.lgamma(x + 1.0) - torch.lgamma(n - x + 1.0)
+    if b is None:  # known probabilities
+        return const + torch.xlogy(success, a) + torch.xlogy(failure, 1.0 - a)
+    return const + success * a + failure * b
+
+
+def _categorical(ctx: Ctx, term: TermSpec) -> Tensor:
+    k = _obs(ctx, term).long()
+    slot = term.slots["probs"]
+    logp, _ = _probs(ctx, slot)
+    if isinstance(slot, KSlot):
+        logp = torch.log(logp)
+    shape = torch.broadcast_shapes(logp.shape[:-1], k.shape)
+    return logp.expand(shape + logp.shape[-1:]).gather(-1, k.expand(shape).unsqueeze(-1)).squeeze(-1)
+
+
+def _multinomial(ctx: Ctx, term: TermSpec) -> Tensor:
+    x = _obs(ctx, term)
+    n = ctx.arr(_known(term, "total_count"))
+    slot = term.slots["probs"]
+    logp, _ = _probs(ctx, slot)
+    const = torch.lgamma(n + 1.0) - torch.lgamma(x + 1.0).sum(-1)
+    if isinstance(slot, KSlot):
+        return const + torch.xlogy(x, logp).sum(-1)
+    return const + (x * logp).sum(-1)
+
+
+def _beta(ctx: Ctx, term: TermSpec) -> Tensor:
+    a = ctx.arr(_known(term, "concentration1"))
+    b = ctx.arr(_known(term, "concentration0"))
+    lognorm = torch.lgamma(a) + torch.lgamma(b) - torch.lgamma(a + b)
+    if isinstance(term.value, ObsValue):
+        x = ctx.arr(term.value.key)
+        return (a - 1.0) * torch.log(x) + (b - 1.0) * torch.log1p(-x) - lognorm
+    s = ctx.stats[term.value.factor]
+    return (a - 1.0) * s[0] + (b - 1.0) * s[1] - lognorm
+
+
+def _dirichlet(ctx: Ctx, term: TermSpec) -> Tensor:
+    alpha = ctx.arr(_known(term, "concentration"))
+    lognorm = torch.lgamma(alpha).sum(-1) - torch.lgamma(alpha.sum(-1))
+    if isinstance(term.value, ObsValue):
+        logx = torch.log(ctx.arr(term.value.key))
+    else:
+        logx = ctx.stats[term.value.factor][0]
+    return ((alpha - 1.0) * logx).sum(-1) - lognorm
+
+
+def _wishart(ctx: Ctx, term: TermSpec) -> Tensor:
+    df = ctx.arr(_known(term, "df"))
+    tril = ctx.arr(_known(term, "scale_tril"))
+    d = tril.shape[-1]
+    if isinstance(term.value, ObsValue):
+        lam = ctx.arr(term.value.key)
+        e_l, e_logdet = lam, torch.logdet(lam)
+    else:
+        s = ctx.stats[term.value.factor]
+        e_l, e_logdet = (s[0], s[1]) if term.value.view == "wishart" else (s[2], s[3])
+    v_inv = torch.cholesky_inverse(tril)
+    return (0.5 * (df - d - 1.0) * e_logdet - 0.5 * (v_inv * e_l).sum((-1, -2))
+            - log_wishart_normalizer(tril, df))
+
+
+def _known(term: TermSpec, slot: str) -> str:
+    s = term.slots[slot]
+    assert isinstance(s, KSlot), (term.site, slot)
+    return s.key
+
+
+def _obs(ctx: Ctx, term: TermSpec) -> Tensor:
+    assert isinstance(term.value, ObsValue), term.site
+    return ctx.arr(term.value.key)
+
+
+_HANDLERS: dict[str, Any] = {
+    "Normal": _normal, "MultivariateNormal": _mvn, "Gamma": _gamma, "Poisson": _poisson,
+    "Exponential": _exponential, "Bernoulli": _bernoulli_like, "Binomial": _bernoulli_like,
+    "Geometric": _bernoulli_like, "Categorical": _categorical, "Multinomial": _multinomial,
+    "Beta": _beta, "Dirichlet": _dirichlet, "Wishart": _wishart,
+}
+
+
+def expected_log_prob(ctx: Ctx, term: TermSpec) -> Tensor:
+    r""":math:`E_q[\log p(x_s|\mathrm{pa}(s))]` per batch element of the site (event summed)."""
+    out = _HANDLERS[term.family](ctx, term)
+    if term.event_dims:
+        out = out.sum(tuple(range(-term.event_dims, 0)))
+    return out

@@ -35,6 +35,7 @@ from torch import Tensor
 
 from pyro_vi._checks import as_vector, check_finite, check_positive, check_spread
 from pyro_vi.cavi.model import ConjugateModel, Local, Stats, data_roundoff
+from pyro_vi.distributed.collectives import Comm
 from pyro_vi.factors import Gamma, Normal
 
 __all__ = ["HierarchicalNormal", "HierarchicalParams"]
@@ -117,6 +118,14 @@ class HierarchicalNormal(ConjugateModel[tuple[Tensor, Tensor], HierarchicalParam
         new = copy.copy(self)
         new.origin = float(y.mean())
         return new, (y, sigma)
+
+    def prepare_shard(self, data: Any, *, comm: Comm) -> tuple[HierarchicalNormal, tuple[Tensor, Tensor]]:
+        """:meth:`prepare` for one rank's rows; :attr:`origin` is the mean of all ranks' rows."""
+        new, prepared = self.prepare(data)
+        y = prepared[0]
+        total, count = comm.sum((y.sum(), y.new_tensor(float(y.shape[0]))))
+        new.origin = float(total / count)
+        return new, prepared
 
     def local_factors(self, data: tuple[Tensor, Tensor], params: HierarchicalParams) -> Normal:
         r"""Optimal :math:`q(\theta_j)`, batch ``(J,)`` (Bishop 2006, eq. 10.9 for this model).

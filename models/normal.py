@@ -29,6 +29,7 @@ from torch import Tensor
 
 from pyro_vi._checks import as_vector, check_finite, check_positive, check_spread
 from pyro_vi.cavi.model import ConjugateModel, Local, Stats, data_roundoff
+from pyro_vi.distributed.collectives import Comm
 from pyro_vi.factors import Gamma, Normal
 
 __all__ = ["NormalParams", "UnivariateNormal"]
@@ -106,6 +107,13 @@ class UnivariateNormal(ConjugateModel[Tensor, NormalParams, Stats]):
         check_spread("x", x)
         new = copy.copy(self)
         new.origin = float(x.mean())
+        return new, x
+
+    def prepare_shard(self, data: Any, *, comm: Comm) -> tuple[UnivariateNormal, Tensor]:
+        """:meth:`prepare` for one rank's rows; :attr:`origin` is the mean of all ranks' rows."""
+        new, x = self.prepare(data)
+        total, count = comm.sum((x.sum(), x.new_tensor(float(x.shape[0]))))
+        new.origin = float(total / count)
         return new, x
 
     def _stats(self, x: Tensor) -> Stats:

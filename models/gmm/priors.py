@@ -16,7 +16,8 @@ from torch import Tensor
 
 from pyro_vi.models.gmm.params import GMMHyperparams
 
-__all__ = ["check_covariance_prior", "default_covariance", "resolve_hyperparams"]
+__all__ = ["check_covariance_prior", "covariance_from_scatter", "default_covariance",
+           "resolve_hyperparams"]
 
 
 def default_covariance(x: Tensor, covariance: str) -> Tensor:
@@ -25,12 +26,24 @@ def default_covariance(x: Tensor, covariance: str) -> Tensor:
     Two-pass and centred: ``torch.var`` loses ~1e-6 of the variances at an offset of 1e9 spreads.
     """
     dev = x - x.mean(0)
-    var = dev.square().sum(0) / (x.shape[0] - 1) if x.shape[0] > 1 else torch.zeros_like(x[0])
+    scatter = dev.square().sum(0) if covariance == "diag" else dev.T @ dev
+    return covariance_from_scatter(scatter, x.shape[0], covariance)
+
+
+def covariance_from_scatter(scatter: Tensor, n: int, covariance: str) -> Tensor:
+    """:func:`default_covariance` from the centred scatter ``sum_n (x_n - mean)(x_n - mean)^T``.
+
+    ``scatter`` is ``(D, D)`` (``"full"``) or the ``(D,)`` squared deviations (``"diag"``) of
+    ``n`` rows: the sums a distributed fit adds over ranks.
+    """
+    diag = scatter if scatter.dim() == 1 else torch.diagonal(scatter)
+    var = diag / (n - 1) if n > 1 else torch.zeros_like(diag)
     var = torch.where(var > 0, var, torch.ones_like(var))
     if covariance == "diag":
         return var
-    if x.shape[0] > x.shape[1]:
-        cov = (dev.T @ dev / (x.shape[0] - 1)).reshape(x.shape[1], x.shape[1])
+    d = scatter.shape[0]
+    if n > d:
+        cov = (scatter / (n - 1)).reshape(d, d)
         if torch.linalg.cholesky_ex(cov)[1] == 0 and torch.linalg.eigvalsh(cov)[0] > 1e-10 * var.max():
             return cov
     return torch.diag(var)

@@ -10,10 +10,12 @@ the data into chunks (bounded memory), minibatches (stochastic VI,
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import sys
 import time
 import warnings
+from collections.abc import Callable
 from typing import Any
 
 import pandas as pd
@@ -31,6 +33,13 @@ from pyro_vi.cavi.model import (
     nonfinite_global_terms,
 )
 from pyro_vi.cavi.resolve import resolve_model
+from pyro_vi.distributed.collectives import Comm
+from pyro_vi.distributed.conjugate import (
+    check_rows,
+    global_roundoff,
+    prepare_sharded,
+    reduce_local,
+)
 from pyro_vi.errors import ConvergenceWarning, ELBODecreaseError, NumericalError, PrecisionWarning
 from pyro_vi.results import CAVIResult, CAVIRun
 
@@ -47,6 +56,34 @@ def _check_finite(local: Local, iteration: int) -> None:
             raise NumericalError(f"CAVI iteration {iteration}: sufficient statistic {i} is not finite")
 
 
+def _local(model: ConjugateModel, data: Any, params: Any, *, chunk_size: int | None,
+           iteration: int, comm: Comm | None) -> Local:
+    """The (checked) local pass over this process's rows; with ``comm``, summed over ranks."""
+    if comm is None:
+        local = local_pass(model, data, params, chunk_size=chunk_size)
+        _check_finite(local, iteration)
+        return local
+    mine, err = None, None
+    try:
+        mine = local_pass(model, data, params, chunk_size=chunk_size)
+        _check_finite(mine, iteration)
+    except Exception as e:  # noqa: BLE001 - raised on every rank by reduce_local
+        err = e
+    total = reduce_local(mine, err, comm)
+    _check_finite(total, iteration)  # an overflow of the sum
+    return total
+
+
+def param_tensors(params: Any) -> list[torch.Tensor]:
+    """Every tensor of a params record (factor fields' tensors, fixed tensors), in field order."""
+    out: list[torch.Tensor] = []
+    for f in dataclasses.fields(params):
+        v = getattr(params, f.name)
+        out.extend([v] if isinstance(v, torch.Tensor) else
+                   [t for t in vars(v).values() if isinstance(t, torch.Tensor)])
+    return out
+
+
 def _global_elbo(model: ConjugateModel, params: Any, iteration: int) -> float:
     """``model.global_elbo(params)``, or a NumericalError naming the term that is not finite."""
     value = float(model.global_elbo(params))
@@ -56,11 +93,10 @@ def _global_elbo(model: ConjugateModel, params: Any, iteration: int) -> float:
     return value
 
 
-def _decrease_message(model: ConjugateModel, data: Any, it: int, old: float, new: float) -> str:
-    """Say why the ELBO fell: round-off of the data's magnitude, or a wrong update."""
+def _decrease_message(noise: float | None, it: int, old: float, new: float) -> str:
+    """Say why the ELBO fell: round-off of the data's magnitude (``noise``), or a wrong update."""
     head = (f"CAVI iteration {it}: the ELBO decreased from {old:.12g} to {new:.12g} "
             f"(by {old - new:.3g})")
-    noise = model.elbo_roundoff(data)
     if noise is not None and old - new <= noise:
         return (f"{head}, within the ELBO's round-off for this data (about {noise:.3g} nats: "
                 "values far from their mean or spread over many orders of magnitude lose "
@@ -72,7 +108,7 @@ def _decrease_message(model: ConjugateModel, data: Any, it: int, old: float, new
 
 
 def _validate_options(max_iter: Any, tol: Any, n_init: Any, chunk_size: Any, monotone_rtol: Any,
-                      seed: Any, progress: Any, warn: Any) -> None:
+                      seed: Any, progress: Any, warn: Any, distributed: Any = False) -> None:
     check_int("max_iter", max_iter, minimum=1)
     check_real("tol", tol, minimum=0.0)
     check_int("n_init", n_init, minimum=1)
@@ -81,6 +117,7 @@ def _validate_options(max_iter: Any, tol: Any, n_init: Any, chunk_size: Any, mon
     check_seed("seed", seed)
     check_bool("progress", progress, optional=True)
     check_bool("warn", warn)
+    check_bool("distributed", distributed)
 
 
 def _one_run(
@@ -93,11 +130,16 @@ def _one_run(
     chunk_size: int | None,
     monotone_rtol: float,
     bar: Any,
+    roundoff: Callable[[], float | None],
+    comm: Comm | None = None,
 ) -> CAVIRun:
     t0 = time.perf_counter()
     params = check_params(model.global_step(init_stats, None), where="the global step's params")
-    local = local_pass(model, data, params, chunk_size=chunk_size)
-    _check_finite(local, 0)
+    if comm is not None:  # a prepare_shard that kept data-dependent choices local shows here
+        comm.check_identical(param_tensors(params), what=(
+            f"the first global parameters of {type(model).__name__} (its prepare_shard or "
+            "init_stats_shard depends on the rank's rows)"))
+    local = _local(model, data, params, chunk_size=chunk_size, iteration=0, comm=comm)
     elbo = float(local.elbo) + _global_elbo(model, params, 0)
     # The bound is evaluated in the model's dtype and its local step in its compute precision:
     # never ask for less than their round-off.
@@ -107,8 +149,7 @@ def _one_run(
     it = 0
     for it in range(1, max_iter + 1):
         params = model.global_step(local.stats, params)
-        local = local_pass(model, data, params, chunk_size=chunk_size)
-        _check_finite(local, it)
+        local = _local(model, data, params, chunk_size=chunk_size, iteration=it, comm=comm)
         new = float(local.elbo) + _global_elbo(model, params, it)
         rows.append((it, new, time.perf_counter() - t0))
         if bar is not None:
@@ -117,11 +158,11 @@ def _one_run(
         change = new - elbo
         scale = max(abs(new), 1.0)
         if change < -allowance * scale:
-            noise = model.elbo_roundoff(data)
+            noise = roundoff()
             if noise is None or elbo - new > noise:
-                raise ELBODecreaseError(_decrease_message(model, data, it, elbo, new))
+                raise ELBODecreaseError(_decrease_message(noise, it, elbo, new))
             # Within the data's round-off: as far as this dtype can resolve. Stop, keep the fit.
-            warnings.warn(_decrease_message(model, data, it, elbo, new), PrecisionWarning,
+            warnings.warn(_decrease_message(noise, it, elbo, new), PrecisionWarning,
                           stacklevel=3)
             elbo = new
             converged = True
@@ -147,6 +188,7 @@ def cavi(
     warn: bool = True,
     init: Any = None,
     joint: bool = True,
+    distributed: bool = False,
     **model_kwargs: Any,
 ) -> CAVIResult:
     r"""Fit a conjugate-exponential model by coordinate ascent; keep the best of ``n_init``.
@@ -206,6 +248,18 @@ def cavi(
         Gamma/Wishart site, and whose every use shares that precision, as one joint
         Normal-Gamma/Normal-Wishart factor (as Bishop 2006, §10.2 does for the GMM).
         ``False``: one factor per site (mean field over sites).
+    distributed : bool
+        Data-parallel fit inside an initialised ``torch.distributed`` process group (launched
+        by ``torchrun`` or :func:`pyro_vi.distributed.spawn`): each rank passes its own rows
+        (:func:`pyro_vi.distributed.shard`), every sweep sums the local statistics and ELBO
+        shares over ranks in one ``all_reduce``, and every rank ends with the same params
+        and ELBO, bitwise. Priors and centring taken from the data use sums over all rows
+        (:meth:`~pyro_vi.cavi.model.ConjugateModel.prepare_shard`); a random start is drawn
+        from a subsample chosen by the seed among all rows
+        (:meth:`~pyro_vi.cavi.model.ConjugateModel.init_stats_shard`), so it does not depend on
+        the number of ranks. An error on one rank is raised on every rank, as the same
+        exception class with the message prefixed ``"rank r of P: "``. A rank without rows is
+        refused (ValueError). The result's ``data`` is this rank's rows.
     **model_kwargs
         Plain Pyro models only: keyword arguments of the model.
 
@@ -250,21 +304,41 @@ def cavi(
     >>> fit.converged, fit.params.weights.mean().shape
     (True, torch.Size([2]))
     """
-    _validate_options(max_iter, tol, n_init, chunk_size, monotone_rtol, seed, progress, warn)
+    _validate_options(max_iter, tol, n_init, chunk_size, monotone_rtol, seed, progress, warn,
+                      distributed)
     model, data = resolve_model(model, data, model_kwargs, init=init, joint=joint, where="cavi")
     max_iter, n_init, tol = int(max_iter), int(n_init), float(tol)
-    model, data = model.prepare(data)
+    comm = Comm() if distributed else None
+    if comm is None:
+        model, data = model.prepare(data)
+        roundoff: Callable[[], float | None] = lambda: model.elbo_roundoff(data)  # noqa: E731
+    else:
+        check_rows(data, comm, where="cavi")
+        model, data = prepare_sharded(model, data, comm)
+        noise = global_roundoff(model, data, comm)
+        roundoff = lambda: noise  # noqa: E731
     if progress is None:
         progress = sys.stderr.isatty()
+    progress = progress and (comm is None or comm.rank == 0)
+    seed0 = None if seed is None else int(seed)
+    if comm is not None and seed0 is None:  # rank 0's draw: one start for all ranks
+        seed0 = int(comm.broadcast_object(int(torch.randint(2**62, ()))))
     runs: list[CAVIRun] = []
     for i in range(n_init):
         gen = torch.Generator()
-        gen.manual_seed(int(torch.randint(2**62, ())) if seed is None else int(seed) + i)
-        init_stats = model.init_stats(data, generator=gen)
+        gen.manual_seed(int(torch.randint(2**62, ())) if seed0 is None else seed0 + i)
+        if comm is None:
+            init_stats = model.init_stats(data, generator=gen)
+        else:
+            try:
+                init_stats = model.init_stats_shard(data, generator=gen, comm=comm)
+            except Exception as err:  # noqa: BLE001 - raised on every rank
+                comm.fail(err)
         bar = tqdm(total=max_iter, desc=f"CAVI {i + 1}/{n_init}", leave=False) if progress else None
         try:
             runs.append(_one_run(model, data, init_stats, max_iter=max_iter, tol=tol,
-                                 chunk_size=chunk_size, monotone_rtol=monotone_rtol, bar=bar))
+                                 chunk_size=chunk_size, monotone_rtol=monotone_rtol, bar=bar,
+                                 roundoff=roundoff, comm=comm))
         finally:
             if bar is not None:
                 bar.close()

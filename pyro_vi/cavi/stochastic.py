@@ -23,8 +23,10 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from pyro_vi._checks import check_bool, check_int, check_optional_int, check_real, check_seed
-from pyro_vi.cavi.model import check_params, local_pass
+from pyro_vi.cavi.model import Local, check_params, local_pass
 from pyro_vi.cavi.resolve import resolve_model
+from pyro_vi.distributed.collectives import Comm
+from pyro_vi.distributed.conjugate import check_rows, prepare_sharded
 from pyro_vi.errors import ConvergenceWarning, NumericalError
 from pyro_vi.factors import ExpFamFactor, blend
 from pyro_vi.results import CAVIResult, CAVIRun
@@ -102,9 +104,35 @@ def _check(local_elbo: Tensor, stats: tuple[Tensor, ...], step: int) -> None:
                              "ELBO or sufficient statistic")
 
 
+def _summed(local: Any, rows: int, comm: Comm | None, step: int) -> tuple[Local, int]:
+    """``local`` (a Local, or the exception its pass raised) checked, summed over ranks with its rows."""
+    if comm is None:
+        if isinstance(local, BaseException):
+            raise local
+        _check(local.elbo, local.stats, step)
+        return local, rows
+    try:
+        if isinstance(local, BaseException):
+            raise local
+        _check(local.elbo, local.stats, step)
+    except Exception as err:  # noqa: BLE001 - raised on every rank
+        comm.fail(err)
+    *stats, elbo, count = comm.sum((*local.stats, local.elbo,
+                                    torch.tensor(float(rows), dtype=torch.float64)))
+    return Local(tuple(stats), elbo), int(count)
+
+
+def _pass(model: Any, data: Any, params: Any, chunk_size: int | None) -> Any:
+    """``local_pass``, or the exception it raised (reported to every rank by :func:`_summed`)."""
+    try:
+        return local_pass(model, data, params, chunk_size=chunk_size)
+    except Exception as err:  # noqa: BLE001 - handed to _summed
+        return err
+
+
 def _validate(batch_size: Any, tau: Any, kappa: Any, num_epochs: Any, max_steps: Any,
               tol: Any, seed: Any, chunk_size: Any, final_elbo: Any, progress: Any,
-              warn: Any) -> None:
+              warn: Any, distributed: Any = False) -> None:
     check_int("batch_size", batch_size, minimum=1)
     check_real("tau", tau, minimum=0.0)
     if not 0.5 < check_real("kappa", kappa) <= 1.0:
@@ -121,6 +149,7 @@ def _validate(batch_size: Any, tau: Any, kappa: Any, num_epochs: Any, max_steps:
     check_bool("final_elbo", final_elbo)
     check_bool("progress", progress, optional=True)
     check_bool("warn", warn)
+    check_bool("distributed", distributed)
 
 
 def svi_cavi(
@@ -141,6 +170,7 @@ def svi_cavi(
     warn: bool = True,
     init: Any = None,
     joint: bool = True,
+    distributed: bool = False,
     **model_kwargs: Any,
 ) -> CAVIResult:
     r"""Fit a conjugate-exponential model by stochastic VI (natural-gradient minibatch CAVI).
@@ -194,6 +224,15 @@ def svi_cavi(
         tqdm bar (None: only when stderr is a terminal).
     warn : bool
         Emit :class:`~pyro_vi.errors.ConvergenceWarning` when ``tol`` is set and not met.
+    distributed : bool
+        Data-parallel run inside an initialised ``torch.distributed`` process group, each rank
+        on its own rows (as :func:`pyro_vi.cavi` with ``distributed=True``). Each rank draws
+        its own minibatch of ``batch_size`` rows from its shard (its own permutation per
+        pass), the statistics and ELBO shares are summed over ranks with the batch sizes, and
+        :math:`N` and :math:`|B|` above are the totals over ranks, so the step is the
+        single-process step on the union of the ranks' minibatches. Params stay bitwise
+        identical across ranks. An epoch is a pass over the largest shard; the start is
+        :meth:`~pyro_vi.cavi.model.ConjugateModel.init_stats_shard` of the first minibatches.
     init, joint, **model_kwargs
         Plain Pyro models only; see :func:`pyro_vi.cavi`.
 
@@ -229,38 +268,65 @@ def svi_cavi(
     model, data = resolve_model(model, data, model_kwargs, init=init, joint=joint,
                                 where="svi_cavi")
     _validate(batch_size, tau, kappa, num_epochs, max_steps, tol, seed, chunk_size, final_elbo,
-              progress, warn)
-    model, data = model.prepare(data)
-    n = _rows(data)
-    batch_size = min(int(batch_size), n)
-    per_epoch = math.ceil(n / batch_size)
+              progress, warn, distributed)
+    comm = Comm() if distributed else None
+    if comm is None:
+        model, data = model.prepare(data)
+        n = n_local = _rows(data)
+    else:
+        check_rows(data, comm, where="svi_cavi")
+        model, data = prepare_sharded(model, data, comm)
+        counts = comm.counts(_rows(data))
+        n, n_local = sum(counts), counts[comm.rank]
+    batch_size = min(int(batch_size), n_local)
+    local_epoch = math.ceil(n_local / batch_size)
+    # an epoch is a pass over the largest shard, so that every rank counts the same steps
+    per_epoch = local_epoch if comm is None else math.ceil(max(counts) / batch_size)
     epochs = 10 if num_epochs is None else num_epochs
     total = max_steps if max_steps is not None else max(1, math.ceil(epochs * per_epoch))
+    seed0 = int(torch.randint(2**62, ())) if seed is None else int(seed)
+    if comm is not None and seed is None:
+        seed0 = int(comm.broadcast_object(seed0))
     gen = torch.Generator()
-    gen.manual_seed(int(torch.randint(2**62, ())) if seed is None else int(seed))
+    gen.manual_seed(seed0)
+    # single process: one generator for the start and the order, as before; distributed: the
+    # start's generator is shared, each rank's order has its own
+    order_gen = gen if comm is None else torch.Generator().manual_seed(
+        (seed0 + 7919 * (comm.rank + 1)) % 2**63)
     t0 = time.perf_counter()
-    order = torch.randperm(n, generator=gen)
+    order = torch.randperm(n_local, generator=order_gen)
     if init_params is None:
         first = _take(data, order[:batch_size])
-        stats = model.init_stats(first, generator=gen)
-        params = check_params(model.global_step(tuple(s * (n / batch_size) for s in stats), None),
+        if comm is None:
+            stats = model.init_stats(first, generator=gen)
+            first_rows = batch_size
+        else:
+            try:
+                stats = model.init_stats_shard(first, generator=gen, comm=comm)
+            except Exception as err:  # noqa: BLE001 - raised on every rank
+                comm.fail(err)
+            (first_total,) = comm.sum((torch.tensor(float(batch_size), dtype=torch.float64),))
+            first_rows = int(first_total)
+        params = check_params(model.global_step(tuple(s * (n / first_rows) for s in stats), None),
                               where="the global step's params")
     else:
         params = check_params(init_params, where="init_params")
     if progress is None:
         progress = sys.stderr.isatty()
+    progress = progress and (comm is None or comm.rank == 0)
     bar = tqdm(total=total, desc="SVI-CAVI", leave=False) if progress else None
     rows: list[tuple[int, float, float, float]] = []
     converged, prev_epoch, step = False, None, 0
     try:
         for step in range(1, total + 1):
             pos = (step - 1) % per_epoch
-            if pos == 0 and step > 1:
-                order = torch.randperm(n, generator=gen)
-            batch = _take(data, order[pos * batch_size:(pos + 1) * batch_size])
-            scale = n / _rows(batch)
-            local = local_pass(model, batch, params, chunk_size=chunk_size)
-            _check(local.elbo, local.stats, step)
+            mine = (step - 1) % local_epoch
+            if mine == 0 and step > 1:
+                order = torch.randperm(n_local, generator=order_gen)
+            batch = _take(data, order[mine * batch_size:(mine + 1) * batch_size])
+            local, batch_rows = _summed(_pass(model, batch, params, chunk_size), _rows(batch),
+                                        comm, step)
+            scale = n / batch_rows
             estimate = float(scale * local.elbo + model.global_elbo(params))
             target = model.global_step(tuple(s * scale for s in local.stats), params)
             rho = step_size(step, tau=float(tau), kappa=float(kappa))
@@ -269,8 +335,13 @@ def svi_cavi(
             if bar is not None:
                 bar.update(1)
                 bar.set_postfix(elbo=f"{estimate:.6g}")
-            if callback is not None and callback(step, params):
-                break
+            if callback is not None:
+                stop = bool(callback(step, params))
+                if comm is not None:  # any rank's callback stops every rank
+                    (votes,) = comm.sum((torch.tensor(float(stop), dtype=torch.float64),))
+                    stop = bool(votes > 0)
+                if stop:
+                    break
             if tol is not None and pos == per_epoch - 1:
                 mean = sum(r[1] for r in rows[-per_epoch:]) / per_epoch
                 if prev_epoch is not None and abs(mean - prev_epoch) <= tol * max(abs(mean), 1):
@@ -282,7 +353,7 @@ def svi_cavi(
             bar.close()
     elbo = math.nan
     if final_elbo:
-        local = local_pass(model, data, params, chunk_size=chunk_size)
+        local, _ = _summed(_pass(model, data, params, chunk_size), n_local, comm, step)
         elbo = float(local.elbo + model.global_elbo(params))
         if not math.isfinite(elbo):
             raise NumericalError(f"stochastic VI: the final full-data ELBO is {elbo}")

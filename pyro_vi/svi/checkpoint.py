@@ -83,7 +83,11 @@ class SiteRecorder(Messenger):
 
 
 class Checkpointer(Hook):
-    """Save :meth:`SVIRun.snapshot <pyro_vi.svi.runner.SVIRun.snapshot>` to ``path``."""
+    """Save :meth:`SVIRun.snapshot <pyro_vi.svi.runner.SVIRun.snapshot>` to ``path``.
+
+    In a distributed run every rank takes the snapshot (it gathers each rank's RNG state and
+    batch position) and rank 0 alone writes the file; a failed write is raised on every rank.
+    """
 
     def __init__(self, path: str | os.PathLike[str], every: int):
         self.path, self.every = path, every
@@ -106,13 +110,23 @@ class Checkpointer(Hook):
             self._save(run, reason)
 
     def _save(self, run: SVIRun, reason: str) -> None:
+        comm = run.comm
+        state = run.snapshot()  # collective in a distributed run: every rank's RNG state
+        if comm is not None and comm.rank != 0:
+            comm.agree()  # only rank 0 writes; its failure is raised here too
+            return
         try:
-            save_checkpoint(self.path, run.snapshot())
+            save_checkpoint(self.path, state)
         except (OSError, ValueError) as err:
-            raise CheckpointError(
+            failure = CheckpointError(
                 f"fit_svi: writing checkpoint={str(self.path)!r} at step {run.state.step} "
                 f"failed: {err}; the steps so far are in err.result, and the file holds the "
-                f"previous checkpoint", result=run.result(reason)) from err
+                f"previous checkpoint", result=run.result(reason))
+            if comm is None:
+                raise failure from err
+            comm.fail(failure)
+        if comm is not None:
+            comm.agree()
 
 
 def constraint_to_plain(c: Constraint) -> dict[str, Any]:
@@ -187,10 +201,11 @@ def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
     store = state["param_store"]
     store["constraints"] = {k: constraint_from_plain(v, where=where)
                             for k, v in store["constraints"].items()}
-    state["rng"] = rng_from_plain(state["rng"])
-    cursor = state["cursor"]
-    if cursor.get("epoch_rng") is not None:
-        cursor["epoch_rng"] = rng_from_plain(cursor["epoch_rng"])
+    for part in (state, *state.get("ranks", ())):  # a distributed run's: one per rank
+        part["rng"] = rng_from_plain(part["rng"])
+        cursor = part["cursor"]
+        if cursor.get("epoch_rng") is not None:
+            cursor["epoch_rng"] = rng_from_plain(cursor["epoch_rng"])
     state["path"] = where
     return state
 

@@ -24,8 +24,10 @@ from pyro.infer import SVI, Trace_ELBO
 from pyro.infer.elbo import ELBO
 from pyro.util import get_rng_state, set_rng_state
 
+from pyro_vi.distributed.collectives import Comm
+from pyro_vi.distributed.gradients import AveragedELBO, broadcast_params, check_plates
 from pyro_vi.results import SVIResult
-from pyro_vi.svi.batches import BatchCursor
+from pyro_vi.svi.batches import BatchCursor, split_batch
 from pyro_vi.svi.checkpoint import (
     SiteRecorder,
     check_compatible,
@@ -41,7 +43,7 @@ from pyro_vi.svi.guard import (
     NonFiniteStep,
     describe,
 )
-from pyro_vi.svi.hooks import Hook
+from pyro_vi.svi.hooks import Evaluate, Hook, Progress
 from pyro_vi.svi.stopping import DEFAULT_NUM_STEPS, make_rule, restore_rule, rule_state
 
 __all__ = ["SVIRun", "SVIState"]
@@ -121,15 +123,18 @@ class SVIRun:
                  num_steps: int = DEFAULT_NUM_STEPS, batches: Iterable[Any] | None = None,
                  tol: float = 1e-4, window: int = 100, patience: int = 3,
                  rule: str = "noise", z: float = 2.0, seed: int | None = None,
-                 hooks: Sequence[Hook] = (), **kwargs: Any):
+                 hooks: Sequence[Hook] = (), comm: Comm | None = None, **kwargs: Any):
         self.model, self.guide, self.args, self.kwargs = model, guide, args, kwargs
+        #: The process group of a data-parallel run (``fit_svi(distributed=True)``), or None.
+        self.comm = comm
         loss_fn: Any = Trace_ELBO() if elbo is None else elbo  # pyro's ELBO declares no .loss
         self.elbo = loss_fn
         adam: Any = pyro.optim.Adam  # type: ignore[attr-defined]  # made at import time
         self.optim = adam({"lr": 0.01}) if optim is None else optim
         self.num_steps, self.batches, self.window, self.seed = num_steps, batches, window, seed
         self.hooks = list(hooks)
-        self.guard = FiniteGuard(self.elbo)
+        grads: Any = self.elbo if comm is None else AveragedELBO(self.elbo, comm)
+        self.guard = FiniteGuard(grads)
         self.recorder = SiteRecorder()  # the guide's sample sites, for checkpoints
         self.guide_sites: set[str] = set()
         self.svi = SVI(self.guard.aliases(model), self.recorder(guide), self.optim,
@@ -150,15 +155,29 @@ class SVIRun:
         ValueError
             If ``seed`` differs from the checkpoint's seed.
         """
-        if self.seed is not None:
-            pyro.set_rng_seed(self.seed)
+        comm = self.comm
+        if self.seed is not None:  # rank r draws its own Monte-Carlo noise: seed + r
+            pyro.set_rng_seed(self.seed + (0 if comm is None else comm.rank))
         if checkpoint is not None:
             self._restore(checkpoint)
+        elif comm is not None and self.state.step == 0:
+            self._start_distributed(comm)
         self._t0 = time.perf_counter() - (self.state.seconds[-1] if self.state.seconds else 0.0)
         for hook in self.hooks:
             hook.start(self)
         self._ready = True
         return self.state
+
+    def _start_distributed(self, comm: Comm) -> None:
+        """Create the params (one throw-away step), check the plates, broadcast rank 0's params."""
+        batch = next(iter(self.batches)) if self.batches is not None else ()
+        args, kwargs = split_batch(batch)
+        try:
+            prime(self.elbo, self.svi.model, self.svi.guide, self.batches, self.args, self.kwargs)
+        except Exception as err:  # noqa: BLE001 - raised on every rank
+            comm.fail(err)
+        check_plates(self.model, self.guide, (*args, *self.args), {**self.kwargs, **kwargs}, comm)
+        broadcast_params(comm)
 
     def step(self) -> float:
         """Take one guarded SVI step on the next batch, record it and update the rule."""
@@ -187,12 +206,25 @@ class SVIRun:
         if not self._ready:
             self.init()
         s, reason = self.state, None
+        comm = self.comm
+        # hooks that may stop a run (callbacks): in a distributed run any rank's stop stops all
+        vote = comm is not None and any(not isinstance(h, Progress | Evaluate) and
+                                        type(h).__name__ != "Checkpointer" for h in self.hooks)
         try:
             while s.step < self.num_steps and not s.converged:
                 self.step()
-                stopper = next((h for h in self.hooks if h.after_step(self)), None)
-                if stopper is not None:
-                    reason = stopper.stop_reason
+                if comm is None:
+                    stopper = next((h for h in self.hooks if h.after_step(self)), None)
+                    reason = None if stopper is None else stopper.stop_reason
+                else:
+                    try:
+                        stopper = next((h for h in self.hooks if h.after_step(self)), None)
+                    except Exception as err:  # noqa: BLE001 - raised on every rank
+                        comm.fail(err)
+                    reason = None if stopper is None else stopper.stop_reason
+                    if vote:
+                        reason = next((r for r in comm.gather_object(reason) if r), None)
+                if reason is not None:
                     break
             reason = "converged" if s.converged else reason or "max_steps"
         except KeyboardInterrupt:
@@ -232,7 +264,11 @@ class SVIRun:
         cursor = self.cursor.state()
         if cursor.get("epoch_rng") is not None:
             cursor = {**cursor, "epoch_rng": rng_to_plain(cursor["epoch_rng"])}
-        return {"step": s.step, "seed": self.seed, "converged": s.converged,
+        ranks = {}
+        if self.comm is not None:  # collective: each rank's RNG and batch position
+            ranks = {"world_size": self.comm.world_size, "ranks": self.comm.gather_object(
+                {"rng": rng_to_plain(get_rng_state()), "cursor": cursor})}
+        return {**ranks, "step": s.step, "seed": self.seed, "converged": s.converged,
                 "param_store": store_to_plain(), "guide_sites": sorted(self.guide_sites),
                 "optim": self.optim.get_state(), "rng": rng_to_plain(get_rng_state()),
                 "cursor": cursor, "rule": rule_state(self.rule),
@@ -243,6 +279,12 @@ class SVIRun:
     def _restore(self, saved: Mapping[str, Any]) -> None:
         if self.seed is not None and saved["seed"] is not None and saved["seed"] != self.seed:
             raise ValueError(f"seed={self.seed} differs from the checkpoint's seed {saved['seed']}")
+        world = 1 if self.comm is None else self.comm.world_size
+        if self.comm is not None and saved.get("world_size") != world:
+            found = saved.get("world_size")
+            raise ValueError(f"{saved.get('path', 'the checkpoint')} was written by "
+                             f"{'a single-process run' if found is None else f'{found} ranks'}; "
+                             f"resume it with as many ranks (this run has {world})")
         prime(self.elbo, self.svi.model, self.svi.guide, self.batches, self.args, self.kwargs)
         self.guard.aliases.unalias()  # before the saved values are copied into the params
         self.guide_sites = set(self.recorder.names)
@@ -256,5 +298,6 @@ class SVIRun:
                               seconds=list(h["seconds"]), epochs=list(h["epoch"]),
                               evaluations={k: dict(v) for k, v in saved["evaluations"].items()})
         self.rule = restore_rule(saved["rule"])
-        self.cursor.restore(saved["cursor"])
-        set_rng_state(saved["rng"])
+        mine = saved if self.comm is None else saved["ranks"][self.comm.rank]
+        self.cursor.restore(mine["cursor"])
+        set_rng_state(mine["rng"])

@@ -51,6 +51,7 @@ from pyro.infer.elbo import ELBO
 
 from pyro_vi._checks import check_bool, check_callable, check_int, check_real, check_seed
 from pyro_vi._io import check_writable
+from pyro_vi.distributed.collectives import Comm
 from pyro_vi.results import SVIResult
 from pyro_vi.svi.checkpoint import Checkpointer, load_checkpoint
 from pyro_vi.svi.guard import NonFiniteLossError
@@ -135,7 +136,7 @@ def fit_svi(model: Callable[..., Any], guide: Callable[..., Any], *args: Any,
             checkpoint: str | os.PathLike[str] | None = None, checkpoint_every: int = 500,
             resume: bool = False, callback: Callable[[int, float], bool | None] | None = None,
             evaluate: tuple[int, Callable[[SVIState], Mapping[str, Any]]] | None = None,
-            **kwargs: Any) -> SVIResult:
+            distributed: bool = False, **kwargs: Any) -> SVIResult:
     r"""Fit ``guide`` to ``model`` by stochastic variational inference.
 
     Each step is one :meth:`pyro.infer.SVI.step` on the loss :math:`-\widehat{\mathrm{ELBO}}`
@@ -221,6 +222,9 @@ def fit_svi(model: Callable[..., Any], guide: Callable[..., Any], *args: Any,
         ``callback(step, loss)`` after every step; returning True stops the run.
     evaluate
         ``(every, fn)``: periodic evaluation, as above.
+    distributed
+        Data-parallel SVI inside an initialised ``torch.distributed`` process group (see
+        below).
 
     Returns
     -------
@@ -241,6 +245,20 @@ def fit_svi(model: Callable[..., Any], guide: Callable[..., Any], *args: Any,
         on resume (naming the param or site that differs); a truncated file names the file.
     pyro_vi.svi.checkpoint.CheckpointError
         An ``OSError`` when a checkpoint save fails mid-run; ``err.result`` holds the run.
+
+    **Distributed.** With ``distributed=True`` every rank of the process group (``torchrun``,
+    :func:`pyro_vi.distributed.spawn`) calls ``fit_svi`` with its own rows or batches. Rank 0's
+    initial params are broadcast (as :class:`~torch.nn.parallel.DistributedDataParallel`
+    does at construction), and every step averages the ranks' losses and gradients in one
+    ``all_reduce`` before the optimizer (DDP's mean, :class:`pyro_vi.distributed.gradients.
+    AveragedELBO`): params, losses, the stopping rule and the history are bitwise identical on
+    every rank. The model must declare its data plate with the *global* size,
+    ``pyro.plate("data", N, subsample_size=len(x_rank))``, so each rank's loss estimates the
+    full data's (a plate whose size differs across ranks is refused). ``seed`` seeds rank
+    ``r`` with ``seed + r``. Only rank 0 shows progress and writes ``checkpoint`` (holding every
+    rank's RNG state and batch position); ``resume`` reads rank 0's file and needs the same
+    number of ranks. Any rank's callback stopping stops every rank; an error on one rank is
+    raised on every rank. Evaluation columns are each rank's own.
 
     .. warning::
         The stopping rule compares noisy Monte-Carlo losses: a slow drift smaller than ``z``
@@ -320,20 +338,21 @@ def fit_svi(model: Callable[..., Any], guide: Callable[..., Any], *args: Any,
     show = check_bool("progress", progress, optional=True)
     if checkpoint is not None and not isinstance(checkpoint, str | os.PathLike):
         raise TypeError(f"checkpoint must be a path, got {type(checkpoint).__name__}")
-    if checkpoint is not None:  # a folder, a read-only file or folder: refused before step 1
-        check_writable(checkpoint, what="checkpoint=")
     check_bool("resume", resume)
     if resume and checkpoint is None:
         raise ValueError("resume=True needs checkpoint=<path>")
     if callback is not None:
         check_callable("callback", callback)
     periodic = _check_evaluate(evaluate)
+    check_bool("distributed", distributed)
     _check_model_kwargs(model, guide, kwargs)
+    comm = Comm() if distributed else None
+    lead = comm is None or comm.rank == 0
 
     hooks: list[Hook] = []
     if periodic is not None:
         hooks.append(Evaluate(*periodic))
-    if _stderr_is_terminal() if show is None else show:
+    if lead and (_stderr_is_terminal() if show is None else show):
         hooks.append(Progress(budget, window))
     if callback is not None:
         hooks.append(Callback(callback))
@@ -341,11 +360,24 @@ def fit_svi(model: Callable[..., Any], guide: Callable[..., Any], *args: Any,
         hooks.append(Checkpointer(checkpoint, checkpoint_every))
     run = SVIRun(model, guide, *args, elbo=elbo, optim=optim, num_steps=budget,
                  batches=batches, tol=tol, window=window, patience=patience, rule=rule, z=z,
-                 seed=seed,
-                 hooks=hooks, **kwargs)
+                 seed=seed, hooks=hooks, comm=comm, **kwargs)
     saved = None
-    if resume and checkpoint is not None and Path(checkpoint).exists():
-        saved = load_checkpoint(checkpoint)
+    try:  # only rank 0 writes the checkpoint and reads it for a resume
+        if lead and checkpoint is not None:  # a folder, a read-only file: refused before step 1
+            check_writable(checkpoint, what="checkpoint=")
+        if lead and resume and checkpoint is not None and Path(checkpoint).exists():
+            saved = load_checkpoint(checkpoint)
+    except Exception as err:
+        if comm is None:
+            raise
+        comm.fail(err)
+    if comm is not None:
+        saved = comm.broadcast_object(saved)
+        try:
+            run.init(checkpoint=saved)
+        except Exception as err:  # noqa: BLE001 - raised on every rank
+            comm.fail(err)
+        return run.run()
     run.init(checkpoint=saved)
     return run.run()
 

@@ -1,0 +1,174 @@
+"""Distributed CAVI and stochastic VI on 2 and 3 gloo ranks against single-process fits.
+
+One spawn per world size runs every case (``_workers.conjugate_suite``); each test reads its
+part. Every fit is deterministic given its seed and data, so the bands below are round-off
+bands (failure budget 0), except the stochastic-VI ones, whose measured values are stated.
+"""
+
+from __future__ import annotations
+
+import functools
+from datetime import timedelta
+
+import numpy as np
+import pytest
+import torch
+import torch.distributed as tdist
+from distributed import _workers as w
+
+from pyro_vi import cavi
+from pyro_vi.cavi.engine import param_tensors
+from pyro_vi.distributed import free_port, spawn
+from pyro_vi.models.gmm.model import GaussianMixture
+
+EQUAL = sorted(w.equality_cases())
+
+
+@functools.cache
+def _suite(world: int) -> list[dict]:
+    return spawn(w.conjugate_suite, world, timeout=150)
+
+
+@pytest.fixture(scope="module", params=[2, 3], ids=["2-ranks", "3-ranks"])
+def suite(request):
+    return request.param, _suite(request.param)
+
+
+@functools.cache
+def _single(name: str) -> dict:
+    model, data = w.equality_cases()[name]
+    return w.summary(cavi(model, data, max_iter=w.SWEEPS, tol=0.0, warn=False))
+
+
+def _close(ours: dict, ref: dict) -> None:
+    # Same start and sweeps; only the order of the sums differs: relative round-off ~1e-15.
+    assert ours["n_steps"] == ref["n_steps"]
+    assert ours["elbo"] == pytest.approx(ref["elbo"], rel=1e-10, abs=0)
+    np.testing.assert_allclose(ours["history"], ref["history"], rtol=1e-10, atol=0)
+    for a, b in zip(ours["params"], ref["params"], strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-8, atol=1e-8 * max(1.0, float(np.abs(b).max())))
+
+
+def _cases(results: list[dict]) -> list[str]:
+    return [k for k, v in results[0].items() if isinstance(v, dict)]
+
+
+def test_every_rank_ends_bitwise_identical(suite):
+    _, results = suite
+    for case in _cases(results):
+        first = results[0][case]
+        for other in results[1:]:
+            assert other[case]["elbo"] == first["elbo"], case
+            assert np.array_equal(other[case]["history"], first["history"]), case
+            for a, b in zip(other[case]["params"], first["params"], strict=True):
+                assert np.array_equal(a, b), case
+
+
+@pytest.mark.parametrize("case", EQUAL)
+def test_equals_the_single_process_fit_on_the_concatenated_rows(suite, case):
+    _, results = suite
+    _close(results[0][case], _single(case))
+
+
+def test_uneven_shards_equal_the_single_process_fit(suite):
+    world, results = suite
+    cut = results[0]["uneven_cut"]
+    assert cut[1] - cut[0] == 10
+    assert cut[-1] == w.N_GMM
+    assert len(cut) == world + 1
+    _close(results[0]["gmm_uneven"], _single("gmm_full"))
+
+
+def test_a_rank_without_rows_is_refused_on_every_rank():
+    results = _suite(3)
+    for rank, res in enumerate(results):
+        kind, message = res["zero_rows"]
+        assert kind == "ValueError", rank
+        assert "rank(s) [1] of 3 hold no rows (rows per rank: [150, 0, 151])" in message
+
+
+@pytest.mark.parametrize(("case", "kind", "text"), [
+    ("nan_shard", "ValueError", "x holds NaN or inf (first at row 3)"),
+    ("local_step_error", "NumericalError", "injected failure in the local step"),
+])
+def test_an_error_on_one_rank_is_raised_on_every_rank(suite, case, kind, text):
+    world, results = suite
+    for rank, res in enumerate(results):
+        got_kind, message = res[case]
+        assert got_kind == kind
+        # rank 1 raises its own error; the others the same class, saying where it came from
+        assert message == (text if rank == 1 else f"rank 1 of {world}: {text}")
+
+
+def test_a_prepare_shard_that_keeps_data_choices_local_is_caught(suite):
+    _, results = suite
+    for res in results:
+        kind, message = res["forgotten_override"]
+        assert kind == "RuntimeError"
+        assert "first global parameters of LocalOriginNormal" in message
+        assert "differ across ranks" in message
+
+
+def test_the_group_is_usable_after_the_errors(suite):
+    _, results = suite
+    ref = cavi(w.GammaPoisson(), w.counts()).elbo
+    for res in results:
+        assert res["after_errors"] == pytest.approx(ref, rel=1e-12)
+
+
+@pytest.fixture(scope="module")
+def one_rank_kmeanspp():
+    """The seeded subsample start in a group of one, in this process."""
+    tdist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{free_port()}", rank=0,
+                             world_size=1, timeout=timedelta(seconds=60))
+    try:
+        fit = cavi(GaussianMixture(3), w.mixture(), seed=0, max_iter=w.SWEEPS, tol=0.0,
+                   warn=False, distributed=True)
+    finally:
+        tdist.destroy_process_group()
+    return w.summary(fit)
+
+
+def test_the_random_start_does_not_depend_on_the_number_of_ranks(suite, one_rank_kmeanspp):
+    _, results = suite
+    _close(results[0]["gmm_kmeanspp"], one_rank_kmeanspp)
+
+
+def test_the_one_rank_start_is_a_kmeanspp_start_on_all_rows(one_rank_kmeanspp):
+    # N = 301 <= SUBSAMPLE_ROWS: the subsample is every row, so the start is k-means++ on x,
+    # scaled by N/|S| = 1, then one local pass: the single-process fit from those
+    # responsibilities is the same run.
+    x = w.mixture()
+    gmm = GaussianMixture(3)
+    model, data = gmm.prepare(x)
+    gen = torch.Generator().manual_seed(0)
+    start = model.global_step(model.init_stats(data, generator=gen), None)
+    ref = cavi(GaussianMixture(3, init=model.responsibilities(data, start)), x,
+               max_iter=w.SWEEPS - 1, tol=0.0, warn=False)
+    ours = one_rank_kmeanspp
+    # the reference starts one sweep later (its init statistics are our sweep 0's)
+    assert ours["history"][1:] == pytest.approx(ref.history["elbo"].to_numpy(), rel=1e-10)
+    for a, b in zip(ours["params"], [t.numpy() for t in param_tensors(ref.params)], strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-8, atol=1e-8)
+
+
+@functools.cache
+def _batch(name: str) -> float:
+    if name == "gmm":
+        return cavi(GaussianMixture(3), w.mixture(6000, seed=7), seed=0).elbo
+    return cavi(w.HierarchicalNormal(mean_prior=0.0, mean_scale=10.0, precision_concentration=1.0,
+                                     precision_rate=1.0), w.groups(2000, seed=8)).elbo
+
+
+def test_stochastic_vi_ends_within_half_a_percent_of_batch_cavi(suite):
+    _, results = suite
+    gmm, hier = results[0]["svi_cavi_gmm"], results[0]["svi_cavi_hier"]
+    # Measured (seed 0; 2 / 3 ranks): GMM (Lloyd start on the first minibatches, 3 epochs)
+    # 1.1e-5 / 6.0e-4 relative below batch CAVI; hierarchical (5 epochs) 7.3e-4 / 7.6e-4. The
+    # issue's band is 0.5 %, 7x the worst. With the k-means++ start, 3 ranks ended in another
+    # optimum 2 % short, as seed 3 does single-process (test_stochastic): a start problem, not a
+    # reduction one. Deterministic given the seed: failure budget 0. CAVI's optimum is the
+    # maximum, so the gap is >= 0.
+    for fit, ref in ((gmm, _batch("gmm")), (hier, _batch("hier"))):
+        assert 0.0 <= ref - fit["elbo"] <= 5e-3 * abs(ref)
+

@@ -328,7 +328,7 @@ class GaussianMixture(ConjugateModel[Tensor, GMMParams, Stats]):
         rows, so the start does not depend on the number of ranks.
         """
         if isinstance(self.init, Tensor):
-            return super().init_stats_shard(data, generator=generator, comm=comm)
+            return comm.sum(self.init_stats(data, generator=generator))
         return subsample_start(self, data, generator=generator, comm=comm)
 
     def _stats_bytes_per_point(self, data: Tensor) -> int:

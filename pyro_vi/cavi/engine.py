@@ -39,6 +39,7 @@ from pyro_vi.distributed.conjugate import (
     global_roundoff,
     prepare_sharded,
     reduce_local,
+    start_stats,
 )
 from pyro_vi.errors import ConvergenceWarning, ELBODecreaseError, NumericalError, PrecisionWarning
 from pyro_vi.results import CAVIResult, CAVIRun
@@ -330,10 +331,7 @@ def cavi(
         if comm is None:
             init_stats = model.init_stats(data, generator=gen)
         else:
-            try:
-                init_stats = model.init_stats_shard(data, generator=gen, comm=comm)
-            except Exception as err:  # noqa: BLE001 - raised on every rank
-                comm.fail(err)
+            init_stats = start_stats(model, data, generator=gen, comm=comm)
         bar = tqdm(total=max_iter, desc=f"CAVI {i + 1}/{n_init}", leave=False) if progress else None
         try:
             runs.append(_one_run(model, data, init_stats, max_iter=max_iter, tol=tol,

@@ -215,15 +215,18 @@ class ConjugateModel(ABC, Generic[DataT, ParamsT, StatsT]):
         """
         return self.prepare(data)
 
-    def init_stats_shard(self, data: DataT, *, generator: torch.Generator, comm: Comm) -> StatsT:
+    def init_stats_shard(self, data: DataT, *, generator: torch.Generator,
+                         comm: Comm) -> StatsT | None:
         """:meth:`init_stats` summed over every rank's rows, the same for any number of ranks.
 
-        The default sums ``init_stats(data)`` over ranks: right when it is a sum over rows of
-        a function of each row (every deterministic start). A model with a random start
-        overrides it, e.g. with :func:`pyro_vi.distributed.conjugate.subsample_start`.
+        None (the default) leaves it to the engine
+        (:func:`pyro_vi.distributed.conjugate.start_stats`): ``init_stats`` summed over ranks
+        when it is deterministic (a sum over rows of a function of each row), else a start
+        drawn from a seeded subsample of all rows
+        (:func:`~pyro_vi.distributed.conjugate.subsample_start`). A model that knows which
+        applies returns the summed statistics itself.
         """
-        stats: StatsT = comm.sum(self.init_stats(data, generator=generator))  # type: ignore[assignment]
-        return stats
+        return None
 
     def global_elbo(self, params: ParamsT) -> Tensor:
         r"""ELBO terms that do not sum over data points; by default :math:`-\sum_j \mathrm{KL}`.

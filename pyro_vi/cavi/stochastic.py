@@ -26,7 +26,7 @@ from pyro_vi._checks import check_bool, check_int, check_optional_int, check_rea
 from pyro_vi.cavi.model import Local, check_params, local_pass
 from pyro_vi.cavi.resolve import resolve_model
 from pyro_vi.distributed.collectives import Comm
-from pyro_vi.distributed.conjugate import check_rows, prepare_sharded
+from pyro_vi.distributed.conjugate import check_rows, prepare_sharded, start_stats
 from pyro_vi.errors import ConvergenceWarning, NumericalError
 from pyro_vi.factors import ExpFamFactor, blend
 from pyro_vi.results import CAVIResult, CAVIRun
@@ -301,10 +301,7 @@ def svi_cavi(
             stats = model.init_stats(first, generator=gen)
             first_rows = batch_size
         else:
-            try:
-                stats = model.init_stats_shard(first, generator=gen, comm=comm)
-            except Exception as err:  # noqa: BLE001 - raised on every rank
-                comm.fail(err)
+            stats = start_stats(model, first, generator=gen, comm=comm)
             (first_total,) = comm.sum((torch.tensor(float(batch_size), dtype=torch.float64),))
             first_rows = int(first_total)
         params = check_params(model.global_step(tuple(s * (n / first_rows) for s in stats), None),

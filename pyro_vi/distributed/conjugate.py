@@ -22,11 +22,13 @@ from torch import Tensor
 from pyro_vi.cavi.model import ConjugateModel, Local, Stats, local_pass
 from pyro_vi.distributed.collectives import Comm, agreed
 
-__all__ = ["SUBSAMPLE_ROWS", "check_rows", "global_roundoff", "prepare_sharded", "reduce_local",
-           "subsample_start"]
+__all__ = ["PROBE_ROWS", "SUBSAMPLE_ROWS", "check_rows", "global_roundoff", "prepare_sharded",
+           "reduce_local", "start_stats", "subsample_start"]
 
 #: Rows of the subsample a random start is drawn from (:func:`subsample_start`).
 SUBSAMPLE_ROWS = 4096
+#: Rows on which :func:`start_stats` tells a random start from a deterministic one.
+PROBE_ROWS = 256
 
 
 def _rows(data: Any) -> int:
@@ -152,3 +154,40 @@ def subsample_start(model: ConjugateModel[Any, Any, Stats], data: Any, *,
     except Exception as e:  # noqa: BLE001 - reported to every rank
         failure = e
     return reduce_local(local, failure, comm).stats
+
+
+def _is_random(model: ConjugateModel[Any, Any, Stats], data: Any) -> bool:
+    """Whether ``init_stats`` on the first :data:`PROBE_ROWS` rows depends on the generator."""
+    part = _take(data, torch.arange(min(_rows(data), PROBE_ROWS)))
+    try:
+        a = model.init_stats(part, generator=torch.Generator().manual_seed(1))
+        b = model.init_stats(part, generator=torch.Generator().manual_seed(2))
+    except Exception:  # noqa: BLE001 - too few rows for the start: draw it from the subsample
+        return True
+    return not all(torch.equal(x, y) for x, y in zip(a, b, strict=True))
+
+
+def start_stats(model: ConjugateModel[Any, Any, Stats], data: Any, *,
+                generator: torch.Generator, comm: Comm) -> Stats:
+    """The summed start statistics of a distributed fit, independent of the number of ranks.
+
+    The model's :meth:`~pyro_vi.cavi.model.ConjugateModel.init_stats_shard` if it gives them;
+    else ``init_stats`` summed over ranks when it is deterministic (two generators give
+    equal statistics on every rank's first :data:`PROBE_ROWS` rows), and
+    :func:`subsample_start` when it is random (a mixture's k-means++).
+    """
+    try:
+        own = model.init_stats_shard(data, generator=generator, comm=comm)
+        if own is not None:
+            return own
+        random = _is_random(model, data)
+    except Exception as err:  # noqa: BLE001 - raised on every rank
+        comm.fail(err)
+    (votes,) = comm.sum((torch.tensor(float(random), dtype=torch.float64),))
+    if votes > 0:
+        return subsample_start(model, data, generator=generator, comm=comm)
+    try:
+        stats = model.init_stats(data, generator=generator)
+    except Exception as err:  # noqa: BLE001 - raised on every rank
+        comm.fail(err)
+    return comm.sum(stats)

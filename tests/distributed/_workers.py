@@ -65,6 +65,36 @@ def normal_data(n: int = 80) -> torch.Tensor:
     return 5.0 + 2.0 * torch.randn(n, generator=torch.Generator().manual_seed(5), dtype=F64)
 
 
+def pyro_poisson(x):
+    """A plain Pyro model: automatic CAVI derives its conjugate updates (issue 14)."""
+    rate = pyro.sample("rate", dist.Gamma(torch.tensor(2.0, dtype=F64), torch.tensor(0.5, dtype=F64)))
+    with pyro.plate("data", x.shape[0]):
+        pyro.sample("x", dist.Poisson(rate), obs=x)
+
+
+def pyro_poisson_mixture(x):
+    """A plain Pyro mixture (an enumerated discrete latent): derived with a random start."""
+    weights = pyro.sample("weights", dist.Dirichlet(torch.full((2,), 0.5, dtype=F64)))
+    with pyro.plate("components", 2):
+        rate = pyro.sample("rate", dist.Gamma(torch.tensor(2.0, dtype=F64), torch.tensor(0.5, dtype=F64)))
+    with pyro.plate("data", x.shape[0]):
+        z = pyro.sample("z", dist.Categorical(weights))
+        pyro.sample("x", dist.Poisson(rate[z]), obs=x)
+
+
+def mixed_counts(n: int = 201) -> torch.Tensor:
+    g = torch.Generator().manual_seed(6)
+    rates = torch.where(torch.rand(n, generator=g) < 0.4, 2.0, 12.0).to(F64)
+    return torch.poisson(rates, generator=g)
+
+
+def derived_cases() -> dict[str, tuple[object, torch.Tensor, dict]]:
+    """Case name -> (plain Pyro model, full data, cavi options that are per row)."""
+    return {"derived_poisson": (pyro_poisson, counts(), {}),
+            "derived_mixture": (pyro_poisson_mixture, mixed_counts(),
+                                {"init": responsibilities(201, 2, seed=9)})}
+
+
 def equality_cases() -> dict[str, tuple[ConjugateModel, object]]:
     """Case name -> (model, full data); each fit with seed 0, SWEEPS sweeps, tol 0."""
     x, r = mixture(), responsibilities()
@@ -131,6 +161,14 @@ def conjugate_suite() -> dict:
         fit = cavi(_shard_model(model, rank, world), shard(data, rank=rank, world_size=world),
                    max_iter=SWEEPS, tol=0.0, warn=False, distributed=True)
         out[name] = summary(fit)
+    for name, (pyro_model, data, opts) in derived_cases().items():
+        mine = {k: shard(v, rank=rank, world_size=world) for k, v in opts.items()}
+        fit = cavi(pyro_model, shard(data, rank=rank, world_size=world), max_iter=SWEEPS, tol=0.0,
+                   warn=False, distributed=True, **mine)
+        out[name] = summary(fit)
+    out["derived_mixture_kmeanspp"] = summary(cavi(
+        pyro_poisson_mixture, shard(mixed_counts(), rank=rank, world_size=world), seed=0,
+        max_iter=SWEEPS, tol=0.0, warn=False, distributed=True))
     # the seeded k-means++ start from a subsample of all rows: the same for any world size
     x = mixture()
     out["gmm_kmeanspp"] = summary(cavi(GaussianMixture(3), shard(x, rank=rank, world_size=world),

@@ -7,6 +7,8 @@ with single-process fits on the concatenated rows, which they compute themselves
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 import signal
 
@@ -247,7 +249,8 @@ def local_plate_model(x):
 
 def _svi(x, steps, **kw):
     pyro.clear_param_store()
-    return fit_svi(model, guide, x, num_steps=steps, seed=0, tol=0.0, progress=False,
+    kw.setdefault("progress", False)
+    return fit_svi(model, guide, x, num_steps=steps, seed=0, tol=0.0,
                    optim=pyro.optim.ClippedAdam({"lr": 0.05, "lrd": 0.995}), distributed=True,
                    **kw)
 
@@ -270,7 +273,12 @@ def svi_suite(folder: str, steps: int, kill_at: int | None) -> dict:
         _svi(x, steps, checkpoint=path, checkpoint_every=20, callback=die)
         return {}
     out = {"resumed": _svi_summary(_svi(x, steps, checkpoint=path, resume=True))}
-    out["unbroken"] = _svi_summary(_svi(x, steps, checkpoint=os.path.join(folder, "u.pt")))
+    shown = io.StringIO()
+    with contextlib.redirect_stderr(shown):  # the progress bar: rank 0's only
+        unbroken = _svi(x, steps, checkpoint=os.path.join(folder, f"unbroken-{rank}.pt"),
+                        progress=True)
+    out["unbroken"] = _svi_summary(unbroken)
+    out["progress_chars"] = len(shown.getvalue())
     out["files"] = sorted(os.listdir(folder))
     out["plate_error"] = _error(lambda: fit_svi(
         local_plate_model, guide, x[: 5 + 3 * rank], num_steps=2, progress=False,

@@ -5,6 +5,7 @@ The flat public API: entry points, result records and errors. Helpers stay in th
 :mod:`pyro_vi.cavi.model`, the SVI runtime's parts in :mod:`pyro_vi.svi`).
 """
 
+from pyro_vi.cavi.auto import ConjugacyReport, conjugacy
 from pyro_vi.cavi.engine import CAVIResult, CAVIRun, ConjugateModel, Local, cavi
 from pyro_vi.cavi.stochastic import blend_params, svi_cavi
 from pyro_vi.data import (
@@ -30,51 +31,45 @@ from pyro_vi.diagnostics import (
     psis_diagnostic,
     to_inference_data,
 )
-from pyro_vi.errors import ConvergenceWarning, ELBODecreaseError, NumericalError, PrecisionWarning
+from pyro_vi.errors import (
+    ConvergenceWarning,
+    ELBODecreaseError,
+    NotConjugateError,
+    NumericalError,
+    PrecisionWarning,
+)
 from pyro_vi.results import load_result
 from pyro_vi.svi import NonFiniteLossError, SVIResult, fit_svi
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "__version__",
     "BayesianLinearRegression",
     "BetaBernoulli",
+    "blend_params",
+    "cavi",
     "CAVIResult",
     "CAVIRun",
+    "compare_to_mcmc",
+    "conjugacy",
+    "ConjugacyReport",
     "ConjugateModel",
     "ConvergenceWarning",
+    "diagnose",
     "Diagnosis",
     "DirichletCategorical",
+    "elbo_estimate",
+    "elbo_per_image",
     "ELBODecreaseError",
     "ELBOEstimate",
+    "fit_svi",
+    "fit_vae",
     "FitInfo",
     "GammaPoisson",
     "GaussianMixture",
     "HierarchicalNormal",
     "ImageData",
-    "Local",
-    "LogLikEstimate",
-    "MCMCComparison",
-    "Minibatches",
-    "NoObservedSitesWarning",
-    "NonFiniteLossError",
-    "NumericalError",
-    "PSISResult",
-    "PrecisionWarning",
-    "SVIResult",
-    "UnivariateNormal",
-    "VAE",
-    "VAEConfig",
-    "VAEResult",
-    "__version__",
-    "blend_params",
-    "cavi",
-    "compare_to_mcmc",
-    "diagnose",
-    "elbo_estimate",
-    "elbo_per_image",
-    "fit_svi",
-    "fit_vae",
     "inference_data_from_result",
     "iw_log_likelihood",
     "load_digits",
@@ -83,11 +78,26 @@ __all__ = [
     "load_old_faithful",
     "load_result",
     "load_vae",
+    "Local",
+    "LogLikEstimate",
     "match_components",
+    "MCMCComparison",
+    "Minibatches",
+    "NonFiniteLossError",
+    "NoObservedSitesWarning",
+    "NotConjugateError",
+    "NumericalError",
+    "PrecisionWarning",
     "psis_diagnostic",
+    "PSISResult",
     "save_vae",
     "svi_cavi",
+    "SVIResult",
     "to_inference_data",
+    "UnivariateNormal",
+    "VAE",
+    "VAEConfig",
+    "VAEResult",
 ]
 
 # The models build on the engine above; the engine never imports them.

@@ -41,8 +41,12 @@ class NotConjugateError(ValueError):
     (``"loc"``, ``"rate"``, ...; None when not one slot) and ``reason`` what was found.
     """
 
-    def __init__(self, site: str, child: str | None, slot: str | None, reason: str) -> None:
+    def __init__(self, site: str, child: str | None = None, slot: str | None = None,
+                 reason: str | None = None) -> None:
         self.site, self.child, self.slot, self.reason = site, child, slot, reason
+        if reason is None:  # re-raised with its message alone (as Pyro's handlers do)
+            super().__init__(site)
+            return
         where = f"{site!r}"
         if child is not None:
             where += f" enters {slot or 'the distribution'} of {child!r}"

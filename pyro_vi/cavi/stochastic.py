@@ -54,7 +54,9 @@ def blend_params(old: Any, new: Any, rho: float) -> Any:
         \quad\text{(natural parameters; Hoffman et al. 2013, eq. 25)}
 
     Fields that are not factors (fixed quantities such as a known precision) must be equal in
-    ``old`` and ``new``; otherwise a ``TypeError`` says which field cannot be stepped.
+    ``old`` and ``new``; otherwise a ``TypeError`` says which field cannot be stepped. An
+    integer tensor field is bookkeeping (a derived model's sweep counter) and is taken from
+    ``new``.
 
     Examples
     --------
@@ -77,6 +79,8 @@ def blend_params(old: Any, new: Any, rho: float) -> Any:
             out[f.name] = blend(a, b, rho)
         elif a is b or (isinstance(a, Tensor) and isinstance(b, Tensor) and torch.equal(a, b)):
             out[f.name] = a
+        elif isinstance(b, Tensor) and not b.is_floating_point() and not b.is_complex():
+            out[f.name] = b
         else:
             raise TypeError(f"params field {f.name!r} is not an ExpFamFactor and changed in the "
                             "global step; stochastic VI can only step factors")

@@ -6,5 +6,6 @@ detected, site by site, and why a site is not conjugate.
 """
 
 from pyro_vi.cavi.auto.derive import DerivedModel, derive
+from pyro_vi.cavi.auto.report import ConjugacyReport, SiteReport, conjugacy
 
-__all__ = ["DerivedModel", "derive"]
+__all__ = ["ConjugacyReport", "DerivedModel", "SiteReport", "conjugacy", "derive"]

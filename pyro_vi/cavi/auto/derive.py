@@ -133,7 +133,9 @@ class DerivedModel(ConjugateModel[tuple[Tensor, ...], Any, Stats]):
         self._touched = touched
         data = set(structure.data_terms)
         self._data_factors = [f for f in self._global if touched[f] & data]
-        self._colour = _colour(self._data_factors, structure, touched)
+        self._pairs, conflicts = _pairs(self._data_factors, structure, touched,
+                                        {f: self._size(f) for f in self._data_factors})
+        self._colour = _colour(self._data_factors, conflicts)
         self.n_colours = 1 + max(self._colour.values(), default=0)
         fields = [(f, ExpFamFactor) for f in self._global] + [("sweep", Tensor)]
         self.params_type = dataclasses.make_dataclass("DerivedParams", fields, frozen=True)
@@ -165,6 +167,11 @@ class DerivedModel(ConjugateModel[tuple[Tensor, ...], Any, Stats]):
     def _update(self, f: str, cur: dict[str, ExpFamFactor], terms: list[int],
                 message: tuple[Tensor, ...] | None) -> ExpFamFactor:
         """The optimal factor ``f`` given ``cur`` (the others), from ``terms`` and ``message``."""
+        with torch.enable_grad():
+            return self._update_grad(f, cur, terms, message)
+
+    def _update_grad(self, f: str, cur: dict[str, ExpFamFactor], terms: list[int],
+                     message: tuple[Tensor, ...] | None) -> ExpFamFactor:
         spec = self.s.factors[f]
         q_like = self._template(f)
         leaves = tuple(t.detach().clone().requires_grad_(True) for t in q_like)
@@ -271,6 +278,13 @@ class DerivedModel(ConjugateModel[tuple[Tensor, ...], Any, Stats]):
 
     def _local_step(self, data: tuple[Tensor, ...], params: Any, *, resp: Tensor | None,
                     want_local: bool = False) -> Any:
+        # messages are gradients: taken even when the caller (a guide under an ELBO
+        # estimate) runs without autograd
+        with torch.enable_grad():
+            return self._local_step_grad(data, params, resp=resp, want_local=want_local)
+
+    def _local_step_grad(self, data: tuple[Tensor, ...], params: Any, *, resp: Tensor | None,
+                         want_local: bool) -> Any:
         n = self._points(data)
         arrays = self._arrays(data)
         factors = {f: getattr(params, f) for f in self._global}
@@ -301,9 +315,24 @@ class DerivedModel(ConjugateModel[tuple[Tensor, ...], Any, Stats]):
         if want_local:
             return local_q, (None if r is None else r.T)
         flat = [t for f in self._data_factors for t in leaves[f]]
-        grads = torch.autograd.grad(total, flat, allow_unused=True) if flat else ()
-        msgs = tuple(torch.zeros_like(t) if g is None else g for g, t in zip(grads, flat, strict=True))
-        return Local(msgs, total.detach())
+        pairs = self._pairs
+        grads = torch.autograd.grad(total, flat, allow_unused=True, create_graph=bool(pairs)) \
+            if flat else ()
+        msgs = [torch.zeros_like(t) if g is None else g for g, t in zip(grads, flat, strict=True)]
+        out = [m.detach() for m in msgs]
+        if pairs:
+            by_factor: dict[str, list[Tensor]] = {}
+            pos = 0
+            for f in self._data_factors:
+                k = len(leaves[f])
+                by_factor[f] = msgs[pos:pos + k]
+                pos += k
+            for later, earlier in pairs:
+                out.append(_cross(by_factor, leaves, later, earlier))
+        return Local(tuple(out), total.detach())
+
+    def _size(self, f: str) -> int:
+        return sum(int(t.numel()) for t in self._template(f))
 
     def _evaluate(self, ctx: Ctx, n: int) -> tuple[Tensor | None, Tensor]:
         """Data terms: ``(K, n)`` logits of the enumerated latent (None: none), and the rest."""
@@ -358,13 +387,43 @@ class DerivedModel(ConjugateModel[tuple[Tensor, ...], Any, Stats]):
             k = len(self._template(f))
             msgs[f] = tuple(stats[pos:pos + k])
             pos += k
+        cross = dict(zip(self._pairs, stats[pos:], strict=True))
+        moved: dict[str, Tensor] = {}  # factor -> change of its flattened moments this step
         glob = set(self.s.global_terms)
         for f in self._global:
             if f in msgs and self._colour[f] != active:
                 continue
+            message = msgs.get(f)
+            if message is not None:
+                message = self._corrected(f, message, cross, moved)
             terms = sorted(self._touched[f] & glob)
-            cur[f] = self._update(f, cur, terms, msgs.get(f))
+            old = cur[f]
+            cur[f] = self._update(f, cur, terms, message)
+            if f in msgs:
+                moved[f] = _flat(cur[f].expected_stats()) - _flat(old.expected_stats())
         return self._record(cur, sweep)
+
+    def _corrected(self, f: str, message: tuple[Tensor, ...], cross: dict[tuple[str, str], Tensor],
+                   moved: dict[str, Tensor]) -> tuple[Tensor, ...]:
+        r"""The data's message to ``f`` at the moments its partners have *now*.
+
+        A data term shared by ``f`` and an earlier factor ``g`` is bilinear in their moments
+        (the local factors held at the sweep's start), so the message moves exactly by
+        :math:`J_{fg}\,\Delta\mu_g`, with :math:`J_{fg} = \partial^2 L/\partial\mu_f\partial\mu_g`
+        summed over the data by the local step: coordinate ascent within one sweep.
+        """
+        delta: Tensor | None = None
+        for (later, earlier), jac in cross.items():
+            if later == f and earlier in moved:
+                step = jac @ moved[earlier]
+                delta = step if delta is None else delta + step
+        if delta is None:
+            return message
+        out, pos = [], 0
+        for m in message:
+            out.append(m + delta[pos:pos + m.numel()].reshape(m.shape))
+            pos += m.numel()
+        return tuple(out)
 
     def global_elbo(self, params: Any) -> Tensor:
         """The global terms' expected log-densities plus every global factor's entropy."""
@@ -406,8 +465,9 @@ class DerivedModel(ConjugateModel[tuple[Tensor, ...], Any, Stats]):
 
     def local_factors(self, params: Any, *args: Any) -> tuple[dict[str, ExpFamFactor], Tensor | None]:
         """Optimal local factors and the discrete latent's ``(N, K)`` responsibilities."""
-        model = self if not args or args is self.args else derive(self.user_model, *args,
-                                                                  init=self.init, **self.kwargs)
+        same = len(args) == len(self.args) and all(a is b for a, b in zip(args, self.args, strict=True))
+        model = self if not args or same else derive(self.user_model, *args, init=self.init,
+                                                     **self.kwargs)
         return model._local_step(model.data, params, resp=None, want_local=True)
 
     def sample_guide(self, params: Any, *args: Any) -> dict[str, Tensor]:
@@ -415,10 +475,11 @@ class DerivedModel(ConjugateModel[tuple[Tensor, ...], Any, Stats]):
         local_q, resp = self.local_factors(params, *args)
         out: dict[str, Tensor] = {}
         info = {s.name: s for s in self.s.sites}
+        cache: dict[str, Any] = {}
         for s in self.s.sites:
             if s.observed:
                 continue
-            with _plates(s):
+            with _plates(s, cache):
                 if s.name == self.s.enum_site:
                     assert resp is not None
                     probs = resp.reshape(s.batch_shape + (resp.shape[-1],)) \
@@ -570,12 +631,64 @@ def _value_factor(term: TermSpec) -> str | None:
     return term.value.factor if isinstance(term.value, LatentValue) else None
 
 
-def _colour(factors: list[str], s: Structure, touched: dict[str, set[int]]) -> dict[str, int]:
-    """Greedy colouring: factors that share a data term get different colours."""
+#: Largest moment count of the smaller factor of a coupled pair whose cross-Jacobian the local
+#: step returns (one extra backward pass per moment); larger pairs alternate sweeps instead.
+MAX_CROSS = 256
+
+
+def _flat(ts: Any) -> Tensor:
+    return torch.cat([t.reshape(-1) for t in ts])
+
+
+def _pairs(factors: list[str], s: Structure, touched: dict[str, set[int]],
+           sizes: dict[str, int]) -> tuple[list[tuple[str, str]], set[frozenset[str]]]:
+    """Data-coupled factor pairs: ``(later, earlier)`` with a cross-Jacobian, and the rest.
+
+    Two global factors meeting in one data term are coupled. A pair gets an exact
+    within-sweep correction when every shared term holds no third global factor (so the
+    term is bilinear in the pair) and the smaller factor has at most :data:`MAX_CROSS`
+    moments; other pairs are left to colouring.
+    """
     data = set(s.data_terms)
+    glob = set(factors)
+    pairs, conflicts = [], set()
+    for i, g in enumerate(factors):
+        for f in factors[i + 1:]:
+            shared = touched[f] & touched[g] & data
+            if not shared:
+                continue
+            three = any(len(_factors_of(s.terms[t]) & glob) > 2 for t in shared)
+            if three or min(sizes[f], sizes[g]) > MAX_CROSS:
+                conflicts.add(frozenset((f, g)))
+            else:
+                pairs.append((f, g))
+    return pairs, conflicts
+
+
+def _cross(msgs: dict[str, list[Tensor]], leaves: dict[str, tuple[Tensor, ...]], later: str,
+           earlier: str) -> Tensor:
+    r""":math:`\partial\,\mathrm{msg}_{later} / \partial \mu_{earlier}`, flattened, by autograd."""
+    m_l = _flat(msgs[later])
+    m_e = _flat(msgs[earlier])
+    rows: list[Tensor] = []
+    if m_l.numel() <= m_e.numel():
+        for i in range(m_l.numel()):
+            g = torch.autograd.grad(m_l[i], leaves[earlier], retain_graph=True, allow_unused=True)
+            rows.append(_flat([torch.zeros_like(x) if y is None else y
+                               for x, y in zip(leaves[earlier], g, strict=True)]))
+        return torch.stack(rows).detach()
+    for j in range(m_e.numel()):
+        g = torch.autograd.grad(m_e[j], leaves[later], retain_graph=True, allow_unused=True)
+        rows.append(_flat([torch.zeros_like(x) if y is None else y
+                           for x, y in zip(leaves[later], g, strict=True)]))
+    return torch.stack(rows).T.detach()
+
+
+def _colour(factors: list[str], conflicts: set[frozenset[str]]) -> dict[str, int]:
+    """Greedy colouring: factors of a conflicting pair get different colours."""
     colour: dict[str, int] = {}
     for f in factors:
-        taken = {colour[g] for g in colour if touched[g] & touched[f] & data}
+        taken = {colour[g] for g in colour if frozenset((f, g)) in conflicts}
         c = 0
         while c in taken:
             c += 1
@@ -584,8 +697,13 @@ def _colour(factors: list[str], s: Structure, touched: dict[str, set[int]]) -> d
 
 
 class _PlateStack:
-    def __init__(self, site: Any) -> None:
-        self.plates = [pyro.plate(p.name, p.size, dim=p.dim) for p in site.plates]
+    """Enter a site's plates, each built once per guide call (``cache``: name -> plate)."""
+
+    def __init__(self, site: Any, cache: dict[str, Any]) -> None:
+        for p in site.plates:
+            if p.name not in cache:
+                cache[p.name] = pyro.plate(p.name, p.size, dim=p.dim)
+        self.plates = [cache[p.name] for p in site.plates]
 
     def __enter__(self) -> None:
         for p in self.plates:
@@ -596,8 +714,8 @@ class _PlateStack:
             p.__exit__(*exc)
 
 
-def _plates(site: Any) -> _PlateStack:
-    return _PlateStack(site)
+def _plates(site: Any, cache: dict[str, Any]) -> _PlateStack:
+    return _PlateStack(site, cache)
 
 
 def _event(d: Any, s: Any) -> Any:

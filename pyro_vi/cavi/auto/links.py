@@ -25,6 +25,7 @@ link through ``exp``/``sigmoid`` changes the slot differently for different move
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -142,6 +143,7 @@ class SlotLinks:
     links: dict[str, dict[str, Link]] = field(default_factory=dict)
     values: dict[str, Tensor] = field(default_factory=dict)
     runs: int = 0
+    deps: dict[tuple[str, str], list[str]] = field(default_factory=dict)
 
 
 # ----------------------------------------------------------------------------- probe values
@@ -227,6 +229,19 @@ def probe_plan(specs: dict[str, LatentSpec], *, seed: int = 12345) -> list[_Prob
     for _ in range(2):
         plan.append(_Probe({s: _value(sp, gen, wide=True) for s, sp in specs.items()},
                            None, None, "check"))
+    # a sweep of magnitudes, both signs: code that is linear only near the probes' centre
+    # (where(w > 50, ...), a clamp) leaves the affine form somewhere along it
+    for j, k in enumerate((-3, -1, 1, 2, 3, 5)):
+        for sgn in (1.0, -1.0):
+            vals = {}
+            for s, sp in specs.items():
+                v = _value(sp, gen, wide=False)
+                if sp.kind in GAUSSIAN:
+                    v = sgn * float(10.0 ** k) * (1.0 + 0.5 * v.abs())
+                elif sp.kind in POSITIVE:
+                    v = v * math.exp(sgn * 2.0 * k if j % 2 else sgn * k)
+                vals[s] = v
+            plan.append(_Probe(vals, None, None, "check"))
     return plan
 
 
@@ -442,11 +457,13 @@ def affine_value(link: Affine, values: dict[str, Tensor], specs: dict[str, Laten
 
 def detect_links(model: Any, args: tuple[Any, ...], kwargs: dict[str, Any],
                  sites: list[SiteInfo], specs: dict[str, LatentSpec], *,
-                 enumerate_dim: int | None, allowed: Any) -> SlotLinks:
+                 enumerate_dim: int | None, allowed: Any,
+                 failures: list[NotConjugateError] | None = None) -> SlotLinks:
     """Probe the model and return every slot's link, or raise NotConjugateError naming it.
 
     ``allowed(site, slot, latent_kind)`` says whether a latent of that kind may enter that
-    slot (the registry of conjugate pairs), returning None or the reason it may not.
+    slot (the registry of conjugate pairs), returning None or the reason it may not. With a
+    ``failures`` list, refusals are appended to it and detection goes on (for reports).
     """
     families = {s.name: s.family for s in sites}
     plan = probe_plan(specs)
@@ -458,15 +475,22 @@ def detect_links(model: Any, args: tuple[Any, ...], kwargs: dict[str, Any],
                 if any(p.site == s and not torch.equal(r, base) for p, r in zip(plan, rs, strict=True))]
         fam = families[site]
         vec = 0 if fam in ELEMENTWISE else 1
-        for s in deps:
-            why = allowed(site, slot, specs[s].kind)
-            if why is not None:
-                raise NotConjugateError(s, site, slot, why)
+        out.deps[(site, slot)] = deps
         try:
-            link = _fit(site, slot, deps, specs, plan, rs, base, vec)
-        except _Fail as f:
-            lat = deps[0] if deps else site
-            raise NotConjugateError(lat, site, slot, f.reason) from None
+            for s in deps:
+                why = allowed(site, slot, specs[s].kind)
+                if why is not None:
+                    raise NotConjugateError(s, site, slot, why)
+            try:
+                link = _fit(site, slot, deps, specs, plan, rs, base, vec)
+            except _Fail as f:
+                lat = deps[0] if deps else site
+                raise NotConjugateError(lat, site, slot, f.reason) from None
+        except NotConjugateError as err:
+            if failures is None:
+                raise
+            failures.append(err)
+            continue
         out.links.setdefault(site, {})[slot] = link
     return out
 

@@ -136,9 +136,24 @@ def _data_plate(sites: list[SiteInfo]) -> Plate | None:
     return max(common, key=lambda p: (p.size, -p.dim))
 
 
-def analyse(model: Any, args: tuple[Any, ...], kwargs: dict[str, Any], *,
-            joint: bool = True) -> Structure:
-    """Detect the conjugate structure of ``model(*args, **kwargs)`` (see the module doc)."""
+@dataclass
+class Discovery:
+    """The first steps of :func:`analyse`: sites, data plate, latent layouts, links."""
+
+    sites: list[SiteInfo]
+    plate: Plate | None
+    nesting: int
+    specs: dict[str, LatentSpec]
+    enum_site: str | None
+    found: Any
+
+
+def discover(model: Any, args: tuple[Any, ...], kwargs: dict[str, Any], *,
+             failures: list[NotConjugateError] | None = None) -> Discovery:
+    """Sites, data plate, latent layouts and every slot's link (steps 1–3 of the module doc).
+
+    With a ``failures`` list, refusals are collected there instead of raised (for reports).
+    """
     sites = model_sites(model, args, kwargs)
     if not any(s.observed for s in sites):
         raise ValueError("the model has no observed site (pyro.sample(..., obs=data)): "
@@ -150,27 +165,42 @@ def analyse(model: Any, args: tuple[Any, ...], kwargs: dict[str, Any], *,
     for s in sites:
         if s.observed:
             continue
-        is_local = plate is not None and plate.name in s.plate_names
-        if s.family in ("Categorical", "Bernoulli"):
-            if s.family == "Bernoulli":
-                raise NotConjugateError(s.name, None, None, "a latent Bernoulli is not "
-                                        "supported; write it as a Categorical over 2 values")
-            if not is_local:
-                raise NotConjugateError(s.name, None, None, "a discrete latent outside the "
-                                        "data plate (a global discrete choice) has no "
-                                        "conjugate factor here")
-            if enum_site is not None:
-                raise NotConjugateError(s.name, None, None, f"a second discrete latent (after "
-                                        f"{enum_site!r}); one per data point is supported")
-            if s.event_dims:
-                raise NotConjugateError(s.name, None, None, "a discrete latent with event dims")
-            enum_site = s.name
-            continue
-        specs[s.name] = latent_kind(s)
+        try:
+            if s.family in ("Categorical", "Bernoulli"):
+                _check_discrete(s, plate, enum_site)
+                enum_site = s.name
+                continue
+            specs[s.name] = latent_kind(s)
+        except NotConjugateError as err:
+            if failures is None:
+                raise
+            failures.append(err)
     families = {s.name: s.family for s in sites}
     enum_dim = -(nesting + 1) if enum_site is not None else None
     found = detect_links(model, args, kwargs, sites, specs, enumerate_dim=enum_dim,
-                         allowed=allowed(families))
+                         allowed=allowed(families), failures=failures)
+    return Discovery(sites, plate, nesting, specs, enum_site, found)
+
+
+def _check_discrete(s: SiteInfo, plate: Plate | None, enum_site: str | None) -> None:
+    if s.family == "Bernoulli":
+        raise NotConjugateError(s.name, None, None, "a latent Bernoulli is not supported; "
+                                "write it as a Categorical over 2 values")
+    if plate is None or plate.name not in s.plate_names:
+        raise NotConjugateError(s.name, None, None, "a discrete latent outside the data plate "
+                                "(a global discrete choice) has no conjugate factor here")
+    if enum_site is not None:
+        raise NotConjugateError(s.name, None, None, f"a second discrete latent (after "
+                                f"{enum_site!r}); one per data point is supported")
+    if s.event_dims:
+        raise NotConjugateError(s.name, None, None, "a discrete latent with event dims")
+
+
+def analyse(model: Any, args: tuple[Any, ...], kwargs: dict[str, Any], *,
+            joint: bool = True) -> Structure:
+    """Detect the conjugate structure of ``model(*args, **kwargs)`` (see the module doc)."""
+    d = discover(model, args, kwargs)
+    sites, plate, specs, enum_site, found = d.sites, d.plate, d.specs, d.enum_site, d.found
     enum_size = 0
     if enum_site is not None:
         enum_size = int(found.values[enum_site].numel())
@@ -180,7 +210,7 @@ def analyse(model: Any, args: tuple[Any, ...], kwargs: dict[str, Any], *,
         raise NotConjugateError(sorted(local)[0], None, None, "a continuous local latent "
                                 f"beside the discrete {enum_site!r} is not supported")
     fused = _fuse(info, specs, found.links, local) if joint else {}
-    return _build(sites, info, specs, found, plate, nesting, enum_site, enum_size, local, fused)
+    return _build(sites, info, specs, found, plate, d.nesting, enum_site, enum_size, local, fused)
 
 
 # ------------------------------------------------------------------------------ fusion

@@ -141,7 +141,8 @@ def _check_site(site: Any) -> None:
 
 
 def _trace(model: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> poutine.Trace:
-    with float64(), pyro.validation_enabled(False):
+    # block(): detection may run inside a guide that an outer handler (a Trace_ELBO) traces
+    with float64(), pyro.validation_enabled(False), poutine.block():
         return poutine.trace(model).get_trace(*args, **kwargs)
 
 
@@ -181,7 +182,7 @@ def run_conditioned(model: Any, args: tuple[Any, ...], kwargs: dict[str, Any],
     if enumerate_dim is not None:
         fn = poutine.enum(config_enumerate(fn, default="parallel", expand=False),
                           first_available_dim=enumerate_dim)
-    with float64(), pyro.validation_enabled(False):
+    with float64(), pyro.validation_enabled(False), poutine.block():
         return poutine.trace(fn).get_trace(*args, **kwargs)
 
 

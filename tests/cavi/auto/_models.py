@@ -82,6 +82,25 @@ def poisson_mixture(x: torch.Tensor, n_components: int, alpha0: float = 0.5, a0:
         pyro.sample("x", dist.Poisson(rate[z]), obs=x)
 
 
+def poisson_mixture_vindex(x: torch.Tensor, n_components: int, alpha0: float = 0.5, a0: float = 2.0,
+                           b0: float = 0.5) -> None:
+    """:func:`poisson_mixture` with ``Vindex`` selection, which broadcasts over particle plates."""
+    weights = pyro.sample("weights", dist.Dirichlet(torch.full((n_components,), alpha0, dtype=F64)))
+    with pyro.plate("components", n_components):
+        rate = pyro.sample("rate", dist.Gamma(t64(a0), t64(b0)))
+    with pyro.plate("data", x.shape[0]):
+        z = pyro.sample("z", dist.Categorical(weights))
+        pyro.sample("x", dist.Poisson(Vindex(rate.unsqueeze(-2))[..., z]), obs=x)
+
+
+def poisson_data() -> tuple[torch.Tensor, torch.Tensor]:
+    """Two clusters of counts (means 2 and 12); R: soft assignment by distance to 3 and 9."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.cat([torch.poisson(torch.full((30,), 2.0, dtype=F64), generator=g),
+                   torch.poisson(torch.full((30,), 12.0, dtype=F64), generator=g)])
+    return x, torch.softmax(torch.stack([-(x - 3) ** 2, -(x - 9) ** 2], -1) / 20, -1)
+
+
 def poisson_mixture_reference(x: torch.Tensor, resp: torch.Tensor, alpha0: float = 0.5,
                               a0: float = 2.0, b0: float = 0.5, *, tol: float = 1e-14,
                               max_iter: int = 5000) -> RefFit:

@@ -40,6 +40,7 @@ from cavi.auto._models import (
     faithful_start,
     latent_class,
     latent_class_reference,
+    poisson_data,
     poisson_mixture,
     poisson_mixture_reference,
     ppca,
@@ -84,14 +85,6 @@ def _engine(model: Any, *args: Any, **options: Any) -> Any:
 
 
 # ---------------------------------------------------------------------------- data and starts
-def poisson_data() -> tuple[torch.Tensor, torch.Tensor]:
-    """Two clusters of counts (means 2 and 12); R: soft assignment by distance to 3 and 9."""
-    g = _gen()
-    x = torch.cat([torch.poisson(torch.full((30,), 2.0, dtype=F64), generator=g),
-                   torch.poisson(torch.full((30,), 12.0, dtype=F64), generator=g)])
-    return x, torch.softmax(torch.stack([-(x - 3) ** 2, -(x - 9) ** 2], -1) / 20, -1)
-
-
 def latent_class_data() -> tuple[torch.Tensor, torch.Tensor]:
     """80 people, 6 binary items, two classes; R: soft assignment by the first-half score."""
     g = _gen()

@@ -2,10 +2,12 @@
 
 Detection must be sound (issue 14 §Tests 5): a model it accepts must truly be conjugate in the
 claimed form. Each model below has one latent whose complete conditional is *not* in its
-prior's family, for one of three reasons: a non-affine link (logits, exp, tanh), a prior of the
-wrong family for the slot (a Gamma or Beta prior on a Normal's loc), or a piecewise-linear
+prior's family, for one of four reasons: a non-affine link (logits, exp, tanh), a prior of the
+wrong family for the slot (a Gamma or Beta prior on a Normal's loc), a piecewise-linear
 link that a probe near one point would take for affine (relu, abs, a leaky where, and a clamp
-that is the identity within +-3 prior sds, so only probes far from the prior's centre see it).
+that is the identity within +-3 prior sds, so only probes far from the prior's centre see it),
+or a conjugate pair in the wrong functional form (a Gamma entering as precision tau^2, a Beta
+probability squared, a Poisson rate quadratic in its Gamma, a Dirichlet through a power).
 ``cavi`` must raise :class:`~pyro_vi.NotConjugateError` (a ``ValueError``) before its first
 sweep, and :func:`~pyro_vi.conjugacy` must report the same site with a reason and never raise.
 The README's path for such a model, ``fit_svi`` with an autoguide, closes the file.
@@ -81,6 +83,34 @@ def normal_loc(link: Callable[[torch.Tensor], torch.Tensor], prior: Callable[[],
     return model
 
 
+def gamma_scale_model(y: torch.Tensor) -> None:
+    tau = pyro.sample("tau", dist.Gamma(t64(2.0), t64(1.0)))
+    with pyro.plate("data", y.shape[0]):
+        pyro.sample("y", dist.Normal(t64(0.7), 1.0 / tau), obs=y)  # precision tau^2
+
+
+def beta_squared_model(y: torch.Tensor) -> None:
+    p = pyro.sample("p", dist.Beta(t64(2.0), t64(2.0)))
+    with pyro.plate("data", y.shape[0]):
+        pyro.sample("y", dist.Bernoulli(probs=p**2), obs=y)
+
+
+def poisson_quadratic_model(counts: torch.Tensor) -> None:
+    lam = pyro.sample("lam", dist.Gamma(t64(2.0), t64(1.0)))
+    with pyro.plate("data", counts.shape[0]):
+        pyro.sample("counts", dist.Poisson(rate=lam + 0.1 * lam**2), obs=counts)
+
+
+def _labels() -> tuple[torch.Tensor]:
+    return (torch.tensor([0, 2, 1, 2, 2, 0, 1, 2]),)
+
+
+def dirichlet_power_model(y: torch.Tensor) -> None:
+    pi = pyro.sample("pi", dist.Dirichlet(torch.ones(3, dtype=F64)))
+    with pyro.plate("data", y.shape[0]):
+        pyro.sample("y", dist.Categorical(probs=pi**2 / (pi**2).sum(-1, keepdim=True)), obs=y)
+
+
 def _std_normal() -> Any:
     return dist.Normal(t64(0.0), t64(1.0))
 
@@ -113,6 +143,14 @@ REFUSALS: dict[str, Refusal] = {
     # a kink at +1.5 sds on one side only: linear around the centre and to its left
     "kink_off_centre": Refusal(normal_loc(lambda w: torch.where(w > 1.5, 3.0 * w - 3.0, w),
                                           _std_normal), _y, "w", "y", "loc"),
+    # conjugate families in the wrong functional form: Gamma precision tau^2 (scale 1/tau),
+    # a Beta probability squared, a Gamma Poisson rate with a quadratic term, a Dirichlet
+    # probability vector through a power
+    "gamma_scale_one_over_tau": Refusal(gamma_scale_model, _y, "tau", "y", "scale"),
+    "beta_probs_squared": Refusal(beta_squared_model, lambda: _binary()[1:], "p", "y", "probs"),
+    "poisson_rate_quadratic": Refusal(poisson_quadratic_model, lambda: _counts()[1:], "lam",
+                                      "counts", "rate"),
+    "dirichlet_probs_power": Refusal(dirichlet_power_model, _labels, "pi", "y", "probs"),
 }
 
 

@@ -18,6 +18,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("pyro_vi.cli.demo", "CAVI vs SVI on the bundled Old Faithful data (the main job)"),
     "vae": ("pyro_vi.cli.vae", "train and evaluate a VAE (digits or MNIST)"),
     "diagnose": ("pyro_vi.cli.diagnose", "fit a model and print a plain-text trust report"),
+    "fit": ("pyro_vi.cli.fit", "the bundled GMM fitted by distributed CAVI on --nproc processes"),
     "bench": ("pyro_vi.cli.bench",
               "run a benchmark: gmm|scaling|vae|svi-overhead|stochastic|time-to-optimum|stopping"),
 }

@@ -140,10 +140,13 @@ def spawn(fn: Callable[..., Any], nproc: int, *args: Any, backend: str = "gloo",
                 continue
             outcomes[rank] = (ok, value)
     finally:
+        done = len(outcomes) == nproc  # else a rank hangs or died: stop the others now
         for p in procs:
-            p.join(timeout=10)
-            if p.is_alive():
+            if not done and p.is_alive():
                 p.terminate()
+            p.join(timeout=10 if done else 5)
+            if p.is_alive():
+                p.kill()
                 p.join()
     failed = {r: v for r, (ok, v) in outcomes.items() if not ok}
     if failed:

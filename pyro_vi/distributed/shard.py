@@ -72,6 +72,9 @@ def shard(x: Any, *, rank: int | None = None, world_size: int | None = None) -> 
     if isinstance(x, tuple | list):
         if not x:
             raise ValueError("x is an empty tuple")
+        if not all(isinstance(part, Tensor | np.ndarray) for part in x):
+            raise TypeError("x must be a tensor, an array or a tuple of them, got a "
+                            f"{type(x).__name__} of {sorted({type(p).__name__ for p in x})}")
         rows = {len(part) for part in x}
         if len(rows) != 1:
             raise ValueError(f"the parts of x differ in their number of rows: {sorted(rows)}")

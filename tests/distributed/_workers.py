@@ -284,3 +284,30 @@ def svi_suite(folder: str, steps: int, kill_at: int | None) -> dict:
         local_plate_model, guide, x[: 5 + 3 * rank], num_steps=2, progress=False,
         distributed=True))
     return out
+
+
+# ---------------------------------------------------------------------------------- launch
+def rank_and_world(tag: str) -> tuple[str, int, int, int]:
+    return tag, tdist.get_rank(), tdist.get_world_size(), torch.get_num_threads()
+
+
+def raise_on_rank_1() -> int:
+    if tdist.get_rank() == 1:
+        raise KeyError("only rank 1 fails")
+    return tdist.get_rank()
+
+
+def wait_forever() -> None:
+    tdist.barrier() if tdist.get_rank() == 0 else __import__("time").sleep(60)
+
+
+def nccl_gmm() -> dict:
+    """The GMM on CUDA tensors: the group's backend is NCCL, the statistics cross on the GPU."""
+    rank, world = tdist.get_rank(), tdist.get_world_size()
+    dev = torch.device("cuda", torch.cuda.current_device())
+    x, r = mixture(), responsibilities()
+    fit = cavi(GaussianMixture(3, init=shard(r, rank=rank, world_size=world).to(dev), device=dev),
+               shard(x, rank=rank, world_size=world).to(dev), max_iter=SWEEPS, tol=0.0,
+               warn=False, distributed=True)
+    return {"backend": str(tdist.get_backend()), "elbo": fit.elbo,
+            "params": [t.cpu().numpy().copy() for t in param_tensors(fit.params)]}

@@ -27,10 +27,17 @@ import pyro.distributions as dist
 import pyro.optim
 import pytest
 import torch
-from cavi.auto._models import F64, claims_model, linreg_unknown_noise, t64
+from cavi.auto._models import (
+    F64,
+    claims_model,
+    faithful_prior,
+    linreg_unknown_noise,
+    t64,
+    user_gmm_vindex,
+)
 from pyro.infer.autoguide import AutoNormal
 
-from pyro_vi import NotConjugateError, cavi, conjugacy, fit_svi
+from pyro_vi import NotConjugateError, cavi, conjugacy, fit_svi, load_old_faithful
 
 
 def _gen(seed: int = 0) -> torch.Generator:
@@ -233,6 +240,19 @@ def test_conjugacy_names_every_latent_of_a_mean_field_model():
     assert report.sites["w"].children == ("y",)
     assert report.sites["tau"].children == ("y",)
     assert all(rec.reason is None for rec in report.sites.values())
+
+
+def test_conjugacy_describes_a_mixture():
+    x = load_old_faithful(standardize=True)[::3]
+    report = conjugacy(user_gmm_vindex, x, prior=faithful_prior(x))
+    assert report.conjugate is True
+    assert set(report.sites) == {"weights", "prec", "loc", "z"}
+    assert all(rec.reason is None for rec in report.sites.values())
+    assert "Categorical" in report.sites["z"].q
+    assert "Dirichlet" in report.sites["weights"].q
+    assert "Wishart" in report.sites["prec"].q  # the joint Normal-Wishart factor (joint=True)
+    assert report.sites["z"].children == ("x",)
+    assert report.sites["weights"].children == ("z",)
 
 
 @pytest.fixture

@@ -108,6 +108,13 @@ def poisson_quadratic_model(counts: torch.Tensor) -> None:
         pyro.sample("counts", dist.Poisson(rate=lam + 0.1 * lam**2), obs=counts)
 
 
+def gamma_times_exp_model(counts: torch.Tensor) -> None:
+    lam = pyro.sample("lam", dist.Gamma(t64(2.0), t64(1.0)))  # conjugate given b
+    b = pyro.sample("b", dist.Normal(t64(0.0), t64(1.0)))     # not: enters through exp
+    with pyro.plate("data", counts.shape[0]):
+        pyro.sample("counts", dist.Poisson(rate=lam * torch.exp(b)), obs=counts)
+
+
 def _labels() -> tuple[torch.Tensor]:
     return (torch.tensor([0, 2, 1, 2, 2, 0, 1, 2]),)
 
@@ -158,6 +165,12 @@ REFUSALS: dict[str, Refusal] = {
     "poisson_rate_quadratic": Refusal(poisson_quadratic_model, lambda: _counts()[1:], "lam",
                                       "counts", "rate"),
     "dirichlet_probs_power": Refusal(dirichlet_power_model, _labels, "pi", "y", "probs"),
+    # Python control flow on the latent's value (a probe sees one branch per run)
+    "python_branch": Refusal(normal_loc(lambda w: w if float(w) > 0.5 else 0.5 * w, _std_normal),
+                             _y, "w", "y", "loc"),
+    # a conjugate latent next to a non-conjugate one: the refusal must name the right one
+    "poisson_rate_times_exp_latent": Refusal(gamma_times_exp_model, lambda: _counts()[1:], "b",
+                                             "counts", "rate"),
 }
 
 
@@ -212,6 +225,32 @@ def test_conjugacy_reports_the_refused_site_and_never_raises(refusal):
     text = str(report)
     assert r.site in text, name
     assert rec.reason in text, name
+
+
+def detached_loc(y: torch.Tensor) -> None:
+    """loc = w by value, but autograd sees no dependence on w (a user's .detach())."""
+    w = pyro.sample("w", dist.Normal(t64(0.0), t64(2.0)))
+    with pyro.plate("data", y.shape[0]):
+        pyro.sample("y", dist.Normal(w.detach(), t64(1.0)), obs=y)
+
+
+def test_an_autograd_blind_link_is_never_fit_wrong():
+    # Mathematically loc = w: the exact posterior is N(sum y / (N + 1/4), 1 / (N + 1/4)). An
+    # affine map read off by autograd alone would see a zero slope and return the prior. The
+    # engine may refuse the model or fit it right; it may not return a wrong closed form.
+    (y,) = _y()
+    refused: NotConjugateError | None = None
+    try:
+        fit = cavi(detached_loc, y)
+    except NotConjugateError as err:
+        refused = err
+    if refused is not None:
+        assert refused.site == "w"
+        return
+    q = fit.posterior("w")
+    prec = y.shape[0] + 0.25
+    assert abs(float(q.mean) - float(y.sum()) / prec) <= 1e-10 * abs(float(y.sum()) / prec)
+    assert abs(float(q.stddev) - prec**-0.5) <= 1e-10 * prec**-0.5
 
 
 def test_conjugacy_describes_a_conjugate_model(f64_default):

@@ -40,7 +40,7 @@ from pyro.distributions import constraints
 from pyro.ops.indexing import Vindex
 from torch import Tensor
 
-from pyro_vi.factors import Dirichlet, NormalGamma, NormalWishart
+from pyro_vi.factors import BartlettWishart, Dirichlet, NormalGamma, NormalWishart
 from pyro_vi.linalg import inverse_cholesky
 from pyro_vi.models.gmm.params import GMMHyperparams, GMMParams
 
@@ -49,23 +49,10 @@ __all__ = ["MAX_PLATE_NESTING", "mixture_program", "param_sites", "sample_latent
 MAX_PLATE_NESTING = 1
 
 
-class _Wishart(dist.Wishart):
-    """:class:`pyro.distributions.Wishart` without torch's spurious resampling warning.
-
-    ``torch.distributions.Wishart.rsample`` (torch <= 2.13) tests ``support.check(sample)``
-    (True for a *valid* sample) as if it flagged singular ones, so every batched draw warns
-    "Singular sample detected" and is redrawn (pytorch/pytorch#122021). The Bartlett draw
-    (Bartlett 1933; Smith & Hocking 1972) is exact, so we return it as is.
-    """
-
-    def rsample(self, sample_shape: Any = (), max_try_correction: Any = None) -> Tensor:
-        return self._bartlett_sampling(torch.Size(sample_shape))
-
-
 def _component_dists(comps: NormalWishart | NormalGamma) -> tuple[Any, Any]:
     """(precision distribution, function precision -> loc distribution) for one factor."""
     if isinstance(comps, NormalWishart):
-        prec_d = _Wishart(df=comps.df, scale_tril=comps.scale_tril)
+        prec_d = BartlettWishart(df=comps.df, scale_tril=comps.scale_tril)
 
         def loc_d(prec: Tensor) -> Any:
             beta = comps.precision_scale

@@ -18,6 +18,8 @@ from pyro import poutine
 from pyro.poutine.util import prune_subsample_sites
 from torch import Tensor
 
+from pyro_vi.factors import muted_wishart_warning
+
 __all__ = ["ModelStructure", "SiteInfo", "check_guide", "inspect_model", "node", "sample_sites"]
 
 
@@ -123,7 +125,8 @@ def inspect_model(model: Callable[..., Any], *args: Any, **kwargs: Any) -> Model
     >>> s.latent, s.observed, s.plates, s.sites["y"].dims
     (('mu',), ('y',), {'data': 3}, ('data',))
     """
-    with torch.no_grad(), poutine.block():
+    # a draw from the prior, for shapes only: a user's dist.Wishart warns spuriously there
+    with torch.no_grad(), poutine.block(), muted_wishart_warning():
         trace = prune_subsample_sites(poutine.trace(model).get_trace(*args, **kwargs))
     sites: dict[str, SiteInfo] = {}
     plates: dict[str, int] = {}

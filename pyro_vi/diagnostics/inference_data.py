@@ -47,6 +47,7 @@ from pyro_vi.diagnostics._arviz_compat import assemble, dataset
 from pyro_vi.diagnostics._draws import GuideDraws, check_num_samples, draw_from_guide, seeded
 from pyro_vi.diagnostics._sites import ModelStructure, inspect_model
 from pyro_vi.diagnostics.nuts import align_chains, label_alignment
+from pyro_vi.factors import muted_wishart_warning
 
 if TYPE_CHECKING:
     from pyro_vi.results import FitResult
@@ -131,7 +132,7 @@ def _posterior_predictive(model: Callable[..., Any], draws: Sequence[GuideDraws]
     structure = draws[0].structure
     chains, samples = len(draws), draws[0].log_p.shape[0]
     flat = {k: torch.cat([d.values[k] for d in draws]) for k in draws[0].values}
-    with seeded(seed), torch.no_grad():
+    with seeded(seed), torch.no_grad(), muted_wishart_warning():
         pred = Predictive(poutine.uncondition(model), posterior_samples=flat,
                           return_sites=list(structure.observed))(*args, **kwargs)
     return {k: _numpy(v.reshape(chains, samples, *structure.sites[k].shape),

@@ -5,9 +5,17 @@ from pyro_vi.factors.beta import Beta
 from pyro_vi.factors.dirichlet import Categorical, Dirichlet
 from pyro_vi.factors.gamma import Gamma, NormalGamma
 from pyro_vi.factors.normal import MultivariateNormal, Normal
-from pyro_vi.factors.wishart import NormalWishart, Wishart, expected_logdet, log_wishart_normalizer
+from pyro_vi.factors.wishart import (
+    BartlettWishart,
+    NormalWishart,
+    Wishart,
+    expected_logdet,
+    log_wishart_normalizer,
+    muted_wishart_warning,
+)
 
 __all__ = [
+    "BartlettWishart",
     "Beta",
     "Categorical",
     "Dirichlet",
@@ -21,4 +29,5 @@ __all__ = [
     "blend",
     "expected_logdet",
     "log_wishart_normalizer",
+    "muted_wishart_warning",
 ]

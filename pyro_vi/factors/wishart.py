@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
+import warnings
+from collections.abc import Iterator
+from typing import Any
 
+import pyro.distributions as dist
 import torch
 import torch.distributions as td
 from torch import Tensor
@@ -12,7 +17,34 @@ from torch import Tensor
 from pyro_vi.factors.base import ExpFamFactor
 from pyro_vi.linalg import inverse_cholesky
 
-__all__ = ["NormalWishart", "Wishart", "expected_logdet", "log_wishart_normalizer"]
+__all__ = ["BartlettWishart", "NormalWishart", "Wishart", "expected_logdet",
+           "log_wishart_normalizer", "muted_wishart_warning"]
+
+
+class BartlettWishart(dist.Wishart):
+    """:class:`pyro.distributions.Wishart` without torch's spurious resampling warning.
+
+    ``torch.distributions.Wishart.rsample`` (torch <= 2.13) tests ``support.check(sample)``
+    (True for a *valid* sample) as if it flagged singular ones, so every batched draw warns
+    "Singular sample detected" and is redrawn (pytorch/pytorch#122021). The Bartlett draw
+    (Bartlett 1933; Smith & Hocking 1972) is exact, so it is returned as is.
+    """
+
+    def rsample(self, sample_shape: Any = (), max_try_correction: Any = None) -> Tensor:
+        """An exact Bartlett draw, never redrawn."""
+        return self._bartlett_sampling(torch.Size(sample_shape))
+
+
+@contextlib.contextmanager
+def muted_wishart_warning() -> Iterator[None]:
+    """Mute torch's spurious "Singular sample detected" of a user's own ``dist.Wishart`` draws.
+
+    For code that samples a model we did not write (the prior draws of a detection or an
+    export); see :class:`BartlettWishart` for the torch issue.
+    """
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Singular sample detected")
+        yield
 
 
 def _logdet_tril(tril: Tensor) -> Tensor:

@@ -41,12 +41,13 @@ import torch
 from pyro.distributions import constraints
 from torch import Tensor
 
-from pyro_vi.cavi.auto.structure import FactorSpec, Structure, analyse
-from pyro_vi.cavi.auto.terms import Ctx, LatentValue, ObsValue, TermSpec, expected_log_prob
+from pyro_vi.cavi.auto.structure import ROWS, FactorSpec, Structure, analyse
+from pyro_vi.cavi.auto.terms import Ctx, GSlot, LatentValue, ObsValue, TermSpec, expected_log_prob
 from pyro_vi.cavi.kmeans import initial_responsibilities
 from pyro_vi.cavi.model import ConjugateModel, Local, Stats
 from pyro_vi.errors import NumericalError
 from pyro_vi.factors import (
+    BartlettWishart,
     Beta,
     Dirichlet,
     ExpFamFactor,
@@ -137,6 +138,12 @@ class DerivedModel(ConjugateModel[tuple[Tensor, ...], Any, Stats]):
                                         {f: self._size(f) for f in self._data_factors})
         self._colour = _colour(self._data_factors, conflicts)
         self.n_colours = 1 + max(self._colour.values(), default=0)
+        self._start: Any = None
+        self._product_factors = sorted({
+            p.factor for t in structure.terms for sl in t.slots.values()
+            if isinstance(sl, GSlot) and sl.bilinear is not None
+            for j, p in enumerate(sl.parts) if j in sl.bilinear[:2]
+            and not structure.factors[p.factor].local})
         fields = [(f, ExpFamFactor) for f in self._global] + [("sweep", Tensor)]
         self.params_type = dataclasses.make_dataclass("DerivedParams", fields, frozen=True)
 
@@ -157,6 +164,22 @@ class DerivedModel(ConjugateModel[tuple[Tensor, ...], Any, Stats]):
             own = [i for i in self._touched[f] if _value_factor(self.s.terms[i]) == f]
             cur[f] = self._update(f, cur, own, None)
         return self._record(cur, -1)
+
+    def _jittered(self, params: Any, generator: torch.Generator) -> Any:
+        if not self._product_factors:
+            return params
+        cur = {f: getattr(params, f) for f in self._global}
+        for f in self._product_factors:
+            q = cur[f]
+            if isinstance(q, Normal):
+                eps = torch.randn(q.loc.shape, generator=generator, dtype=torch.float64)
+                cur[f] = Normal(q.loc + eps * q.precision.rsqrt(), precision=q.precision)
+            elif isinstance(q, MultivariateNormal):
+                eps = torch.randn(q.loc.shape, generator=generator, dtype=torch.float64)
+                step = torch.linalg.solve_triangular(q.precision_tril.transpose(-1, -2),
+                                                     eps.unsqueeze(-1), upper=True).squeeze(-1)
+                cur[f] = MultivariateNormal(q.loc + step, q.precision_tril)
+        return self._record(cur, int(params.sweep))
 
     def _record(self, factors: dict[str, ExpFamFactor], sweep: int) -> Any:
         return self.params_type(**factors, sweep=torch.tensor(sweep))
@@ -218,8 +241,14 @@ class DerivedModel(ConjugateModel[tuple[Tensor, ...], Any, Stats]):
         return int(data[0].shape[0]) if data else self.s.n_points
 
     def init_stats(self, data: tuple[Tensor, ...], *, generator: torch.Generator) -> Stats:
-        """The data's messages at the prior (for a mixture: at the ``init`` responsibilities)."""
-        params = self._initial()
+        """The data's messages at the start (for a mixture: at the ``init`` responsibilities).
+
+        The start is every factor at its prior, except that the Gaussian factors of a product
+        of latents (``w_d^T z_n``) start from a draw of their prior (seeded by ``generator``):
+        at the prior means the product's gradient vanishes, a saddle CAVI would not leave.
+        The next :meth:`global_step` with ``params=None`` continues from this start.
+        """
+        params = self._start = self._jittered(self._initial(), generator)
         resp = self._init_resp(data, generator) if self.s.enum_site is not None else None
         n = self._points(data)
         rows = self._chunk_rows(data)
@@ -244,9 +273,11 @@ class DerivedModel(ConjugateModel[tuple[Tensor, ...], Any, Stats]):
         init = self.init
         if isinstance(init, Tensor):
             r = init.to(torch.float64)
-            if r.shape != (n, k) or not torch.isfinite(r).all() or bool((r < 0).any()):
-                raise ValueError(f"init must be a finite, non-negative ({n}, {k}) tensor of "
+            full = self.s.n_points
+            if r.shape != (full, k) or not torch.isfinite(r).all() or bool((r < 0).any()):
+                raise ValueError(f"init must be a finite, non-negative ({full}, {k}) tensor of "
                                  f"responsibilities, got shape {tuple(r.shape)}")
+            r = r[self._arrays(data)[ROWS]] if n != full else r  # a minibatch's own rows
             return r / r.sum(-1, keepdim=True).clamp_min(1e-300)
         method = "kmeans++" if init is None else init
         if method not in ("kmeans++", "random"):
@@ -377,7 +408,7 @@ class DerivedModel(ConjugateModel[tuple[Tensor, ...], Any, Stats]):
         Updated are this sweep's colour class and every factor no data term touches.
         """
         if params is None:
-            params = self._initial()
+            params = self._start if self._start is not None else self._initial()
         sweep = int(params.sweep) + 1
         active = sweep % self.n_colours
         cur = {f: getattr(params, f) for f in self._global}
@@ -727,20 +758,8 @@ def _gamma(conc: Tensor, rate: Tensor, s: Any) -> Any:
     return _event(dist.Gamma(conc.reshape(shape), rate.reshape(shape)), s)
 
 
-class _Wishart(dist.Wishart):
-    """A Wishart whose draws are the exact Bartlett ones, without torch's resampling warning.
-
-    ``torch.distributions.Wishart.rsample`` (torch <= 2.13) checks its support as if a valid
-    sample flagged a singular one, so every batched draw warns and is redrawn
-    (pytorch/pytorch#122021).
-    """
-
-    def rsample(self, sample_shape: Any = (), max_try_correction: Any = None) -> Tensor:
-        return self._bartlett_sampling(torch.Size(sample_shape))
-
-
 def _wishart(df: Tensor, tril: Tensor) -> Any:
-    return _Wishart(df=df, scale_tril=tril)
+    return BartlettWishart(df=df, scale_tril=tril)
 
 
 def _cov_tril(q: MultivariateNormal) -> Tensor:

@@ -33,7 +33,13 @@ import torch
 from pyro.poutine.util import site_is_subsample
 from torch import Tensor
 
-from pyro_vi.cavi.auto.trace import ELEMENTWISE, SiteInfo, read_slots, run_conditioned
+from pyro_vi.cavi.auto.trace import (
+    ELEMENTWISE,
+    SiteInfo,
+    read_slots,
+    run_conditioned,
+    slot_labels,
+)
 from pyro_vi.errors import NotConjugateError
 
 __all__ = ["Affine", "Known", "LatentSpec", "Link", "Part", "Scaled", "SlotLinks",
@@ -127,10 +133,16 @@ class Part:
 
 @dataclass(frozen=True)
 class Affine:
-    """``slot = b + sum(parts)``, affine in Gaussian latents (``b``: the slot's shape)."""
+    """``slot = b + sum(parts) [+ theta_u^T B theta_v]``: affine in each Gaussian latent.
+
+    ``bilinear`` is ``(u, v, B)``: the indices of two parts whose latents also enter as a
+    product (a factor model's ``w_d^T z_n``), with ``B`` of shape ``slot_shape + (d_u, d_v)``;
+    None when the slot is affine in the latents jointly.
+    """
 
     b: Tensor
     parts: tuple[Part, ...]
+    bilinear: tuple[int, int, Tensor] | None = None
 
 
 Link = Known | Scaled | Affine
@@ -144,6 +156,7 @@ class SlotLinks:
     values: dict[str, Tensor] = field(default_factory=dict)
     runs: int = 0
     deps: dict[tuple[str, str], list[str]] = field(default_factory=dict)
+    labels: dict[tuple[str, str], str] = field(default_factory=dict)
 
 
 # ----------------------------------------------------------------------------- probe values
@@ -273,7 +286,8 @@ def _slot_batch_ndim(family: str, slot: str, t: Tensor) -> int:
 
 def collect(model: Any, args: tuple[Any, ...], kwargs: dict[str, Any], plan: list[_Probe],
             families: dict[str, str], *, enumerate_dim: int | None
-            ) -> tuple[dict[tuple[str, str], list[Tensor]], dict[str, Tensor]]:
+            ) -> tuple[dict[tuple[str, str], list[Tensor]], dict[str, Tensor],
+                       dict[tuple[str, str], set[int]], dict[tuple[str, str], str]]:
     """Run every probe; return the compact readings and the sites' values in the base run.
 
     Readings map ``(site, slot)`` to one tensor per run; the values are the observed data and
@@ -281,6 +295,7 @@ def collect(model: Any, args: tuple[Any, ...], kwargs: dict[str, Any], plan: lis
     """
     raw: dict[tuple[str, str], list[Tensor]] = {}
     values: dict[str, Tensor] = {}
+    labels: dict[tuple[str, str], str] = {}
     names = None
     for i, probe in enumerate(plan):
         try:
@@ -302,9 +317,13 @@ def collect(model: Any, args: tuple[Any, ...], kwargs: dict[str, Any], plan: lis
             site = tr.nodes[name]
             if i == 0 and site["value"] is not None:
                 values[name] = site["value"]
+            if i == 0:
+                for slot, label in slot_labels(site["fn"], name).items():
+                    labels[(name, slot)] = label
             for slot, t in read_slots(site["fn"], name).items():
                 raw.setdefault((name, slot), []).append(t)
     out = {}
+    dims: dict[tuple[str, str], set[int]] = {}
     for key, ts in raw.items():
         nb = _slot_batch_ndim(families[key[0]], key[1], ts[0])
         shape = ts[0].shape
@@ -317,10 +336,59 @@ def collect(model: Any, args: tuple[Any, ...], kwargs: dict[str, Any], plan: lis
             if not const:
                 break
         out[key] = [_compact(t, const) for t in ts]
-    return out, values
+        dims[key] = const
+    return out, values, dims, labels
 
 
 # --------------------------------------------------------------------------------- fitting
+def _holds(link: Affine, plan: list[_Probe], rs: list[Tensor], base: Tensor,
+           specs: dict[str, LatentSpec], vec: int, kinds: tuple[str, ...]) -> bool:
+    for p, r in zip(plan, rs, strict=True):
+        if p.kind in kinds:
+            pred = affine_value(link, p.values, specs, vec)
+            if not _close(pred, r, base.abs() + r.abs() + (pred - base).abs()):
+                return False
+    return True
+
+
+def _fit_bilinear(site: str, slot: str, deps: list[str], parts: tuple[Part, ...],
+                  specs: dict[str, LatentSpec], plan: list[_Probe], rs: list[Tensor],
+                  base: Tensor, rerun: Any) -> Affine:
+    r"""``b + a_u theta_u + a_v theta_v + theta_u^T B theta_v`` for two Gaussian latents.
+
+    ``B[e, e']`` is the mixed difference of the slot under a move of coordinate ``e`` of
+    ``u`` and ``e'`` of ``v`` (one extra run per pair of coordinates), divided by the moves;
+    the parts' coefficients, measured at the other latent's base value, lose their share of
+    the product: :math:`a_u = a_u(	heta_v^0) - B	heta_v^0`.
+    """
+    u, v = deps
+    pu, pv = parts
+    du = specs[u].event[-1] if specs[u].event else 1
+    dv = specs[v].event[-1] if specs[v].event else 1
+    bmat = torch.zeros(base.shape + (du, dv), dtype=base.dtype)
+    values0 = plan[0].values
+    for e in range(du):
+        iu = next(i for i, p in enumerate(plan) if p.site == u and p.coord == e and p.kind == "a")
+        for e2 in range(dv):
+            iv = next(i for i, p in enumerate(plan) if p.site == v and p.coord == e2
+                      and p.kind == "a")
+            vals = {**values0, u: plan[iu].values[u], v: plan[iv].values[v]}
+            both = rerun(("pair", u, e, v, e2), vals)[(site, slot)]
+            mixed = both - rs[iu] - rs[iv] + base
+            dlt_u, dlt_v = plan[iu].delta, plan[iv].delta
+            assert dlt_u is not None
+            assert dlt_v is not None
+            bmat[..., e, e2] = mixed / (dlt_u.reshape(-1)[pu.idx] * dlt_v.reshape(-1)[pv.idx])
+    tu = _theta(pu, values0, specs)
+    tv = _theta(pv, values0, specs)
+    au = pu.a - (bmat * tv.unsqueeze(-2)).sum(-1)
+    av = pv.a - (tu.unsqueeze(-1) * bmat).sum(-2)
+    lin = (Part(u, pu.idx, au), Part(v, pv.idx, av))
+    zero = Affine(torch.zeros_like(base), lin, (0, 1, bmat))
+    return Affine(base - affine_value(zero, values0, specs, 0), lin, (0, 1, bmat))
+
+
+
 def _match(pool: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
     """For each ``target`` value the index of the equal value in ``pool`` (1-D), and ok flags."""
     srt, order = pool.sort()
@@ -440,18 +508,26 @@ def _fit_part(spec: LatentSpec, probes: list[_Probe], readings: list[Tensor], ba
     return Part(spec.site, idx_all.clamp_min(0), torch.stack(cols, -1))
 
 
+def _theta(part: Part, values: dict[str, Tensor], specs: dict[str, LatentSpec]) -> Tensor:
+    spec = specs[part.site]
+    flat = values[part.site].reshape((spec.numel, spec.event[-1] if spec.event else 1))
+    return flat[part.idx]  # slot_batch + (d,)
+
+
 def affine_value(link: Affine, values: dict[str, Tensor], specs: dict[str, LatentSpec],
                  vec: int) -> Tensor:
-    """The value an affine link predicts at latent ``values``."""
+    """The value an affine (or bilinear) link predicts at latent ``values``."""
     out = link.b
     for part in link.parts:
-        spec = specs[part.site]
-        flat = values[part.site].reshape((spec.numel, spec.event[-1] if spec.event else 1))
-        theta = flat[part.idx]  # slot_batch + (d,)
+        theta = _theta(part, values, specs)
         if vec:
             out = out + (part.a @ theta.unsqueeze(-1)).squeeze(-1)
         else:
             out = out + (part.a * theta).sum(-1)
+    if link.bilinear is not None:
+        u, v, bmat = link.bilinear
+        tu, tv = _theta(link.parts[u], values, specs), _theta(link.parts[v], values, specs)
+        out = out + ((tu.unsqueeze(-1) * bmat).sum(-2) * tv).sum(-1)
     return out
 
 
@@ -467,8 +543,25 @@ def detect_links(model: Any, args: tuple[Any, ...], kwargs: dict[str, Any],
     """
     families = {s.name: s.family for s in sites}
     plan = probe_plan(specs)
-    readings, values = collect(model, args, kwargs, plan, families, enumerate_dim=enumerate_dim)
-    out = SlotLinks(values=values, runs=len(plan))
+    readings, values, dims, labels = collect(model, args, kwargs, plan, families,
+                                             enumerate_dim=enumerate_dim)
+    out = SlotLinks(values=values, runs=len(plan), labels=labels)
+    cache: dict[tuple[Any, ...], dict[tuple[str, str], Tensor]] = {}
+
+    def rerun(key: tuple[Any, ...], vals: dict[str, Tensor]) -> dict[tuple[str, str], Tensor]:
+        """One more run (cached by ``key``), read and compacted like the plan's."""
+        if key not in cache:
+            tr = run_conditioned(model, args, kwargs, vals, enumerate_dim=enumerate_dim)
+            got = {}
+            for name, site in tr.nodes.items():
+                if site["type"] != "sample" or site_is_subsample(site):
+                    continue
+                for slot, t in read_slots(site["fn"], name).items():
+                    got[(name, slot)] = _compact(t, dims[(name, slot)])
+            cache[key] = got
+            out.runs += 1
+        return cache[key]
+
     for (site, slot), rs in readings.items():
         base = rs[0]
         deps = [s for s in specs
@@ -480,12 +573,13 @@ def detect_links(model: Any, args: tuple[Any, ...], kwargs: dict[str, Any],
             for s in deps:
                 why = allowed(site, slot, specs[s].kind)
                 if why is not None:
-                    raise NotConjugateError(s, site, slot, why)
+                    raise NotConjugateError(s, site, labels.get((site, slot), slot), why)
             try:
-                link = _fit(site, slot, deps, specs, plan, rs, base, vec)
+                link = _fit(site, slot, deps, specs, plan, rs, base, vec, rerun)
             except _Fail as f:
                 lat = deps[0] if deps else site
-                raise NotConjugateError(lat, site, slot, f.reason) from None
+                raise NotConjugateError(lat, site, labels.get((site, slot), slot),
+                                        f.reason) from None
         except NotConjugateError as err:
             if failures is None:
                 raise
@@ -496,7 +590,7 @@ def detect_links(model: Any, args: tuple[Any, ...], kwargs: dict[str, Any],
 
 
 def _fit(site: str, slot: str, deps: list[str], specs: dict[str, LatentSpec],
-         plan: list[_Probe], rs: list[Tensor], base: Tensor, vec: int) -> Link:
+         plan: list[_Probe], rs: list[Tensor], base: Tensor, vec: int, rerun: Any) -> Link:
     if not deps:
         for p, r in zip(plan, rs, strict=True):
             if p.kind == "check" and not torch.equal(r, base):
@@ -514,6 +608,8 @@ def _fit(site: str, slot: str, deps: list[str], specs: dict[str, LatentSpec],
     parts = tuple(_fit_part(specs[s], plan, rs, base, vec) for s in deps)
     b0 = base - (affine_value(Affine(torch.zeros_like(base), parts), plan[0].values, specs, vec))
     link = Affine(b0, parts)
+    if len(deps) == 2 and not vec and not _holds(link, plan, rs, base, specs, vec, ("joint",)):
+        link = _fit_bilinear(site, slot, deps, parts, specs, plan, rs, base, rerun)
     for p, r in zip(plan, rs, strict=True):
         if p.kind in ("joint", "check"):
             pred = affine_value(link, p.values, specs, vec)

@@ -41,7 +41,10 @@ from pyro_vi.cavi.auto.terms import GPart, GSlot, KSlot, LatentValue, ObsValue, 
 from pyro_vi.cavi.auto.trace import ELEMENTWISE, Plate, SiteInfo, model_sites
 from pyro_vi.errors import NotConjugateError
 
-__all__ = ["CONJUGATE", "FactorSpec", "Structure", "analyse"]
+__all__ = ["CONJUGATE", "ROWS", "FactorSpec", "Structure", "analyse"]
+
+#: Key of the per-point array holding each data point's row number in the data given.
+ROWS = "__rows__"
 
 #: (child family, slot) -> the latent kinds that may enter it, with the conjugate pair's name.
 CONJUGATE: dict[tuple[str, str], tuple[tuple[str, ...], str]] = {
@@ -386,6 +389,8 @@ def _build(sites: list[SiteInfo], info: dict[str, SiteInfo], specs: dict[str, La
         term = _term(s, info, specs, found, lay, site_factor, factors, fused, enum_site, notes)
         (data_terms if in_data else global_terms).append(len(terms))
         terms.append(term)
+    if plate is not None:  # each point's row number: minibatches and shards know their rows
+        lay.points.append((ROWS, torch.arange(n), -1))
     for i in data_terms:
         locs = sorted(f for f in _factors_of(terms[i]) if factors[f].local)
         if len(locs) > 1:
@@ -478,8 +483,12 @@ def _term(s: SiteInfo, info: dict[str, SiteInfo], specs: dict[str, LatentSpec], 
                 a = lay.add(f"{key}.{j}.a", part.a, _trailing(s, slot, "a"))
                 parts.append(GPart(f, _view(fs.kind, part.site, fs), pidx, a))
                 notes[f].append(_describe(part.site, name, s.family, slot, "affine"))
+            bil = None
+            if link.bilinear is not None:
+                u, v, bmat = link.bilinear
+                bil = (u, v, lay.add(f"{key}.B", bmat, _trailing(s, slot, "a") + 1))
             slots[slot] = GSlot(lay.add(f"{key}.b", link.b, _trailing(s, slot, "value")),
-                                tuple(parts))
+                                tuple(parts), bil)
     prec = slots.get("precision")
     if isinstance(prec, PSlot) and prec.view in ("ng_prec", "nw_prec"):
         loc = slots.get("loc")

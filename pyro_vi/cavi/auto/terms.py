@@ -71,10 +71,15 @@ class GPart:
 
 @dataclass(frozen=True)
 class GSlot:
-    """``b + sum(parts)``: an affine location."""
+    """``b + sum(parts) [+ theta_u^T B theta_v]``: an affine (or bilinear) location.
+
+    ``bilinear`` is ``(u, v, key of B)`` with part indices ``u``, ``v`` (see
+    :class:`pyro_vi.cavi.auto.links.Affine`).
+    """
 
     b: str
     parts: tuple[GPart, ...]
+    bilinear: tuple[int, int, str] | None = None
 
 
 @dataclass(frozen=True)
@@ -169,18 +174,35 @@ def _probs(ctx: Ctx, slot: Slot) -> tuple[Tensor, Tensor | None]:
     return ctx.stat(slot.factor, 0, 1, slot.idx), None
 
 
+def _part_moments(ctx: Ctx, p: GPart) -> tuple[Tensor, Tensor]:
+    """``(m, M)`` of a part's latent, gathered per slot element: ``(..., d)``, ``(..., d, d)``."""
+    if p.view == "normal":
+        m = ctx.stat(p.factor, 0, 0, p.idx).unsqueeze(-1)
+        s = ctx.stat(p.factor, 1, 0, p.idx).unsqueeze(-1).unsqueeze(-1)
+    else:
+        m = ctx.stat(p.factor, 0, 1, p.idx)
+        s = ctx.stat(p.factor, 1, 2, p.idx)
+    return m, s
+
+
 def _gauss_parts(ctx: Ctx, slot: GSlot, vec: bool) -> tuple[Tensor, Tensor]:
-    """``(E[loc], Var[loc])``; vector slots give ``(E, Cov)`` with trailing ``(D,)``/``(D, D)``."""
+    r"""``(E[loc], Var[loc])``; vector slots give ``(E, Cov)`` with trailing ``(D,)``/``(D, D)``.
+
+    With a bilinear pair :math:`L = a_u^T\theta_u + a_v^T\theta_v + \theta_u^T B\theta_v`
+    (independent factors, moments :math:`m, M`):
+
+    .. math::
+        E[L^2] = a_u^T M_u a_u + a_v^T M_v a_v + \mathrm{tr}(B^T M_u B M_v)
+            + 2(a_u^T m_u)(a_v^T m_v) + 2a_u^T M_u B m_v + 2 m_u^T B M_v a_v .
+    """
     mean = ctx.arr(slot.b)
     var: Tensor | int = 0
-    for p in slot.parts:
+    pair = () if slot.bilinear is None else slot.bilinear[:2]
+    for j, p in enumerate(slot.parts):
+        if j in pair:
+            continue
         a = ctx.arr(p.a)
-        if p.view == "normal":
-            m = ctx.stat(p.factor, 0, 0, p.idx).unsqueeze(-1)
-            s = ctx.stat(p.factor, 1, 0, p.idx).unsqueeze(-1).unsqueeze(-1)
-        else:
-            m = ctx.stat(p.factor, 0, 1, p.idx)
-            s = ctx.stat(p.factor, 1, 2, p.idx)
+        m, s = _part_moments(ctx, p)
         cov = s - m.unsqueeze(-1) * m.unsqueeze(-2)
         if vec:
             mean = mean + (a @ m.unsqueeze(-1)).squeeze(-1)
@@ -188,6 +210,25 @@ def _gauss_parts(ctx: Ctx, slot: GSlot, vec: bool) -> tuple[Tensor, Tensor]:
         else:
             mean = mean + (a * m).sum(-1)
             var = var + ((a.unsqueeze(-1) * cov).sum(-2) * a).sum(-1)
+    if slot.bilinear is not None:
+        u, v, key = slot.bilinear
+        b = ctx.arr(key)
+        au, av = ctx.arr(slot.parts[u].a), ctx.arr(slot.parts[v].a)
+        mu, su = _part_moments(ctx, slot.parts[u])
+        mv, sv = _part_moments(ctx, slot.parts[v])
+        bm_v = (b * mv.unsqueeze(-2)).sum(-1)          # B m_v, (..., d_u)
+        el = (au * mu).sum(-1) + (av * mv).sum(-1) + (mu * bm_v).sum(-1)
+        quad_u = ((au.unsqueeze(-1) * su).sum(-2) * au).sum(-1)
+        quad_v = ((av.unsqueeze(-1) * sv).sum(-2) * av).sum(-1)
+        btmub = b.transpose(-1, -2) @ su @ b          # B^T M_u B, (..., d_v, d_v)
+        trace = (btmub * sv.transpose(-1, -2)).sum((-1, -2))
+        cross = 2.0 * (au * mu).sum(-1) * (av * mv).sum(-1)
+        mixed_u = 2.0 * ((au.unsqueeze(-1) * su).sum(-2) * bm_v).sum(-1)
+        b_sv_av = (b * (sv @ av.unsqueeze(-1)).squeeze(-1).unsqueeze(-2)).sum(-1)
+        mixed_v = 2.0 * (mu * b_sv_av).sum(-1)
+        el2 = quad_u + quad_v + trace + cross + mixed_u + mixed_v
+        mean = mean + el
+        var = var + el2 - el * el
     if isinstance(var, int):
         var = torch.zeros_like(mean)
         if vec:

@@ -27,6 +27,7 @@ from pyro.poutine.util import site_is_subsample
 from torch import Tensor
 
 from pyro_vi.errors import NotConjugateError
+from pyro_vi.factors import muted_wishart_warning
 
 __all__ = ["ELEMENTWISE", "FAMILIES", "Plate", "SiteInfo", "float64", "model_sites",
            "read_slots", "run_conditioned", "unwrap"]
@@ -141,8 +142,10 @@ def _check_site(site: Any) -> None:
 
 
 def _trace(model: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> poutine.Trace:
-    # block(): detection may run inside a guide that an outer handler (a Trace_ELBO) traces
-    with float64(), pyro.validation_enabled(False), poutine.block():
+    # block(): detection may run inside a guide that an outer handler (a Trace_ELBO) traces.
+    # This run draws the latents from their priors, only for their shapes: torch's Wishart
+    # warns spuriously on valid draws (pytorch/pytorch#122021), so that warning is muted here.
+    with float64(), pyro.validation_enabled(False), poutine.block(), muted_wishart_warning():
         return poutine.trace(model).get_trace(*args, **kwargs)
 
 
@@ -230,6 +233,27 @@ def read_slots(fn: Any, site: str) -> dict[str, Tensor]:
         d = base.event_shape[-1]
         return {"df": _full(base.df, bshape), "scale_tril": _full(base.scale_tril, bshape + (d, d))}
     raise AssertionError(family)  # unwrap() admits only the families above
+
+
+def slot_labels(fn: Any, site: str) -> dict[str, str]:
+    """The parameter names the user wrote, per slot (for messages).
+
+    ``scale`` for a Normal's precision, ``logits`` when a probability was given as logits,
+    ``scale_tril`` or ``covariance_matrix`` for a precision matrix given that way.
+    """
+    base, family, _ = unwrap(fn, site)
+    given = vars(base)
+    out: dict[str, str] = {}
+    if family == "Normal":
+        out["precision"] = "scale"
+    if "probs" not in given and "logits" in given:
+        out["probs"] = "logits"
+    if family == "MultivariateNormal":
+        for name in ("precision_matrix", "scale_tril", "covariance_matrix"):
+            if name in given:
+                out["precision"] = name
+                break
+    return out
 
 
 def family_of(fn: Any) -> str:

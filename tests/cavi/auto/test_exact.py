@@ -138,7 +138,70 @@ def dirichlet_multinomial_grouped() -> Exact:
                  {"probs": td.Dirichlet(ALPHA + _sum_by(group, counts, 3))})
 
 
+def exponential_exposures(y: torch.Tensor, exposure: torch.Tensor) -> None:
+    """Waiting times y_n ~ Exponential(lam * c_n): a Gamma rate scaled by known exposures."""
+    lam = pyro.sample("lam", dist.Gamma(t64(2.0), t64(1.5)))
+    with pyro.plate("data", y.shape[0]):
+        pyro.sample("y", dist.Exponential(lam * exposure), obs=y)
+
+
+def gamma_exponential() -> Exact:
+    c = torch.randint(1, 5, (25,), generator=_gen(7)).to(F64)
+    torch.manual_seed(7)
+    y = torch.distributions.Exponential(0.8 * c).sample()
+    # p(y | lam) = prod_n lam c_n exp(-lam c_n y_n): Gam(a0 + N, b0 + sum c y); evidence
+    # sum log c + a0 log b0 - lgamma(a0) + lgamma(a0 + N) - (a0 + N) log(b0 + sum c y)
+    from scipy.special import gammaln
+
+    n, cy = y.shape[0], float((c * y).sum())
+    evidence = float(torch.log(c).sum()) + 2.0 * np.log(1.5) - gammaln(2.0) + gammaln(2.0 + n) \
+        - (2.0 + n) * np.log(1.5 + cy)
+    return Exact(exponential_exposures, (y, c), float(evidence),
+                 {"lam": td.Gamma(t64(2.0 + n), t64(1.5 + cy))})
+
+
+def gamma_known_shape(y: torch.Tensor) -> None:
+    """y_n ~ Gamma(3, lam): a Gamma rate with known concentration."""
+    lam = pyro.sample("lam", dist.Gamma(t64(2.0), t64(1.5)))
+    with pyro.plate("data", y.shape[0]):
+        pyro.sample("y", dist.Gamma(t64(3.0), lam), obs=y)
+
+
+def gamma_gamma() -> Exact:
+    torch.manual_seed(8)
+    y = torch.distributions.Gamma(t64(3.0), t64(2.0)).sample((25,))
+    from scipy.special import gammaln
+
+    n, sy = y.shape[0], float(y.sum())
+    # p(y | lam) = prod lam^3 y^2 exp(-lam y) / Gamma(3): Gam(a0 + 3N, b0 + sum y)
+    evidence = (2.0 * float(torch.log(y).sum()) - n * gammaln(3.0) + 2.0 * np.log(1.5)
+                - gammaln(2.0) + gammaln(2.0 + 3 * n) - (2.0 + 3 * n) * np.log(1.5 + sy))
+    return Exact(gamma_known_shape, (y,), float(evidence),
+                 {"lam": td.Gamma(t64(2.0 + 3 * n), t64(1.5 + sy))})
+
+
+def geometric_trials(k: torch.Tensor) -> None:
+    """Failures before the first success, k_n ~ Geometric(p): Pyro's P(k) = (1 - p)^k p."""
+    p = pyro.sample("p", dist.Beta(t64(2.0), t64(3.0)))
+    with pyro.plate("data", k.shape[0]):
+        pyro.sample("k", dist.Geometric(probs=p), obs=k)
+
+
+def beta_geometric() -> Exact:
+    torch.manual_seed(9)
+    k = torch.distributions.Geometric(probs=t64(0.3)).sample((20,))
+    from scipy.special import betaln
+
+    n, sk = k.shape[0], float(k.sum())
+    # Beta(a0 + N, b0 + sum k); evidence B(a0 + N, b0 + sum k) / B(a0, b0)
+    return Exact(geometric_trials, (k,), float(betaln(2.0 + n, 3.0 + sk) - betaln(2.0, 3.0)),
+                 {"p": td.Beta(t64(2.0 + n), t64(3.0 + sk))})
+
+
 CASES: dict[str, Callable[[], Exact]] = {
+    "gamma_exponential_exposures": gamma_exponential,
+    "gamma_rate_known_concentration": gamma_gamma,
+    "beta_geometric": beta_geometric,
     "gamma_poisson_exposures_groups": claims,
     "beta_binomial_groups": beta_binomial,
     "linreg_known_noise_mvn_prior": linreg,

@@ -2,12 +2,16 @@
 
 Detection must be sound (issue 14 §Tests 5): a model it accepts must truly be conjugate in the
 claimed form. Each model below has one latent whose complete conditional is *not* in its
-prior's family, for one of four reasons: a non-affine link (logits, exp, tanh), a prior of the
+prior's family, because of: a non-affine link (logits, exp, tanh), a prior of the
 wrong family for the slot (a Gamma or Beta prior on a Normal's loc), a piecewise-linear
 link that a probe near one point would take for affine (relu, abs, a leaky where, and a clamp
 that is the identity within +-3 prior sds, so only probes far from the prior's centre see it),
 or a conjugate pair in the wrong functional form (a Gamma entering as precision tau^2, a Beta
-probability squared, a Poisson rate quadratic in its Gamma, a Dirichlet through a power).
+probability squared, a Poisson rate quadratic in its Gamma, a Dirichlet through a power, and
+*affine* maps where conjugacy needs *linear* ones: a Poisson rate 2 lam + 1, a Bernoulli
+probability 0.5 p + 0.25, a precision tau + 1), a conjugate family in the wrong slot (a Gamma
+as a Gamma's concentration), or one latent used twice (w * w; a Gamma as both loc and
+precision), or Python control flow on a latent's value.
 ``cavi`` must raise :class:`~pyro_vi.NotConjugateError` (a ``ValueError``) before its first
 sweep, and :func:`~pyro_vi.conjugacy` must report the same site with a reason and never raise.
 The README's path for such a model, ``fit_svi`` with an autoguide, closes the file.
@@ -129,6 +133,29 @@ def _std_normal() -> Any:
     return dist.Normal(t64(0.0), t64(1.0))
 
 
+def _gamma() -> Any:
+    return dist.Gamma(t64(2.0), t64(1.0))
+
+
+def _beta() -> Any:
+    return dist.Beta(t64(2.0), t64(2.0))
+
+
+def _positive() -> tuple[torch.Tensor]:
+    return (torch.distributions.Gamma(t64(2.0), t64(1.0)).sample((20,)),)
+
+
+def one_site(prior: Callable[[], Any], child: Callable[[torch.Tensor], Any]) -> Callable[..., None]:
+    """v ~ prior(); y_n ~ child(v)."""
+
+    def model(y: torch.Tensor) -> None:
+        v = pyro.sample("v", prior())
+        with pyro.plate("data", y.shape[0]):
+            pyro.sample("y", child(v), obs=y)
+
+    return model
+
+
 class Refusal(NamedTuple):
     model: Callable[..., None]
     data: Callable[[], tuple[torch.Tensor, ...]]
@@ -165,6 +192,24 @@ REFUSALS: dict[str, Refusal] = {
     "poisson_rate_quadratic": Refusal(poisson_quadratic_model, lambda: _counts()[1:], "lam",
                                       "counts", "rate"),
     "dirichlet_probs_power": Refusal(dirichlet_power_model, _labels, "pi", "y", "probs"),
+    # affine is not enough where the conjugate form is *linear* (log(a + b lam) is not of the
+    # form c log lam) or where it is an exponent: offsets and wrong slots of conjugate families
+    "poisson_rate_affine_offset": Refusal(one_site(_gamma, lambda v: dist.Poisson(2.0 * v + 1.0)),
+                                          lambda: _counts()[1:], "v", "y", "rate"),
+    "bernoulli_probs_affine": Refusal(one_site(_beta, lambda v: dist.Bernoulli(probs=0.5 * v + 0.25)),
+                                      lambda: _binary()[1:], "v", "y", "probs"),
+    "normal_precision_offset": Refusal(one_site(_gamma, lambda v: dist.Normal(t64(0.7), (v + 1.0).rsqrt())),
+                                       _y, "v", "y", "scale"),
+    "gamma_concentration_slot": Refusal(one_site(_gamma, lambda v: dist.Gamma(v, t64(1.0))),
+                                        _positive, "v", "y", "concentration"),
+    # one latent used twice in one slot, and in two slots of which one is wrong for its prior
+    "normal_loc_w_times_w": Refusal(one_site(_std_normal, lambda v: dist.Normal(v * v, t64(1.0))),
+                                    _y, "v", "y", "loc"),
+    "normal_scale_from_normal": Refusal(one_site(_std_normal,
+                                                 lambda v: dist.Normal(v, v.abs() + 1.0)),
+                                        _y, "v", "y", "scale"),
+    "gamma_in_loc_and_precision": Refusal(one_site(_gamma, lambda v: dist.Normal(v, v.rsqrt())),
+                                          _y, "v", "y", "loc"),
     # Python control flow on the latent's value (a probe sees one branch per run)
     "python_branch": Refusal(normal_loc(lambda w: w if float(w) > 0.5 else 0.5 * w, _std_normal),
                              _y, "w", "y", "loc"),

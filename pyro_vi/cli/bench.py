@@ -10,7 +10,7 @@ unchanged (``--quick``, ``--out DIR``, ``--threads N``, ...).
 Examples
 --------
 >>> sorted(SCRIPTS)
-['gmm', 'gmm-starts', 'scaling', 'stochastic', 'stopping', 'svi-overhead', 'time-to-optimum', 'vae']
+['distributed', 'gmm', 'gmm-starts', 'scaling', 'stochastic', 'stopping', 'svi-overhead', 'time-to-optimum', 'vae']
 """
 
 from __future__ import annotations
@@ -39,6 +39,7 @@ SCRIPTS: dict[str, str] = {
     "time-to-optimum": "time_to_optimum.py",
     "stopping": "stopping_rule.py",
     "gmm-starts": "gmm_starts.py",
+    "distributed": "distributed.py",
 }
 
 #: environment variable naming the benchmarks folder

@@ -20,7 +20,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "diagnose": ("pyro_vi.cli.diagnose", "fit a model and print a plain-text trust report"),
     "fit": ("pyro_vi.cli.fit", "the bundled GMM fitted by distributed CAVI on --nproc processes"),
     "bench": ("pyro_vi.cli.bench",
-              "run a benchmark: gmm|scaling|vae|svi-overhead|stochastic|time-to-optimum|stopping"),
+              "run a benchmark: gmm|scaling|vae|svi-overhead|stochastic|time-to-optimum|stopping|"
+              "distributed"),
 }
 
 _ROLE = re.compile(r":[a-z]+:`(~?)([^`]*)`")

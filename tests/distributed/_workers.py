@@ -147,6 +147,20 @@ class LocalOriginNormal(UnivariateNormal):
         return self.prepare(data)
 
 
+class WrongNormal(UnivariateNormal):
+    """A wrong global step from sweep 3 on (the precision's rate tripled): the ELBO falls."""
+
+    calls = 0
+
+    def global_step(self, stats, params):
+        WrongNormal.calls += 1
+        out = super().global_step(stats, params)
+        if WrongNormal.calls >= 3:
+            out = type(out)(out.loc, type(out.precision)(out.precision.concentration,
+                                                         3.0 * out.precision.rate))
+        return out
+
+
 def _error(fn) -> tuple[str, str] | None:
     try:
         fn()
@@ -176,6 +190,14 @@ def conjugate_suite() -> dict:
     out["gmm_kmeanspp"] = summary(cavi(GaussianMixture(3), shard(x, rank=rank, world_size=world),
                                        seed=0, max_iter=SWEEPS, tol=0.0, warn=False,
                                        distributed=True))
+    # restarts and convergence: every rank takes the same decisions as one process
+    fit = cavi(GaussianMixture(3), shard(x, rank=rank, world_size=world), seed=0, n_init=3,
+               distributed=True)
+    out["gmm_restarts"] = summary(fit)
+    out["gmm_restart_elbos"] = [run.elbo for run in fit.runs]
+    out["wrong_update"] = _error(lambda: cavi(WrongNormal(), shard(normal_data(), rank=rank,
+                                                                   world_size=world),
+                                              distributed=True))
     # uneven shards: 10 rows on rank 0, the rest spread; with 3 ranks also a rank without rows
     cut = [0, 10] + [10 + (N_GMM - 10) * (i + 1) // (world - 1) for i in range(world - 1)]
     mine = slice(cut[rank], cut[rank + 1])
@@ -200,6 +222,10 @@ def conjugate_suite() -> dict:
     fit = svi_cavi(GaussianMixture(3, init="kmeans"), shard(big, rank=rank, world_size=world),
                    batch_size=500 // world, num_epochs=3, seed=0, distributed=True)
     out["svi_cavi_gmm"] = summary(fit)
+    # whole shards as minibatches: the global batch is every row, so N / |B| = 1 exactly
+    fit = svi_cavi(GammaPoisson(), shard(counts(), rank=rank, world_size=world),
+                   batch_size=10**6, max_steps=5, seed=0, distributed=True)
+    out["svi_cavi_full_batch"] = summary(fit)
     y, sigma = groups(2000, seed=8)
     fit = svi_cavi(HierarchicalNormal(mean_prior=0.0, mean_scale=10.0, precision_concentration=1.0,
                                       precision_rate=1.0),

@@ -198,7 +198,79 @@ def beta_geometric() -> Exact:
                  {"p": td.Beta(t64(2.0 + n), t64(3.0 + sk))})
 
 
+def _poisson_base(y: torch.Tensor, h: torch.Tensor) -> float:
+    """sum_n y_n log h_n - log y_n!: the part of a Poisson(lam h) evidence free of lam."""
+    return float((y * torch.log(h) - torch.lgamma(y + 1)).sum())
+
+
+def _gamma_poisson_groups(a: torch.Tensor, b: torch.Tensor, a0: float = 2.0, b0: float = 1.0) -> float:
+    """sum over cells of a0 log b0 - lgamma(a0) + lgamma(a) - a log b (a = a0 + C, b = b0 + H)."""
+    from scipy.special import gammaln
+
+    return float((a0 * np.log(b0) - gammaln(a0) + torch.lgamma(a) - a * torch.log(b)).sum())
+
+
+def cells_model(y: torch.Tensor, h: torch.Tensor, row: torch.Tensor, col: torch.Tensor) -> None:
+    """Nested plates: one Gamma rate per (row, col) cell, selected by two data indices."""
+    with pyro.plate("rows", 3, dim=-2), pyro.plate("cols", 2, dim=-1):
+        rate = pyro.sample("rate", dist.Gamma(t64(2.0), t64(1.0)))
+    with pyro.plate("obs", y.shape[0], dim=-1):
+        pyro.sample("y", dist.Poisson(rate[..., row, col] * h), obs=y)
+
+
+def nested_cells() -> Exact:
+    g = _gen(10)
+    row, col = torch.randint(0, 3, (30,), generator=g), torch.randint(0, 2, (30,), generator=g)
+    keep = ~((row == 2) & (col == 1))  # cell (2, 1) has no data: its posterior is its prior
+    row, col = row[keep], col[keep]
+    h = torch.randint(1, 50, (row.shape[0],), generator=g).to(F64)
+    y = torch.poisson(0.1 * h, generator=g)
+    c = torch.zeros(3, 2, dtype=F64).index_put_((row, col), y, accumulate=True)
+    hh = torch.zeros(3, 2, dtype=F64).index_put_((row, col), h, accumulate=True)
+    return Exact(cells_model, (y, h, row, col), _poisson_base(y, h) + _gamma_poisson_groups(2.0 + c, 1.0 + hh),
+                 {"rate": td.Gamma(2.0 + c, 1.0 + hh)})
+
+
+def two_children_model(y: torch.Tensor, h: torch.Tensor, y2: torch.Tensor) -> None:
+    """One Gamma rate feeding two observed sites in two plates."""
+    lam = pyro.sample("lam", dist.Gamma(t64(2.0), t64(1.0)))
+    with pyro.plate("obs", y.shape[0]):
+        pyro.sample("y", dist.Poisson(lam * h), obs=y)
+    with pyro.plate("obs2", y2.shape[0]):
+        pyro.sample("y2", dist.Poisson(lam * 2.0), obs=y2)
+
+
+def two_children() -> Exact:
+    g = _gen(11)
+    h = torch.randint(1, 50, (20,), generator=g).to(F64)
+    y, y2 = torch.poisson(0.1 * h, generator=g), torch.poisson(torch.full((7,), 0.2, dtype=F64), generator=g)
+    a, b = 2.0 + y.sum() + y2.sum(), 1.0 + h.sum() + 2.0 * 7
+    ev = _poisson_base(y, h) + _poisson_base(y2, torch.full_like(y2, 2.0)) + _gamma_poisson_groups(a, b)
+    return Exact(two_children_model, (y, h, y2), ev, {"lam": td.Gamma(a, b)})
+
+
+def constant_site_model(y: torch.Tensor, h: torch.Tensor, other: torch.Tensor) -> None:
+    """A conjugate pair plus an observed site that no latent feeds (a constant of the ELBO)."""
+    lam = pyro.sample("lam", dist.Gamma(t64(2.0), t64(1.0)))
+    with pyro.plate("obs", y.shape[0]):
+        pyro.sample("y", dist.Poisson(lam * h), obs=y)
+    with pyro.plate("others", other.shape[0]):
+        pyro.sample("other", dist.Normal(t64(0.5), t64(2.0)), obs=other)
+
+
+def constant_site() -> Exact:
+    g = _gen(12)
+    h = torch.randint(1, 50, (20,), generator=g).to(F64)
+    y, other = torch.poisson(0.1 * h, generator=g), torch.randn(5, generator=g, dtype=F64)
+    a, b = 2.0 + y.sum(), 1.0 + h.sum()
+    ev = _poisson_base(y, h) + _gamma_poisson_groups(a, b) + float(td.Normal(0.5, 2.0).log_prob(other).sum())
+    return Exact(constant_site_model, (y, h, other), ev, {"lam": td.Gamma(a, b)})
+
+
 CASES: dict[str, Callable[[], Exact]] = {
+    "nested_plates_two_indices_empty_cell": nested_cells,
+    "one_latent_two_children": two_children,
+    "observed_site_without_latent_parents": constant_site,
     "gamma_exponential_exposures": gamma_exponential,
     "gamma_rate_known_concentration": gamma_gamma,
     "beta_geometric": beta_geometric,

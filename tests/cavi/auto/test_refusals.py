@@ -298,6 +298,46 @@ def test_an_autograd_blind_link_is_never_fit_wrong():
     assert abs(float(q.stddev) - prec**-0.5) <= 1e-10 * prec**-0.5
 
 
+def factor_on_latent(y: torch.Tensor) -> None:
+    w = pyro.sample("w", dist.Normal(t64(0.0), t64(1.0)))
+    with pyro.plate("data", y.shape[0]):
+        pyro.sample("y", dist.Normal(w, t64(1.0)), obs=y)
+    pyro.factor("penalty", -(w**4))  # an opaque log-density term in w
+
+
+def test_a_factor_on_a_latent_is_refused_naming_the_latent():
+    # pyro.factor is a log-density with no family: a term in w that CAVI cannot read. The error
+    # names the latent (w), and the factor as the child it enters.
+    with pytest.raises(NotConjugateError) as info:
+        cavi(factor_on_latent, *_y())
+    assert (info.value.site, info.value.child) == ("w", "penalty")
+    report = conjugacy(factor_on_latent, *_y())
+    assert report.conjugate is False
+    assert report.sites["w"].reason
+
+
+def constant_factor(y: torch.Tensor) -> None:
+    w = pyro.sample("w", dist.Normal(t64(0.0), t64(1.0)))
+    with pyro.plate("data", y.shape[0]):
+        pyro.sample("y", dist.Normal(w, t64(1.0)), obs=y)
+    pyro.factor("normaliser", t64(-1.25))  # no latent in it: a constant of the log joint
+
+
+def test_a_constant_factor_is_a_constant_of_the_elbo():
+    # A factor that no latent enters changes nothing but the bound's constant: the fit is the
+    # Normal-Normal posterior N(sum y / (N + 1), 1 / (N + 1)) and the ELBO is its evidence
+    # N(y | 0, I + 1 1^T) plus -1.25, on Trace_ELBO's scale (the factor is in log p(x, w)).
+    from scipy.stats import multivariate_normal
+
+    (y,) = _y()
+    fit = cavi(constant_factor, y)
+    n = y.shape[0]
+    evidence = multivariate_normal(np.zeros(n), np.eye(n) + np.ones((n, n))).logpdf(y.numpy()) - 1.25
+    assert abs(fit.elbo - evidence) <= 1e-10 * abs(evidence), (fit.elbo, evidence)
+    q = fit.posterior("w")
+    assert abs(float(q.mean) - float(y.sum()) / (n + 1)) <= 1e-10 * abs(float(y.sum()) / (n + 1))
+
+
 def test_conjugacy_describes_a_conjugate_model(f64_default):
     claims = torch.tensor([3.0, 0, 7, 1, 2, 5, 0, 4], dtype=F64)
     holders = torch.tensor([50.0, 20, 90, 30, 40, 80, 10, 60], dtype=F64)

@@ -170,6 +170,66 @@ def latent_class_reference(x: torch.Tensor, resp: torch.Tensor, alpha0: float = 
     return RefFit({"weights": alpha, "theta": (a, b), "z": r}, hist[-1], hist, it + 1)
 
 
+# ---------------------------------------------------------------------------- mixture of regressions
+def mixture_of_regressions(x: torch.Tensor, y: torch.Tensor, n_components: int = 2,
+                           noise_scale: float = 0.3, prior_scale: float = 2.0) -> None:
+    r""":math:`w_k\sim N(0, s^2I)`, :math:`y_n\sim N(x_n^Tw_{z_n}, \sigma^2)`, :math:`\pi\sim\mathrm{Dir}(1)`."""
+    k, d = n_components, x.shape[1]
+    weights = pyro.sample("weights", dist.Dirichlet(torch.ones(k, dtype=F64)))
+    with pyro.plate("components", k):
+        w = pyro.sample("w", dist.MultivariateNormal(torch.zeros(d, dtype=F64),
+                                                     prior_scale**2 * torch.eye(d, dtype=F64)))
+    with pyro.plate("data", y.shape[0]):
+        z = pyro.sample("z", dist.Categorical(weights))
+        pyro.sample("y", dist.Normal((x * Vindex(w.unsqueeze(-3))[..., z, :]).sum(-1), t64(noise_scale)),
+                    obs=y)
+
+
+def mixture_of_regressions_reference(x: torch.Tensor, y: torch.Tensor, resp: torch.Tensor,
+                                     noise_scale: float = 0.3, prior_scale: float = 2.0, *,
+                                     tol: float = 1e-14, max_iter: int = 5000) -> RefFit:
+    r"""CAVI for :func:`mixture_of_regressions` from ``resp`` (global step first).
+
+    .. math::
+        \Lambda_k = s^{-2}I + \sigma^{-2}\textstyle\sum_n r_{nk}x_nx_n^T,\quad
+        m_k = \Lambda_k^{-1}\sigma^{-2}\sum_n r_{nk}y_nx_n,\quad \alpha_k = 1 + N_k,\\
+        \log\rho_{nk} = E\log\pi_k - \tfrac12\log 2\pi\sigma^2
+            - \big((y_n - x_n^Tm_k)^2 + x_n^T\Lambda_k^{-1}x_n\big)/(2\sigma^2).
+    """
+    xs, ys, r = x.numpy().astype(float), y.numpy().astype(float), resp.numpy().astype(float)
+    k, d = r.shape[1], xs.shape[1]
+    s2, p0 = noise_scale**2, prior_scale**-2
+    hist: list[float] = []
+    for it in range(max_iter):  # noqa: B007 (it + 1 sweeps are reported)
+        alpha = 1.0 + r.sum(0)
+        prec = p0 * np.eye(d) + np.einsum("nk,ni,nj->kij", r, xs, xs) / s2
+        cov = np.linalg.inv(prec)
+        m = np.einsum("kij,kj->ki", cov, (r * ys[:, None]).T @ xs / s2)
+        elog_pi = digamma(alpha) - digamma(alpha.sum())
+        quad = np.einsum("ni,kij,nj->nk", xs, cov, xs)
+        log_rho = elog_pi - 0.5 * np.log(2 * np.pi * s2) - ((ys[:, None] - xs @ m.T) ** 2 + quad) / (2 * s2)
+        lse = logsumexp(log_rho, 1)
+        r = np.exp(log_rho - lse[:, None])
+        # KL(N(m_k, C_k) || N(0, s^2 I))
+        kl_w = 0.5 * (p0 * (np.trace(cov, axis1=1, axis2=2) + (m**2).sum(1)) - d
+                      - d * np.log(p0) - np.linalg.slogdet(cov)[1])
+        hist.append(float(lse.sum() - kl_dirichlet(alpha, np.ones(k)) - kl_w.sum()))
+        if _converged(hist, tol):
+            break
+    return RefFit({"weights": alpha, "w": (m, cov), "z": r}, hist[-1], hist, it + 1)
+
+
+def regression_mixture_data() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """80 points, two regression lines in 2-D inputs; R: the true labels, softened to 0.9/0.1."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(80, 2, generator=g, dtype=F64)
+    label = torch.arange(80) % 2
+    w = torch.tensor([[2.0, -1.0], [-2.0, 1.0]], dtype=F64)
+    y = (x * w[label]).sum(-1) + 0.3 * torch.randn(80, generator=g, dtype=F64)
+    r = torch.stack([(label == 0).to(F64), (label == 1).to(F64)], -1) * 0.8 + 0.1
+    return x, y, r
+
+
 # ---------------------------------------------------------------------------- PPCA / factor analysis
 def ppca(x: torch.Tensor, latent_dim: int, a0: float = 2.0, b0: float = 1.0,
          weight_scale: float = 1.0) -> None:
@@ -230,6 +290,13 @@ def ppca_reference(x: torch.Tensor, latent_dim: int, a0: float = 2.0, b0: float 
         if _converged(hist, tol):
             break
     return RefFit({"w": (mu, v), "z": (m, s), "tau": (a, b)}, hist[-1], hist, it + 1)
+
+
+def ppca_data() -> torch.Tensor:
+    g = torch.Generator().manual_seed(0)
+    w = 1.5 * torch.randn(5, 2, generator=g, dtype=F64)
+    z = torch.randn(40, 2, generator=g, dtype=F64)
+    return z @ w.T + torch.randn(40, 5, generator=g, dtype=F64)
 
 
 def ppca_invariants(w_mean: np.ndarray, w_cov: np.ndarray, z_mean: np.ndarray,

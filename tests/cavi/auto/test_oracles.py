@@ -20,6 +20,7 @@ init=R)`` and ``cavi(gmm.model, x, init=R)``), so the labels agree without align
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -206,9 +207,10 @@ def _settled(fit: Any) -> bool:
     return len(e) >= 5 and bool(np.all(np.abs(e[-5:] - e[-1]) <= 1e-13 * max(abs(e[-1]), 1.0)))
 
 
-@pytest.fixture(params=sorted(ORACLES))
-def oracle(request):
-    o = ORACLES[request.param]
+@functools.cache
+def _fits(name: str) -> tuple[Any, ...]:
+    """Both fits of one oracle, computed once for the five tests that read them (deterministic)."""
+    o = ORACLES[name]
     m, data = o.model(), o.data()
     hand = cavi(m, data, tol=0.0, max_iter=o.sweeps, warn=False)
     # m.model takes the raw data: prepare() of BetaBernoulli and DirichletCategorical turns
@@ -216,7 +218,12 @@ def oracle(request):
     # read as Binomial and Multinomial data; the other models' prepare() only validates.
     args = o.args(data)
     derived = cavi(m.model, *args, tol=0.0, max_iter=o.sweeps, warn=False, **o.options)
-    return request.param, m, o, hand, derived, args
+    return name, m, o, hand, derived, args
+
+
+@pytest.fixture(params=sorted(ORACLES))
+def oracle(request):
+    return _fits(request.param)
 
 
 def test_both_fits_settle_at_a_fixed_point(oracle):

@@ -379,6 +379,41 @@ def two_level_reference(y: torch.Tensor, group: torch.Tensor, n_groups: int, m0:
                   hist[-1], hist, it + 1)
 
 
+# ---------------------------------------------------------------------------- a prior-only precision
+def prior_only_precision(x: torch.Tensor) -> None:
+    r""":math:`\tau\sim\mathrm{Gam}(2,1)`, :math:`\mu\mid\tau\sim N(0,(2\tau)^{-1})`, :math:`x_n\sim N(\mu, 0.5^2)`.
+
+    :math:`\mu`'s prior precision scales with :math:`\tau` but its use (the data) does not share
+    it, so ``joint=True`` must *not* fuse them: q(mu)q(tau) is the right family.
+    """
+    tau = pyro.sample("tau", dist.Gamma(t64(2.0), t64(1.0)))
+    mu = pyro.sample("mu", dist.Normal(t64(0.0), (2.0 * tau).rsqrt()))
+    with pyro.plate("data", x.shape[0]):
+        pyro.sample("x", dist.Normal(mu, t64(0.5)), obs=x)
+
+
+def prior_only_precision_reference(x: torch.Tensor, *, sweeps: int = 200) -> RefFit:
+    r"""Mean-field CAVI for :func:`prior_only_precision`, from :math:`E\tau = 2` (the prior mean).
+
+    .. math::
+        q(\mu) = N\big(\tfrac{\sum x/\sigma^2}{2E\tau + N/\sigma^2}, (2E\tau + N/\sigma^2)^{-1}\big),\quad
+        q(\tau) = \mathrm{Gam}\big(2 + \tfrac12, 1 + \tfrac12\cdot 2E[\mu^2]\big).
+    """
+    xs = x.numpy().astype(float)
+    n, s2, e_tau = xs.shape[0], 0.25, 2.0
+    hist: list[float] = []
+    for _ in range(sweeps):
+        prec = 2.0 * e_tau + n / s2
+        m = (xs.sum() / s2) / prec
+        a, b = 2.5, 1.0 + (m**2 + 1.0 / prec)
+        e_tau, e_log_tau = a / b, digamma(a) - np.log(b)
+        lik = -0.5 * n * (LOG_2PI + np.log(s2)) - ((xs - m) ** 2 + 1.0 / prec).sum() / (2 * s2)
+        prior_mu = 0.5 * (np.log(2.0) + e_log_tau - LOG_2PI) - e_tau * (m**2 + 1.0 / prec)
+        entropy = 0.5 * (1.0 + LOG_2PI - np.log(prec))
+        hist.append(float(lik + prior_mu + entropy - kl_gamma(a, b, 2.0, 1.0)))
+    return RefFit({"mu": (m, 1.0 / prec), "tau": (a, b)}, hist[-1], hist, sweeps)
+
+
 # ---------------------------------------------------------------------------- Gaussian mixtures
 @dataclass(frozen=True)
 class GMMPrior:

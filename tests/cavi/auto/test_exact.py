@@ -14,6 +14,7 @@ so the failure budget is zero.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -267,7 +268,72 @@ def constant_site() -> Exact:
     return Exact(constant_site_model, (y, h, other), ev, {"lam": td.Gamma(a, b)})
 
 
+#: Normal scale as a function of a Gamma precision tau, all of them precision tau / c^2
+PRECISION_LINKS: dict[str, tuple[Callable[[torch.Tensor], torch.Tensor], float]] = {
+    "rsqrt": (lambda tau: tau.rsqrt(), 1.0),
+    "c_over_sqrt": (lambda tau: 2.0 / torch.sqrt(tau), 2.0),
+    "power": (lambda tau: 3.0 * tau**-0.5, 3.0),
+}
+
+
+def known_loc_precision(link: str) -> Callable[..., None]:
+    scale_of, _ = PRECISION_LINKS[link]
+
+    def model(x: torch.Tensor) -> None:
+        tau = pyro.sample("tau", dist.Gamma(t64(2.0), t64(1.5)))
+        with pyro.plate("data", x.shape[0]):
+            pyro.sample("x", dist.Normal(t64(0.3), scale_of(tau)), obs=x)
+
+    return model
+
+
+def gamma_precision(link: str) -> Callable[[], Exact]:
+    def case() -> Exact:
+        from scipy.special import gammaln
+
+        _, c = PRECISION_LINKS[link]
+        x = 0.3 + c * 0.8 * torch.randn(20, generator=_gen(13), dtype=F64)
+        n, ss = x.shape[0], float(((x - 0.3) ** 2).sum()) / c**2
+        # x_n ~ N(0.3, c^2 / tau): Gam(a0 + N/2, b0 + S / (2 c^2)); evidence
+        # (2 pi c^2)^(-N/2) b0^a0 Gamma(a_N) / (Gamma(a0) b_N^a_N)
+        a_n, b_n = 2.0 + n / 2, 1.5 + ss / 2
+        ev = (-0.5 * n * np.log(2 * np.pi * c**2) + 2.0 * np.log(1.5) - gammaln(2.0) + gammaln(a_n)
+              - a_n * np.log(b_n))
+        return Exact(known_loc_precision(link), (x,), float(ev), {"tau": td.Gamma(t64(a_n), t64(b_n))})
+
+    return case
+
+
+LOC = torch.tensor([0.5, -0.5], dtype=F64)
+W0_INV_KNOWN_LOC = torch.tensor([[2.0, 0.3], [0.3, 1.0]], dtype=F64)
+
+
+def wishart_known_loc_model(x: torch.Tensor) -> None:
+    """x_n ~ N(m, Lambda^-1) with m known, Lambda ~ W(nu0 = 3, W0)."""
+    prec = pyro.sample("prec", dist.Wishart(t64(3.0), precision_matrix=W0_INV_KNOWN_LOC))
+    with pyro.plate("data", x.shape[0]):
+        pyro.sample("x", dist.MultivariateNormal(LOC, precision_matrix=prec), obs=x)
+
+
+def wishart_known_loc() -> Exact:
+    from scipy.special import multigammaln
+
+    x = LOC + torch.randn(15, 2, generator=_gen(14), dtype=F64) @ torch.tensor([[1.0, 0.5], [0.0, 0.7]],
+                                                                              dtype=F64)
+    n, d = x.shape
+    dev = x - LOC
+    w_n_inv = W0_INV_KNOWN_LOC + dev.T @ dev  # W_N^-1 = W0^-1 + S, nu_N = nu0 + N
+    nu_n = 3.0 + n
+    # pi^(-ND/2) Gamma_D(nu_N/2) / Gamma_D(nu0/2) |W0^-1|^(nu0/2) / |W_N^-1|^(nu_N/2)
+    ev = (-0.5 * n * d * np.log(np.pi) + multigammaln(nu_n / 2, d) - multigammaln(1.5, d)
+          + 1.5 * float(torch.logdet(W0_INV_KNOWN_LOC)) - 0.5 * nu_n * float(torch.logdet(w_n_inv)))
+    return Exact(wishart_known_loc_model, (x,), float(ev),
+                 {"prec": td.Wishart(t64(nu_n), precision_matrix=w_n_inv)})
+
+
 CASES: dict[str, Callable[[], Exact]] = {
+    **{f"gamma_precision_{link}": gamma_precision(link) for link in PRECISION_LINKS},
+    "wishart_precision_known_loc": wishart_known_loc,
     "nested_plates_two_indices_empty_cell": nested_cells,
     "one_latent_two_children": two_children,
     "observed_site_without_latent_parents": constant_site,
@@ -299,6 +365,8 @@ def _params(d: td.Distribution) -> dict[str, torch.Tensor]:
         return {"concentration": d.concentration}
     if isinstance(d, td.MultivariateNormal):
         return {"loc": d.loc, "covariance": d.covariance_matrix}
+    if isinstance(d, td.Wishart):
+        return {"df": d.df, "precision_matrix": d.precision_matrix}
     raise AssertionError(f"unexpected posterior family {type(d).__name__}")
 
 
@@ -310,7 +378,9 @@ def test_closed_forms_satisfy_the_candidates_formula(name, f64_default):
     g = torch.Generator().manual_seed(0)
     for _ in range(5):
         torch.manual_seed(int(torch.randint(2**31, (), generator=g)))
-        theta = {site: q.sample() for site, q in case.posterior.items()}
+        with warnings.catch_warnings():  # torch's Wishart sampler warns on valid draws
+            warnings.filterwarnings("ignore", "Singular sample detected", UserWarning)
+            theta = {site: q.sample() for site, q in case.posterior.items()}
         trace = pyro.poutine.trace(pyro.poutine.condition(case.model, data=theta)).get_trace(*case.args)
         log_joint = float(trace.log_prob_sum())
         log_post = sum(float(q.log_prob(theta[s]).sum()) for s, q in case.posterior.items())

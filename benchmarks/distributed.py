@@ -24,7 +24,8 @@ where the all-reduce costs as much as the compute (50 % parallel efficiency).
 images), a global batch of 128 split over the ranks: steps per second, 1 vs 2 processes.
 
 The machine is shared: its load average before and after each launch is recorded with the
-results. ``--quick``: N=2e4, D=4, K=3, 3 sweeps, 10 SVI steps (a smoke test in seconds).
+results. ``--quick``: N=2e4, D=4, K=3, 3 sweeps, 4 SVI steps, 20 timed all-reduces (a smoke
+test: two launches of a few seconds, mostly interpreter start-up).
 """
 
 from __future__ import annotations
@@ -94,7 +95,7 @@ def _allreduce_seconds(numel: int, repeat: int) -> float:
     return statistics.median(times)
 
 
-def _cavi_rank(n: int, d: int, k: int, sweeps: int) -> dict[str, Any]:
+def _cavi_rank(n: int, d: int, k: int, sweeps: int, repeat: int) -> dict[str, Any]:
     import torch.distributed as dist
 
     from pyro_vi import cavi
@@ -127,7 +128,7 @@ def _cavi_rank(n: int, d: int, k: int, sweeps: int) -> dict[str, Any]:
     per_sweep = [float(b - a) for a, b in zip(secs[:-1], secs[1:], strict=True)]
     return {"rows": stop - start, "sweep_seconds": statistics.median(per_sweep),
             "sum_seconds": statistics.median(sweep_sums),
-            "small": _allreduce_seconds(m, 200), "big": _allreduce_seconds(2**20, 10),
+            "small": _allreduce_seconds(m, repeat), "big": _allreduce_seconds(2**20, max(3, repeat // 20)),
             "elbo": fit.elbo}
 
 
@@ -163,7 +164,7 @@ def _worker(job: dict[str, Any]) -> int:
     torch.set_num_threads(1)
     rank, world = init_from_env(timeout=600)
     try:
-        out = {"world": world, "cavi": _cavi_rank(args.n, args.d, args.k, args.sweeps)}
+        out = {"world": world, "cavi": _cavi_rank(args.n, args.d, args.k, args.sweeps, args.repeat)}
         out["svi"] = _svi_rank(args.svi_steps, args.svi_batch)
     finally:
         dist.destroy_process_group()
@@ -179,7 +180,8 @@ def _launch(nproc: int, args: argparse.Namespace) -> tuple[list[dict[str, Any]],
                f"--nproc_per_node={nproc}", "-m", f"{BENCH_DIR.name}.{NAME}"]
         # the sizes travel in the environment: torchrun's parser would take --n for --nnodes
         job = {"result_dir": folder, **{k: getattr(args, k) for k in
-                                        ("n", "d", "k", "sweeps", "svi_steps", "svi_batch")}}
+                                        ("n", "d", "k", "sweeps", "svi_steps", "svi_batch",
+                                         "repeat")}}
         env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", WORKER: json.dumps(job)}
         before = os.getloadavg()[0]
         proc = subprocess.run(cmd, cwd=BENCH_DIR.parent, env=env, capture_output=True,
@@ -213,11 +215,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--sweeps", type=int, default=10)
     parser.add_argument("--svi-steps", type=int, default=200)
     parser.add_argument("--svi-batch", type=int, default=128)
+    parser.add_argument("--repeat", type=int, default=200, help="bare all-reduces timed per size")
     if WORKER in os.environ and argv is None:  # one torchrun rank (see _launch)
         return _worker(json.loads(os.environ[WORKER]))
     args = parser.parse_args(argv)
     if args.quick:
-        args.n, args.d, args.k, args.sweeps, args.svi_steps = 20_000, 4, 3, 3, 10
+        args.n, args.d, args.k, args.sweeps, args.svi_steps, args.repeat = 20_000, 4, 3, 3, 4, 20
     import matplotlib
 
     matplotlib.use("Agg")

@@ -28,10 +28,11 @@ def test_a_npy_file_is_read_by_rows(tmp_path):
     path = tmp_path / "x.npy"
     np.save(path, x)
     out = tmp_path / "t.csv"
-    assert main(["fit", "--nproc", "3", "--data", str(path), "--components", "2", "--check",
+    # one process (each process start costs seconds here; two ranks are tested above)
+    assert main(["fit", "--nproc", "1", "--data", str(path), "--components", "2", "--check",
                  "yes", "--out", str(out)]) == 0
     table = pd.read_csv(out)
-    assert table["rows"].tolist() == [27, 27, 27, 81]
+    assert table["rows"].tolist() == [81, 81]
     assert table["max_param_diff_vs_single"].iloc[0] < 1e-8
 
 

@@ -287,6 +287,12 @@ def _svi_summary(fit) -> dict:
             "stop_reason": fit.stop_reason}
 
 
+def two_rank_suite(folder: str, steps: int) -> dict:
+    """The conjugate suite and the SVI resume in one spawn of 2 ranks (process start-up is
+    most of a spawn's cost on a small machine)."""
+    return {**conjugate_suite(), **svi_suite(folder, steps, None)}
+
+
 def svi_suite(folder: str, steps: int, kill_at: int | None) -> dict:
     """A checkpointed run (rank 1 killed at ``kill_at``), or: resume it, and an unbroken run."""
     rank, world = tdist.get_rank(), tdist.get_world_size()
@@ -314,13 +320,10 @@ def svi_suite(folder: str, steps: int, kill_at: int | None) -> dict:
 
 # ---------------------------------------------------------------------------------- launch
 def rank_and_world(tag: str) -> tuple[str, int, int, int]:
-    return tag, tdist.get_rank(), tdist.get_world_size(), torch.get_num_threads()
-
-
-def raise_on_rank_1() -> int:
+    """Rank 1 raises; the others return what they see."""
     if tdist.get_rank() == 1:
         raise KeyError("only rank 1 fails")
-    return tdist.get_rank()
+    return tag, tdist.get_rank(), tdist.get_world_size(), torch.get_num_threads()
 
 
 def wait_forever() -> None:

@@ -696,3 +696,42 @@ def test_gaussian_mean_field_has_the_exact_means():
     assert rel_err(q_mu.scale.reshape(1), torch.as_tensor([lam[0, 0] ** -0.5])) <= 1e-8
     assert rel_err(q_beta.covariance_matrix, torch.as_tensor(np.linalg.inv(lam[1:3, 1:3]))) <= 1e-8
     assert rel_err(q_b.scale, torch.as_tensor(np.diag(lam)[3:] ** -0.5)) <= 1e-8
+
+
+def gaussian_chain(y: torch.Tensor, sigma: torch.Tensor, group: torch.Tensor, n_groups: int) -> None:
+    """mu ~ N(0, 10^2), theta_j | mu ~ N(mu, 1), y_n ~ N(theta[g_n], sigma_n): a latent loc."""
+    mu = pyro.sample("mu", dist.Normal(t64(0.0), t64(10.0)))
+    with pyro.plate("groups", n_groups):
+        theta = pyro.sample("theta", dist.Normal(mu, t64(1.0)))
+    with pyro.plate("data", y.shape[0]):
+        pyro.sample("y", dist.Normal(theta[..., group], sigma), obs=y)
+
+
+def test_gaussian_chain_mean_field_has_the_exact_means():
+    # The hierarchical chain theta_j ~ N(mu, 1), y ~ N(theta_j, s_n) with known sds: a Gaussian
+    # posterior over (mu, theta), so mean field has the exact means and the inverse diagonal of
+    # the posterior precision as variances (Bishop 2006, §10.1.2). The prior of (mu, theta) is
+    # N(0, S0) with S0 = 100 (all entries) + I on the theta block; y = A theta + noise.
+    g = _gen(16)
+    group = torch.arange(24) % 5
+    sigma = 0.5 + torch.rand(24, generator=g, dtype=F64)
+    y = torch.tensor([-1.0, 0.0, 0.5, 2.0, 1.0], dtype=F64)[group] + sigma * torch.randn(
+        24, generator=g, dtype=F64)
+    j = 5
+    s0 = np.full((1 + j, 1 + j), 100.0)
+    s0[1:, 1:] += np.eye(j)
+    a = np.concatenate([np.zeros((24, 1)), np.eye(j)[group.numpy()]], 1)
+    noise = np.diag(sigma.numpy() ** 2)
+    lam = np.linalg.inv(s0) + a.T @ np.linalg.inv(noise) @ a
+    m = np.linalg.solve(lam, a.T @ np.linalg.inv(noise) @ y.numpy())
+    evidence = float(multivariate_normal(np.zeros(24), noise + a @ s0 @ a.T).logpdf(y.numpy()))
+    elbo = _mean_field_elbo(lam, evidence, [slice(i, i + 1) for i in range(1 + j)])
+    fit = cavi(gaussian_chain, y, sigma, group, j, tol=0.0, max_iter=400, warn=False)
+    e = fit.history["elbo"].to_numpy()
+    assert np.all(np.abs(e[-5:] - e[-1]) <= 1e-13 * abs(e[-1]))  # settled
+    assert abs(fit.elbo - elbo) <= RTOL * abs(elbo), (fit.elbo, elbo)
+    q_mu, q_theta = unwrap(fit.posterior("mu")), unwrap(fit.posterior("theta"))
+    assert rel_err(q_mu.loc.reshape(1), torch.as_tensor(m[:1])) <= 1e-8
+    assert rel_err(q_theta.loc, torch.as_tensor(m[1:])) <= 1e-8
+    assert rel_err(q_mu.scale.reshape(1), torch.as_tensor([lam[0, 0] ** -0.5])) <= 1e-8
+    assert rel_err(q_theta.scale, torch.as_tensor(np.diag(lam)[1:] ** -0.5)) <= 1e-8

@@ -226,7 +226,7 @@ def refusal(request) -> tuple[str, Refusal]:
 
 def test_the_traps_are_not_affine():
     # The trap links really are non-affine where the prior puts mass (so refusing is right):
-    # the second difference at a point away from zero, on the far side of the kink.
+    # the slopes between neighbouring points from -4 to 4 prior sds differ by at least 0.4.
     w = torch.tensor([-4.0, -3.5, -3.0, 0.0, 1.5, 2.0, 4.0], dtype=F64)
     for name in ("relu", "abs", "leaky_where", "clamp_far_from_centre", "kink_off_centre"):
         model = REFUSALS[name].model

@@ -42,7 +42,15 @@ from pyro.distributions import constraints
 from torch import Tensor
 
 from pyro_vi.cavi.auto.structure import ROWS, FactorSpec, Structure, analyse
-from pyro_vi.cavi.auto.terms import Ctx, GSlot, LatentValue, ObsValue, TermSpec, expected_log_prob
+from pyro_vi.cavi.auto.terms import (
+    Ctx,
+    GSlot,
+    LatentValue,
+    ObsValue,
+    PSlot,
+    TermSpec,
+    expected_log_prob,
+)
 from pyro_vi.cavi.kmeans import initial_responsibilities
 from pyro_vi.cavi.model import ConjugateModel, Local, Stats
 from pyro_vi.errors import NumericalError
@@ -688,12 +696,28 @@ def _pairs(factors: list[str], s: Structure, touched: dict[str, set[int]],
             shared = touched[f] & touched[g] & data
             if not shared:
                 continue
-            three = any(len(_factors_of(s.terms[t]) & glob) > 2 for t in shared)
+            three = any(_trilinear(s.terms[t], glob) for t in shared)
             if three or min(sizes[f], sizes[g]) > MAX_CROSS:
                 conflicts.add(frozenset((f, g)))
             else:
                 pairs.append((f, g))
     return pairs, conflicts
+
+
+def _trilinear(term: TermSpec, glob: set[str]) -> bool:
+    r"""Whether a term holds a product of three global factors' moments.
+
+    A Normal's term is :math:`E[\lambda]E[(x - \mathrm{loc})^2]`: with a latent precision and
+    two or more global factors in the value and location, products of three appear; every
+    other term is at most bilinear in its factors.
+    """
+    prec = term.slots.get("precision")
+    if not isinstance(prec, PSlot) or prec.factor not in glob or term.joint is not None:
+        return False
+    others = {p.factor for sl in term.slots.values() if isinstance(sl, GSlot) for p in sl.parts}
+    if isinstance(term.value, LatentValue):
+        others.add(term.value.factor)
+    return len((others & glob) - {prec.factor}) >= 2
 
 
 def _cross(msgs: dict[str, list[Tensor]], leaves: dict[str, tuple[Tensor, ...]], later: str,

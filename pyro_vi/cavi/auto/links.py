@@ -260,12 +260,17 @@ def probe_plan(specs: dict[str, LatentSpec], *, seed: int = 12345) -> list[_Prob
 
 # ------------------------------------------------------------------------------- readings
 def _constant_dims(t: Tensor, ndim: int) -> set[int]:
-    """Batch dims (of the first ``ndim``) along which ``t`` does not vary."""
-    out = set()
+    """Batch dims (of the first ``ndim``) along which ``t`` does not vary.
+
+    Broadcast dims (stride 0) are dropped first, so the comparisons along the others run on
+    the small tensor, never on an expanded ``(K, N, D, D)`` view.
+    """
+    out = {i for i in range(ndim) if t.shape[i] == 1 or t.stride(i) == 0}
+    small = t
+    for i in out:
+        small = small.narrow(i, 0, 1)
     for i in range(ndim):
-        if t.shape[i] == 1 or t.stride(i) == 0:
-            out.add(i)
-        elif bool((t == t.narrow(i, 0, 1)).all()):
+        if i not in out and bool((small == small.narrow(i, 0, 1)).all()):
             out.add(i)
     return out
 
@@ -606,7 +611,11 @@ def _fit(site: str, slot: str, deps: list[str], specs: dict[str, LatentSpec],
         sub = [(p, r) for p, r in zip(plan, rs, strict=True) if p.site in (None, spec.site)]
         return _fit_scaled(spec, [p for p, _ in sub], [r for _, r in sub], base, vec)
     parts = tuple(_fit_part(specs[s], plan, rs, base, vec) for s in deps)
-    b0 = base - (affine_value(Affine(torch.zeros_like(base), parts), plan[0].values, specs, vec))
+    moved = affine_value(Affine(torch.zeros_like(base), parts), plan[0].values, specs, vec)
+    b0 = base - moved
+    # an offset at round-off of the parts' size is zero (a mixture's loc = mu[z] exactly):
+    # exact zeros let the terms broadcast instead of carrying a component dimension
+    b0 = torch.where(b0.abs() <= 1e-12 * (base.abs() + moved.abs()), torch.zeros_like(b0), b0)
     link = Affine(b0, parts)
     if len(deps) == 2 and not vec and not _holds(link, plan, rs, base, specs, vec, ("joint",)):
         link = _fit_bilinear(site, slot, deps, parts, specs, plan, rs, base, rerun)

@@ -62,7 +62,8 @@ CONJUGATE: dict[tuple[str, str], tuple[tuple[str, ...], str]] = {
     ("Multinomial", "probs"): (("dirichlet",), "Multinomial probabilities, a Dirichlet latent"),
 }
 
-_EXPECTED = {"loc": "a Normal (or MultivariateNormal) latent entering affinely",
+_EXPECTED = {"log_factor": "nothing: a pyro.factor term in a latent has no family that a "
+                            "conjugate update could read (only a factor of data alone is allowed)","loc": "a Normal (or MultivariateNormal) latent entering affinely",
              "precision": "a Gamma (Wishart for a matrix) latent, scaled",
              "rate": "a Gamma latent, scaled", "probs": "a Beta (Dirichlet) latent itself"}
 
@@ -76,6 +77,8 @@ def allowed(families: dict[str, str]) -> Any:
         if kind in kinds:
             return None
         want = _EXPECTED.get(slot, "a known value (no latent)")
+        if fam == "Unit":
+            return f"a pyro.factor depends on the {kind} latent; its conjugate form is {want}"
         if kind in GAUSSIAN and slot in ("probs", "rate", "precision"):
             link = "logits" if slot == "probs" else "a positive parameter"
             return (f"a Gaussian latent enters {fam}({slot}) through a non-affine link "
@@ -128,7 +131,7 @@ class Structure:
 
 
 def _data_plate(sites: list[SiteInfo]) -> Plate | None:
-    obs = [s for s in sites if s.observed]
+    obs = [s for s in sites if s.observed and s.family != "Unit"]
     if not obs:
         return None
     common = set(obs[0].plates)
@@ -158,7 +161,7 @@ def discover(model: Any, args: tuple[Any, ...], kwargs: dict[str, Any], *,
     With a ``failures`` list, refusals are collected there instead of raised (for reports).
     """
     sites = model_sites(model, args, kwargs)
-    if not any(s.observed for s in sites):
+    if not any(s.observed and s.family != "Unit" for s in sites):
         raise ValueError("the model has no observed site (pyro.sample(..., obs=data)): "
                          "nothing to condition on")
     plate = _data_plate(sites)
@@ -320,6 +323,17 @@ class _Layout:
 
     def add(self, key: str, t: Tensor, trailing: int) -> str:
         t = t.detach()
+        if not key.endswith(".value"):
+            # a link array constant along a batch dim (a mixture's offset b = 0, an identity
+            # coefficient) keeps size 1 there: the terms then broadcast instead of expanding
+            nb = t.dim() - trailing
+            for i in range(nb):
+                first = t.narrow(i, 0, 1)
+                if t.shape[i] > 1 and (bool((t == first).all()) or (
+                        t.is_floating_point()
+                        and bool(((t - first).abs() <= 1e-12 * first.abs()).all()))):
+                    t = first  # equal to round-off (an identity coefficient read off probes)
+            t = t.contiguous()
         if self.plate is not None and self.in_data:
             axis = t.dim() - trailing + self.plate.dim
             if 0 <= axis < t.dim() and t.shape[axis] > 1:
@@ -452,7 +466,9 @@ def _term(s: SiteInfo, info: dict[str, SiteInfo], specs: dict[str, LatentSpec], 
           enum_site: str | None, notes: dict[str, list[str]]) -> TermSpec:
     name = s.name
     value: ObsValue | LatentValue
-    if s.observed or name == enum_site:
+    if s.family == "Unit":
+        value = ObsValue("")
+    elif s.observed or name == enum_site:
         v = found.values[name]
         v = v.to(torch.float64) if name != enum_site else v
         value = ObsValue(lay.add(f"{name}.value", v, len(s.event_shape)))

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import pyro
+import pyro.distributions as dist
 import torch
 import torch.distributions as td
 from pyro import poutine
@@ -34,7 +35,7 @@ __all__ = ["ELEMENTWISE", "FAMILIES", "Plate", "SiteInfo", "float64", "model_sit
 
 #: Child families whose slots are elementwise over the site's whole shape (batch + event).
 ELEMENTWISE = ("Normal", "Gamma", "Beta", "Poisson", "Exponential", "Bernoulli", "Binomial",
-               "Geometric")
+               "Geometric", "Unit")
 #: Families whose slots carry trailing event dimensions of their own.
 VECTOR = ("MultivariateNormal", "Categorical", "Multinomial", "Dirichlet", "Wishart")
 FAMILIES = ELEMENTWISE + VECTOR
@@ -44,7 +45,7 @@ _TYPES: tuple[tuple[type, str], ...] = (
     (td.Beta, "Beta"), (td.Dirichlet, "Dirichlet"), (td.Wishart, "Wishart"),
     (td.Poisson, "Poisson"), (td.Exponential, "Exponential"), (td.Bernoulli, "Bernoulli"),
     (td.Binomial, "Binomial"), (td.Geometric, "Geometric"), (td.Categorical, "Categorical"),
-    (td.Multinomial, "Multinomial"),
+    (td.Multinomial, "Multinomial"), (dist.Unit, "Unit"),
 )
 
 
@@ -203,6 +204,8 @@ def read_slots(fn: Any, site: str) -> dict[str, Tensor]:
     slot is its precision ``scale ** -2``, the parameter the conjugate Gamma multiplies.
     """
     base, family, _ = unwrap(fn, site)
+    if family == "Unit":  # pyro.factor: its log-density itself
+        return {"log_factor": _full(base.log_factor, fn.batch_shape)}
     shape = fn.batch_shape + fn.event_shape
     if family == "Normal":
         return {"loc": _full(base.loc, shape), "precision": _full(base.scale, shape) ** -2}

@@ -63,7 +63,8 @@ CONJUGATE: dict[tuple[str, str], tuple[tuple[str, ...], str]] = {
 }
 
 _EXPECTED = {"log_factor": "nothing: a pyro.factor term in a latent has no family that a "
-                            "conjugate update could read (only a factor of data alone is allowed)","loc": "a Normal (or MultivariateNormal) latent entering affinely",
+                            "conjugate update could read (only a factor of data alone is allowed)",
+             "loc": "a Normal (or MultivariateNormal) latent entering affinely",
              "precision": "a Gamma (Wishart for a matrix) latent, scaled",
              "rate": "a Gamma latent, scaled", "probs": "a Beta (Dirichlet) latent itself"}
 

@@ -290,7 +290,7 @@ def _svi_summary(fit) -> dict:
 def two_rank_suite(folder: str, steps: int) -> dict:
     """The conjugate suite and the SVI resume in one spawn of 2 ranks (process start-up is
     most of a spawn's cost on a small machine)."""
-    return {**conjugate_suite(), **svi_suite(folder, steps, None)}
+    return {**conjugate_suite(), **svi_suite(folder, steps, None), "ddp": ddp_gradients()}
 
 
 def svi_suite(folder: str, steps: int, kill_at: int | None) -> dict:
@@ -340,3 +340,51 @@ def nccl_gmm() -> dict:
                warn=False, distributed=True)
     return {"backend": str(tdist.get_backend()), "elbo": fit.elbo,
             "params": [t.cpu().numpy().copy() for t in param_tensors(fit.params)]}
+
+
+def ddp_gradients() -> dict:
+    """One gradient by Pyro's own route (ELBOModule wrapped in DDP) and by fit_svi's.
+
+    Pyro's ``examples/svi_lightning.py`` route: ``module_local_params=True``, an AutoNormal
+    guide, ``Trace_ELBO()(model, guide)`` an ``nn.Module`` that
+    :class:`~torch.nn.parallel.DistributedDataParallel` wraps. fit_svi's route:
+    :class:`~pyro_vi.distributed.gradients.AveragedELBO` on the global param store, from the
+    same parameter values and the same random draws on each rank.
+    """
+    from pyro.infer import Trace_ELBO
+    from pyro.infer.autoguide import AutoNormal
+    from torch.nn.parallel import DistributedDataParallel
+
+    from pyro_vi.distributed import Comm
+    from pyro_vi.distributed.gradients import AveragedELBO
+
+    rank, world = tdist.get_rank(), tdist.get_world_size()
+    x = shard(svi_data(), rank=rank, world_size=world)
+    pyro.clear_param_store()
+    with pyro.settings.context(module_local_params=True):
+        pyro.set_rng_seed(rank)  # different starts: DDP broadcasts rank 0's
+        guide_m = AutoNormal(model)
+        elbo = Trace_ELBO()(model, guide_m)
+        elbo(x)  # creates the guide's parameters
+        ddp = DistributedDataParallel(elbo)
+        pyro.set_rng_seed(100 + rank)
+        ddp(x).backward()
+        loc = guide_m.locs.mu.detach().clone()
+        scale = guide_m.scales.mu.detach().clone()
+        ddp_grads = {n.replace("_unconstrained", ""): p.grad.clone()
+                     for n, p in guide_m.named_parameters()}
+    pyro.clear_param_store()
+    guide_g = AutoNormal(model)
+    guide_g(x)
+    store = pyro.get_param_store()
+    store["AutoNormal.locs.mu"] = loc
+    store["AutoNormal.scales.mu"] = scale
+    grads = {}
+    for name, elbo_fn in (("local", Trace_ELBO()), ("ours", AveragedELBO(Trace_ELBO(), Comm()))):
+        for _, p in store.named_parameters():  # the unconstrained leaves
+            p.grad = None
+        pyro.set_rng_seed(100 + rank)
+        elbo_fn.loss_and_grads(model, guide_g, x)
+        grads[name] = {n.split(".", 1)[1]: store._params[n].grad.clone().numpy()
+                       for n in store.keys()}
+    return {"ddp": {k: v.numpy() for k, v in ddp_grads.items()}, **grads}

@@ -64,3 +64,16 @@ def test_a_plate_sized_by_the_ranks_rows_is_refused_on_every_rank():
         kind, message = res["plate_error"]
         assert kind == "ValueError"
         assert "plate 'data' has size [5, 8] on ranks 0..1" in message
+
+
+def test_the_gradients_are_ddps_on_pyros_own_route():
+    # Pyro's svi_lightning route (module_local_params, ELBOModule, DistributedDataParallel)
+    # against fit_svi's AveragedELBO, from the same values and the same draws on each rank:
+    # the same mean of the ranks' gradients (float32 sums in another order: 1e-6).
+    _, results = _runs_()
+    local = [res["ddp"]["local"] for res in results]
+    for res in results:
+        for name, g in res["ddp"]["ddp"].items():
+            np.testing.assert_allclose(res["ddp"]["ours"][name], g, rtol=1e-6)
+            np.testing.assert_allclose(g, sum(r[name] for r in local) / len(local), rtol=1e-5)
+    assert not np.allclose(local[0]["locs.mu"], local[1]["locs.mu"])  # the shards differ

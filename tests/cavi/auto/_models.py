@@ -170,6 +170,73 @@ def latent_class_reference(x: torch.Tensor, resp: torch.Tensor, alpha0: float = 
     return RefFit({"weights": alpha, "theta": (a, b), "z": r}, hist[-1], hist, it + 1)
 
 
+def latent_class_nested(x: torch.Tensor, n_classes: int, alpha0: float = 1.0, a0: float = 1.0,
+                        b0: float = 1.0) -> None:
+    """:func:`latent_class` spelled with nested plates (people x items) instead of ``to_event``."""
+    d = x.shape[1]
+    weights = pyro.sample("weights", dist.Dirichlet(torch.full((n_classes,), alpha0, dtype=F64)))
+    with pyro.plate("classes", n_classes, dim=-2), pyro.plate("items", d, dim=-1):
+        theta = pyro.sample("theta", dist.Beta(t64(a0), t64(b0)))
+    with pyro.plate("people", x.shape[0], dim=-2):
+        z = pyro.sample("z", dist.Categorical(weights))  # (N, 1)
+        with pyro.plate("answers", d, dim=-1):
+            pyro.sample("x", dist.Bernoulli(Vindex(theta)[..., z, torch.arange(d)]), obs=x)
+
+
+# ---------------------------------------------------------------------------- two children per point
+def count_and_measure(counts: torch.Tensor, y: torch.Tensor, n_components: int = 2) -> None:
+    r"""Each point has a count and a measurement, both selected by one :math:`z_n`:
+
+    :math:`c_n\sim\mathrm{Poi}(\lambda_{z_n})`, :math:`y_n\sim N(\mu_{z_n}, 0.5^2)`,
+    :math:`\lambda_k\sim\mathrm{Gam}(2, 0.5)`, :math:`\mu_k\sim N(0, 3^2)`, :math:`\pi\sim\mathrm{Dir}(1)`.
+    """
+    k = n_components
+    weights = pyro.sample("weights", dist.Dirichlet(torch.ones(k, dtype=F64)))
+    with pyro.plate("components", k):
+        rate = pyro.sample("rate", dist.Gamma(t64(2.0), t64(0.5)))
+        loc = pyro.sample("loc", dist.Normal(t64(0.0), t64(3.0)))
+    with pyro.plate("data", counts.shape[0]):
+        z = pyro.sample("z", dist.Categorical(weights))
+        pyro.sample("counts", dist.Poisson(rate[z]), obs=counts)
+        pyro.sample("y", dist.Normal(loc[z], t64(0.5)), obs=y)
+
+
+def count_and_measure_reference(counts: torch.Tensor, y: torch.Tensor, resp: torch.Tensor, *,
+                                sweeps: int = 300) -> RefFit:
+    r"""CAVI for :func:`count_and_measure` from ``resp`` (global step first).
+
+    :math:`\log\rho_{nk} = E\log\pi_k + c_nE\log\lambda_k - E\lambda_k - \log c_n!
+    - \tfrac12\log 2\pi\sigma^2 - ((y_n - m_k)^2 + v_k)/(2\sigma^2)`: both children's terms.
+    """
+    c, ys, r = counts.numpy().astype(float), y.numpy().astype(float), resp.numpy().astype(float)
+    k, s2 = r.shape[1], 0.25
+    hist: list[float] = []
+    for _ in range(sweeps):
+        nk = r.sum(0)
+        alpha, a, b = 1.0 + nk, 2.0 + r.T @ c, 0.5 + nk
+        prec = 1.0 / 9.0 + nk / s2
+        m = (r.T @ ys / s2) / prec
+        log_rho = (digamma(alpha) - digamma(alpha.sum()) + c[:, None] * (digamma(a) - np.log(b)) - a / b
+                   - gammaln(c + 1.0)[:, None] - 0.5 * np.log(2 * np.pi * s2)
+                   - ((ys[:, None] - m) ** 2 + 1.0 / prec) / (2 * s2))
+        lse = logsumexp(log_rho, 1)
+        r = np.exp(log_rho - lse[:, None])
+        hist.append(float(lse.sum() - kl_dirichlet(alpha, np.ones(k)) - kl_gamma(a, b, 2.0, 0.5).sum()
+                          - kl_normal(m, 1.0 / prec, 0.0, 9.0).sum()))
+    return RefFit({"weights": alpha, "rate": (a, b), "loc": (m, 1.0 / prec), "z": r}, hist[-1], hist,
+                  sweeps)
+
+
+def count_and_measure_data() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Two groups: (counts ~ Poi(2), y ~ N(-1, .5)) and (Poi(8), N(1.5, .5)); R: soft by y's sign."""
+    g = torch.Generator().manual_seed(0)
+    label = torch.arange(50) % 2
+    counts = torch.poisson(torch.tensor([2.0, 8.0], dtype=F64)[label], generator=g)
+    y = torch.tensor([-1.0, 1.5], dtype=F64)[label] + 0.5 * torch.randn(50, generator=g, dtype=F64)
+    p = torch.sigmoid(-2.0 * y)
+    return counts, y, torch.stack([p, 1.0 - p], -1)
+
+
 # ---------------------------------------------------------------------------- mixture of regressions
 def mixture_of_regressions(x: torch.Tensor, y: torch.Tensor, n_components: int = 2,
                            noise_scale: float = 0.3, prior_scale: float = 2.0) -> None:

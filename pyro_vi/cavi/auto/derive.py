@@ -35,6 +35,7 @@ import dataclasses
 import functools
 from typing import Any
 
+import numpy as np
 import pyro
 import pyro.distributions as dist
 import torch
@@ -790,15 +791,29 @@ def _cov_tril(q: MultivariateNormal) -> Tensor:
     return torch.linalg.cholesky(torch.cholesky_inverse(q.precision_tril))
 
 
+def _float64(value: Any) -> Any:
+    """Floating tensors and arrays as float64 tensors (CAVI's dtype); anything else as is."""
+    if isinstance(value, Tensor):
+        return value.to(torch.float64) if value.is_floating_point() else value
+    if isinstance(value, np.ndarray):
+        t = torch.as_tensor(value)
+        return t.to(torch.float64) if t.is_floating_point() else t
+    return value
+
+
 def derive(model: Any, *args: Any, init: Any = None, joint: bool = True,
            **kwargs: Any) -> DerivedModel:
     """Detect the conjugate structure of ``model(*args, **kwargs)``; return its CAVI model.
 
     Raises :class:`~pyro_vi.errors.NotConjugateError` naming the latent, the child site and
-    the slot when some latent has no closed-form update, before any fitting.
+    the slot when some latent has no closed-form update, before any fitting. Floating
+    arguments (tensors, numpy arrays) are converted to float64 and the model is traced with
+    float64 as torch's default dtype: a derived fit is float64 on the CPU.
     """
     if not isinstance(joint, bool):
         raise TypeError(f"joint must be a bool, got {type(joint).__name__}")
+    args = tuple(_float64(a) for a in args)
+    kwargs = {k: _float64(v) for k, v in kwargs.items()}
     structure = analyse(model, args, kwargs, joint=joint)
     return DerivedModel(model, args, kwargs, structure, init=init)
 

@@ -542,7 +542,7 @@ def detect_links(model: Any, args: tuple[Any, ...], kwargs: dict[str, Any],
                  failures: list[NotConjugateError] | None = None) -> SlotLinks:
     """Probe the model and return every slot's link, or raise NotConjugateError naming it.
 
-    ``allowed(site, slot, latent_kind)`` says whether a latent of that kind may enter that
+    ``allowed(site, slot, latent_kind, label)`` says whether a latent of that kind may enter that
     slot (the registry of conjugate pairs), returning None or the reason it may not. With a
     ``failures`` list, refusals are appended to it and detection goes on (for reports).
     """
@@ -576,7 +576,7 @@ def detect_links(model: Any, args: tuple[Any, ...], kwargs: dict[str, Any],
         out.deps[(site, slot)] = deps
         try:
             for s in deps:
-                why = allowed(site, slot, specs[s].kind)
+                why = allowed(site, slot, specs[s].kind, labels.get((site, slot), slot))
                 if why is not None:
                     raise NotConjugateError(s, site, labels.get((site, slot), slot), why)
             try:

@@ -72,7 +72,7 @@ _EXPECTED = {"log_factor": "nothing: a pyro.factor term in a latent has no famil
 def allowed(families: dict[str, str]) -> Any:
     """The registry check :func:`~pyro_vi.cavi.auto.links.detect_links` calls per slot."""
 
-    def check(site: str, slot: str, kind: str) -> str | None:
+    def check(site: str, slot: str, kind: str, label: str) -> str | None:
         fam = families[site]
         kinds, _ = CONJUGATE.get((fam, slot), ((), ""))
         if kind in kinds:
@@ -81,11 +81,11 @@ def allowed(families: dict[str, str]) -> Any:
         if fam == "Unit":
             return f"a pyro.factor depends on the {kind} latent; its conjugate form is {want}"
         if kind in GAUSSIAN and slot in ("probs", "rate", "precision"):
-            link = "logits" if slot == "probs" else "a positive parameter"
-            return (f"a Gaussian latent enters {fam}({slot}) through a non-affine link "
+            link = "a probability" if slot == "probs" else "a positive parameter"
+            return (f"a Gaussian latent enters {fam}({label}) through a non-affine link "
                     f"({link}: sigmoid, exp or softplus of a Gaussian has no conjugate prior); "
                     f"{fam}({slot}) is conjugate to {want}")
-        return (f"a {kind} latent cannot enter {fam}({slot}): its conjugate prior is {want}")
+        return (f"a {kind} latent cannot enter {fam}({label}): its conjugate prior is {want}")
 
     return check
 

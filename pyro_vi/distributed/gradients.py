@@ -82,10 +82,15 @@ def check_plates(model: Callable[..., Any], guide: Callable[..., Any], args: tup
 
 
 class AveragedELBO:
-    """An ELBO whose ``loss_and_grads`` returns, and leaves as gradients, the means over ranks."""
+    """An ELBO whose ``loss_and_grads`` returns, and leaves as gradients, the means over ranks.
 
-    def __init__(self, elbo: Any, comm: Comm):
-        self.elbo, self.comm = elbo, comm
+    ``clock`` (optional) is read on rank 0 and travels in the same all-reduce:
+    :attr:`clock_value` is then rank 0's reading on every rank (the loop's ``seconds``).
+    """
+
+    def __init__(self, elbo: Any, comm: Comm, *, clock: Callable[[], float] | None = None):
+        self.elbo, self.comm, self.clock = elbo, comm, clock
+        self.clock_value = 0.0
         self._names: list[str] | None = None
 
     def __getattr__(self, name: str) -> Any:
@@ -111,8 +116,11 @@ class AveragedELBO:
             self._names = names
         params = dict(items)
         grads = [params[n].grad for n in names]
-        total, *summed = comm.sum((torch.tensor(loss, dtype=torch.float64),
-                                   *[g for g in grads if g is not None]))
+        now = self.clock() if self.clock is not None and comm.rank == 0 else 0.0
+        total, clock, *summed = comm.sum((torch.tensor(loss, dtype=torch.float64),
+                                          torch.tensor(now, dtype=torch.float64),
+                                          *[g for g in grads if g is not None]))
+        self.clock_value = float(clock)
         inv = 1.0 / comm.world_size
         with torch.no_grad():
             for n, g in zip(names, summed, strict=True):

@@ -133,7 +133,10 @@ class SVIRun:
         self.optim = adam({"lr": 0.01}) if optim is None else optim
         self.num_steps, self.batches, self.window, self.seed = num_steps, batches, window, seed
         self.hooks = list(hooks)
-        grads: Any = self.elbo if comm is None else AveragedELBO(self.elbo, comm)
+        #: The all-reducing ELBO of a distributed run (it also carries rank 0's clock).
+        self.averaged = None if comm is None else AveragedELBO(
+            self.elbo, comm, clock=lambda: time.perf_counter() - self._t0)
+        grads: Any = self.elbo if self.averaged is None else self.averaged
         self.guard = FiniteGuard(grads)
         self.recorder = SiteRecorder()  # the guide's sample sites, for checkpoints
         self.guide_sites: set[str] = set()
@@ -189,7 +192,10 @@ class SVIRun:
         s.step += 1
         s.steps.append(s.step)
         s.losses.append(loss)
-        s.seconds.append(time.perf_counter() - self._t0)
+        # distributed: rank 0's clock, taken in the step's all-reduce, so the history is the
+        # same on every rank
+        s.seconds.append(time.perf_counter() - self._t0 if self.averaged is None
+                         else self.averaged.clock_value)
         if self.batches is not None:
             s.epochs.append(self.cursor.epoch)
         s.converged = self.rule.update(loss)

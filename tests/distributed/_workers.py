@@ -284,6 +284,7 @@ def _svi(x, steps, **kw):
 def _svi_summary(fit) -> dict:
     return {"params": {k: v.numpy().copy() for k, v in fit.params.items()},
             "loss": fit.history["loss"].to_numpy().copy(), "n_steps": fit.n_steps,
+            "history": fit.history.copy(),
             "stop_reason": fit.stop_reason}
 
 

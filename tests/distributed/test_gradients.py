@@ -26,6 +26,9 @@ def test_ranks_hold_identical_params_and_history():
     _, (r0, r1) = _runs_()
     for run in ("resumed", "unbroken"):
         assert np.array_equal(r0[run]["loss"], r1[run]["loss"])
+        # every column, seconds too (rank 0's clock travels in the step's all-reduce)
+        assert list(r0[run]["history"].columns) == ["step", "loss", "elbo", "seconds"]
+        assert r0[run]["history"].equals(r1[run]["history"])
         for name in r0[run]["params"]:
             assert np.array_equal(r0[run]["params"][name], r1[run]["params"][name])
 

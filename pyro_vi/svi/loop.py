@@ -218,7 +218,15 @@ class SVIRun:
                                         type(h).__name__ != "Checkpointer" for h in self.hooks)
         try:
             while s.step < self.num_steps and not s.converged:
-                self.step()
+                if comm is None:
+                    self.step()
+                else:
+                    try:
+                        self.step()
+                    except NonFiniteStep:
+                        raise  # decided from the averaged loss and gradients: alike everywhere
+                    except Exception as err:  # noqa: BLE001 - e.g. a batch: raised on every rank
+                        comm.fail(err)
                 if comm is None:
                     stopper = next((h for h in self.hooks if h.after_step(self)), None)
                     reason = None if stopper is None else stopper.stop_reason

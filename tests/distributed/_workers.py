@@ -273,6 +273,16 @@ def local_plate_model(x):
         pyro.sample("x", dist.Normal(mu, LIK_SD), obs=x)
 
 
+class BrokenBatches(list):
+    """Rank 1's third batch cannot be read."""
+
+    def __iter__(self):
+        for i, batch in enumerate(super().__iter__()):
+            if i == 2 and tdist.get_rank() == 1:
+                raise OSError("batch 3 is unreadable")
+            yield batch
+
+
 def _svi(x, steps, **kw):
     pyro.clear_param_store()
     kw.setdefault("progress", False)
@@ -313,6 +323,14 @@ def svi_suite(folder: str, steps: int, kill_at: int | None) -> dict:
     out["unbroken"] = _svi_summary(unbroken)
     out["progress_chars"] = len(shown.getvalue())
     out["files"] = sorted(os.listdir(folder))
+    out["batch_error"] = _error(lambda: fit_svi(
+        model, guide, batches=BrokenBatches([x[:5], x[5:10], x[10:15], x[15:]]), num_steps=6,
+        progress=False, distributed=True))
+    bad = x.clone()
+    if rank == 1:
+        bad[2] = float("nan")
+    out["nan_data"] = _error(lambda: fit_svi(model, guide, bad, num_steps=3, progress=False,
+                                             distributed=True))
     out["plate_error"] = _error(lambda: fit_svi(
         local_plate_model, guide, x[: 5 + 3 * rank], num_steps=2, progress=False,
         distributed=True))

@@ -80,3 +80,18 @@ def test_the_gradients_are_ddps_on_pyros_own_route():
             np.testing.assert_allclose(res["ddp"]["ours"][name], g, rtol=1e-6)
             np.testing.assert_allclose(g, sum(r[name] for r in local) / len(local), rtol=1e-5)
     assert not np.allclose(local[0]["locs.mu"], local[1]["locs.mu"])  # the shards differ
+
+
+@pytest.mark.parametrize(("case", "kind", "text"), [
+    ("batch_error", "OSError", "batch 3 is unreadable"),
+    ("nan_data", "ValueError", "Expected value argument"),
+])
+def test_an_error_on_one_rank_stops_every_rank(case, kind, text):
+    # rank 1 alone fails (its third batch; a NaN in its rows, which Pyro's validation refuses):
+    # every rank raises the same class, none waits in the next all-reduce
+    _, results = _runs_()
+    for rank, res in enumerate(results):
+        got_kind, message = res[case]
+        assert got_kind == kind
+        assert text in message
+        assert message.startswith("rank 1 of 2: ") == (rank != 1)

@@ -23,6 +23,8 @@ from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import numpy as np
+import pyro
+import pyro.distributions as dist
 import pytest
 import torch
 from cavi.auto._models import (
@@ -37,6 +39,7 @@ from cavi.auto._models import (
     ppca,
     ppca_data,
     regression_mixture_data,
+    t64,
     two_level,
     two_level_data,
     user_gmm_vindex,
@@ -280,3 +283,47 @@ def test_diagnose_trusts_an_exact_derived_fit():
     (claims, holders, district), _ = _claims()
     fit = cavi(claims_model, claims, holders, district)
     assert fit.diagnose(num_samples=500, verbose=False).verdict == "trust"
+
+
+def claims_with_prior_rates(claims: torch.Tensor, holders: torch.Tensor, district: torch.Tensor,
+                            prior_rate: torch.Tensor) -> None:
+    """The claims model with a per-district prior rate: a (4,) argument that is not per-policy."""
+    with pyro.plate("districts", 4):
+        rate = pyro.sample("rate", dist.Gamma(t64(2.0), prior_rate))
+    with pyro.plate("policies", len(claims)):
+        pyro.sample("claims", dist.Poisson(rate[district] * holders), obs=claims)
+
+
+def _claims_prior_evidence(claims: torch.Tensor, holders: torch.Tensor, district: torch.Tensor,
+                           prior_rate: torch.Tensor) -> float:
+    """Gamma-Poisson evidence per district with its own prior rate b_j (closed form)."""
+    c_j = torch.zeros(4, dtype=F64).index_add_(0, district, claims)
+    h_j = torch.zeros(4, dtype=F64).index_add_(0, district, holders)
+    a, b0 = 2.0 + c_j, prior_rate
+    return float((claims * torch.log(holders) - torch.lgamma(claims + 1)).sum()
+                 + (2.0 * torch.log(b0) - torch.lgamma(t64(2.0)) + torch.lgamma(a)
+                    - a * torch.log(b0 + h_j)).sum())
+
+
+def test_data_by_keyword_and_arguments_that_are_not_per_point():
+    # Data given by keyword fits as data given by position; a (4,) per-district argument is not
+    # cut into chunks or minibatches with the per-policy data, even when there are exactly 4
+    # policies (so its length cannot tell the two apart). Exact models: ELBO = evidence, 1e-10.
+    torch.set_default_dtype(torch.float64)
+    (claims, holders, district), _ = _claims()
+    by_position = cavi(claims_model, claims, holders, district)
+    by_keyword = cavi(claims_model, claims=claims, holders=holders, district=district, chunk_size=7)
+    assert by_keyword.elbo == pytest.approx(by_position.elbo, rel=1e-12)
+    prior_rate = torch.tensor([0.02, 0.05, 0.01, 0.03], dtype=F64)
+    for n in (40, 4):
+        args = (claims[:n], holders[:n], district[:n], prior_rate)
+        evidence = _claims_prior_evidence(*args)
+        for chunk in (0, 1, 7):
+            fit = cavi(claims_with_prior_rates, *args, chunk_size=chunk)
+            assert abs(fit.elbo - evidence) <= 1e-10 * abs(evidence), (n, chunk, fit.elbo, evidence)
+    # stochastic VI on it: measured 1.6e-6 relative below the evidence (seed 0; the contract's
+    # exact models <= 4e-6); the band 1e-4 is 25x the worst of those. Seeded: budget zero.
+    fit = svi_cavi(claims_with_prior_rates, claims, holders, district, prior_rate, batch_size=20,
+                   num_epochs=20, seed=0)
+    evidence = _claims_prior_evidence(claims, holders, district, prior_rate)
+    assert abs(fit.elbo - evidence) <= 1e-4 * abs(evidence), (fit.elbo, evidence)

@@ -748,3 +748,32 @@ def test_gaussian_chain_mean_field_has_the_exact_means():
     assert rel_err(q_theta.loc, torch.as_tensor(m[1:])) <= 1e-8
     assert rel_err(q_mu.scale.reshape(1), torch.as_tensor([lam[0, 0] ** -0.5])) <= 1e-8
     assert rel_err(q_theta.scale, torch.as_tensor(np.diag(lam)[1:] ** -0.5)) <= 1e-8
+
+
+def grouped_normal_gamma(x: torch.Tensor, group: torch.Tensor, n_groups: int) -> None:
+    """One Normal-Gamma pair (mu_j, tau_j) per group, the data selecting theirs: exact per group."""
+    with pyro.plate("groups", n_groups):
+        tau = pyro.sample("tau", dist.Gamma(t64(2.0), t64(1.5)))
+        mu = pyro.sample("mu", dist.Normal(t64(0.5), (3.0 * tau).rsqrt()))
+    with pyro.plate("data", x.shape[0]):
+        pyro.sample("x", dist.Normal(mu[..., group], tau[..., group].rsqrt()), obs=x)
+
+
+def test_grouped_joint_normal_gamma_is_exact():
+    g = _gen(17)
+    group = torch.arange(27) % 3
+    x = torch.tensor([-1.0, 0.5, 2.0], dtype=F64)[group] + torch.tensor([0.5, 1.0, 0.3], dtype=F64)[
+        group] * torch.randn(27, generator=g, dtype=F64)
+    fit = cavi(grouped_normal_gamma, x, group, 3)
+    post = [_normal_gamma_posterior(x[group == j]) for j in range(3)]
+    evidence = sum(_normal_gamma_evidence(x[group == j]) for j in range(3))
+    assert abs(fit.elbo - evidence) <= RTOL * abs(evidence), (fit.elbo, evidence)
+    m_n, lam_n, a_n, b_n = (torch.tensor(v, dtype=F64) for v in zip(*post, strict=True))
+    q_tau, q_mu = unwrap(fit.posterior("tau")), unwrap(fit.posterior("mu"))
+    assert isinstance(q_tau, td.Gamma)
+    assert isinstance(q_mu, td.StudentT)
+    assert rel_err(q_tau.concentration, a_n) <= RTOL
+    assert rel_err(q_tau.rate, b_n) <= RTOL
+    assert rel_err(q_mu.df, 2 * a_n) <= RTOL
+    assert rel_err(q_mu.loc, m_n) <= RTOL
+    assert rel_err(q_mu.scale, (b_n / (a_n * lam_n)).sqrt()) <= RTOL

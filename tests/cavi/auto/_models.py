@@ -237,6 +237,57 @@ def count_and_measure_data() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     return counts, y, torch.stack([p, 1.0 - p], -1)
 
 
+# ---------------------------------------------------------------------------- mean-field 1-D GMM
+def normal_mixture_1d(x: torch.Tensor, n_components: int = 2) -> None:
+    r"""1-D mixture with Bishop's Normal-Gamma prior per component (m0 = 0, lam0 = 1, a0 = 2, b0 = 1)."""
+    k = n_components
+    weights = pyro.sample("weights", dist.Dirichlet(torch.ones(k, dtype=F64)))
+    with pyro.plate("components", k):
+        tau = pyro.sample("tau", dist.Gamma(t64(2.0), t64(1.0)))
+        mu = pyro.sample("mu", dist.Normal(t64(0.0), tau.rsqrt()))
+    with pyro.plate("data", x.shape[0]):
+        z = pyro.sample("z", dist.Categorical(weights))
+        pyro.sample("x", dist.Normal(mu[z], tau[z].rsqrt()), obs=x)
+
+
+def normal_mixture_1d_mean_field_reference(x: torch.Tensor, resp: torch.Tensor, *,
+                                           sweeps: int = 400) -> RefFit:
+    r"""CAVI with :math:`q(\pi)\prod_k q(\mu_k)q(\tau_k)\prod_n q(z_n)` (``joint=False``) from ``resp``.
+
+    Per sweep, from :math:`E\tau_k` (the prior mean 2 before the first): Bishop's §10.1.3 updates
+    weighted by :math:`r_{nk}`,
+
+    .. math::
+        q(\mu_k) = N\big(\tfrac{\sum_n r_{nk}x_n}{1 + N_k}, ((1 + N_k)E\tau_k)^{-1}\big),\quad
+        q(\tau_k) = \mathrm{Gam}\big(2 + \tfrac{N_k + 1}{2}, 1 + \tfrac12(E\mu_k^2
+            + \textstyle\sum_n r_{nk}E(x_n - \mu_k)^2)\big),
+
+    then :math:`\log\rho_{nk} = E\log\pi_k + \tfrac12(E\log\tau_k - \log 2\pi)
+    - \tfrac12E\tau_kE(x_n-\mu_k)^2`.
+    """
+    xs, r = x.numpy().astype(float), resp.numpy().astype(float)
+    k = r.shape[1]
+    e_tau = np.full(k, 2.0)
+    hist: list[float] = []
+    for _ in range(sweeps):
+        nk, sx = r.sum(0), r.T @ xs
+        alpha = 1.0 + nk
+        m, prec = sx / (1.0 + nk), (1.0 + nk) * e_tau
+        v = 1.0 / prec
+        e_sq = (xs[:, None] - m) ** 2 + v  # E(x_n - mu_k)^2
+        a, b = 2.0 + 0.5 * (nk + 1.0), 1.0 + 0.5 * (m**2 + v + (r * e_sq).sum(0))
+        e_tau, e_log_tau = a / b, digamma(a) - np.log(b)
+        log_rho = (digamma(alpha) - digamma(alpha.sum()) + 0.5 * (e_log_tau - LOG_2PI)
+                   - 0.5 * e_tau * e_sq)
+        lse = logsumexp(log_rho, 1)
+        r = np.exp(log_rho - lse[:, None])
+        prior_mu = 0.5 * (e_log_tau - LOG_2PI) - 0.5 * e_tau * (m**2 + v)
+        entropy_mu = 0.5 * (1.0 + LOG_2PI + np.log(v))
+        hist.append(float(lse.sum() + (prior_mu + entropy_mu).sum() - kl_gamma(a, b, 2.0, 1.0).sum()
+                          - kl_dirichlet(alpha, np.ones(k))))
+    return RefFit({"weights": alpha, "mu": (m, v), "tau": (a, b), "z": r}, hist[-1], hist, sweeps)
+
+
 # ---------------------------------------------------------------------------- mixture of regressions
 def mixture_of_regressions(x: torch.Tensor, y: torch.Tensor, n_components: int = 2,
                            noise_scale: float = 0.3, prior_scale: float = 2.0) -> None:

@@ -288,6 +288,57 @@ def normal_mixture_1d_mean_field_reference(x: torch.Tensor, resp: torch.Tensor, 
     return RefFit({"weights": alpha, "mu": (m, v), "tau": (a, b), "z": r}, hist[-1], hist, sweeps)
 
 
+# ---------------------------------------------------------------------------- LDA
+def lda(words: torch.Tensor, doc: torch.Tensor, n_docs: int, n_topics: int, vocab: int) -> None:
+    r"""Latent Dirichlet allocation, one token per row (Blei, Ng & Jordan 2003):
+
+    :math:`\theta_d\sim\mathrm{Dir}(0.5)`, :math:`\phi_k\sim\mathrm{Dir}(0.2)`,
+    :math:`z_n\sim\mathrm{Cat}(\theta_{d_n})`, :math:`w_n\sim\mathrm{Cat}(\phi_{z_n})`.
+    """
+    with pyro.plate("docs", n_docs):
+        theta = pyro.sample("theta", dist.Dirichlet(torch.full((n_topics,), 0.5, dtype=F64)))
+    with pyro.plate("topics", n_topics):
+        phi = pyro.sample("phi", dist.Dirichlet(torch.full((vocab,), 0.2, dtype=F64)))
+    with pyro.plate("tokens", words.shape[0]):
+        z = pyro.sample("z", dist.Categorical(Vindex(theta.unsqueeze(-3))[..., doc, :]))
+        pyro.sample("w", dist.Categorical(Vindex(phi.unsqueeze(-3))[..., z, :]), obs=words)
+
+
+def lda_reference(words: torch.Tensor, doc: torch.Tensor, n_docs: int, vocab: int,
+                  resp: torch.Tensor, *, sweeps: int = 300) -> RefFit:
+    r"""Mean-field CAVI for :func:`lda` from ``resp`` (Blei et al. 2003, eqs. 6-7):
+
+    :math:`q(\theta_d) = \mathrm{Dir}(0.5 + \sum_{n\in d} r_n)`,
+    :math:`q(\phi_k) = \mathrm{Dir}(0.2 + \sum_n r_{nk}e_{w_n})`,
+    :math:`\log\rho_{nk} = E\log\theta_{d_nk} + E\log\phi_{kw_n}`.
+    """
+    w, d, r = words.numpy(), doc.numpy(), resp.numpy().astype(float)
+    onehot_d, onehot_w = np.eye(n_docs)[d], np.eye(vocab)[w]
+    hist: list[float] = []
+    for _ in range(sweeps):
+        a_theta = 0.5 + onehot_d.T @ r                 # (D, K)
+        a_phi = 0.2 + r.T @ onehot_w                   # (K, V)
+        elog_theta = digamma(a_theta) - digamma(a_theta.sum(-1, keepdims=True))
+        elog_phi = digamma(a_phi) - digamma(a_phi.sum(-1, keepdims=True))
+        log_rho = elog_theta[d] + elog_phi[:, w].T
+        lse = logsumexp(log_rho, 1)
+        r = np.exp(log_rho - lse[:, None])
+        hist.append(float(lse.sum() - kl_dirichlet(a_theta, np.full_like(a_theta, 0.5)).sum()
+                          - kl_dirichlet(a_phi, np.full_like(a_phi, 0.2)).sum()))
+    return RefFit({"theta": a_theta, "phi": a_phi, "z": r}, hist[-1], hist, sweeps)
+
+
+def lda_data() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """6 documents x 15 tokens over 8 words from 2 topics (words 0-3 vs 4-7); R: by word half."""
+    g = torch.Generator().manual_seed(0)
+    doc = torch.arange(90) // 15
+    topic_of_doc = torch.tensor([0.9, 0.8, 0.2, 0.1, 0.5, 0.7], dtype=F64)[doc]
+    first = torch.bernoulli(topic_of_doc, generator=g).bool()
+    words = torch.where(first, torch.randint(0, 4, (90,), generator=g), torch.randint(4, 8, (90,), generator=g))
+    p = torch.where(words < 4, 0.8, 0.2).to(F64)
+    return words, doc, torch.stack([p, 1.0 - p], -1)
+
+
 # ---------------------------------------------------------------------------- mixture of regressions
 def mixture_of_regressions(x: torch.Tensor, y: torch.Tensor, n_components: int = 2,
                            noise_scale: float = 0.3, prior_scale: float = 2.0) -> None:

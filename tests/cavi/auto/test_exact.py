@@ -514,6 +514,10 @@ def test_mean_field_normal_gamma_is_below_the_evidence():
     hand = cavi(UnivariateNormal(mean_prior=0.5, mean_precision=3.0, precision_concentration=2.0,
                                  precision_rate=1.5), x, tol=1e-14, max_iter=2000)
     assert abs(fit.elbo - hand.elbo) <= RTOL * abs(hand.elbo)
+    # mean field's direction of error (Bishop 2006, §10.1.2): Var_q(mu) below the exact
+    # Student-t variance b_N / (lam_N (a_N - 1))
+    _, lam_n, a_n, b_n = _normal_gamma_posterior(x)
+    assert float(unwrap(fit.posterior("mu")).variance) < b_n / (lam_n * (a_n - 1.0))
 
 
 # ---------------------------------------------------------------------------- joint Normal-Wishart
@@ -709,6 +713,10 @@ def test_gaussian_mean_field_has_the_exact_means():
     assert rel_err(q_mu.scale.reshape(1), torch.as_tensor([lam[0, 0] ** -0.5])) <= 1e-8
     assert rel_err(q_beta.covariance_matrix, torch.as_tensor(np.linalg.inv(lam[1:3, 1:3]))) <= 1e-8
     assert rel_err(q_b.scale, torch.as_tensor(np.diag(lam)[3:] ** -0.5)) <= 1e-8
+    # the direction of mean field's error: every marginal variance below the exact one
+    exact_var = np.diag(np.linalg.inv(lam))
+    assert float(q_mu.scale) ** 2 < exact_var[0]
+    assert (q_b.scale.numpy() ** 2 < exact_var[3:]).all()
 
 
 def gaussian_chain(y: torch.Tensor, sigma: torch.Tensor, group: torch.Tensor, n_groups: int) -> None:

@@ -46,6 +46,7 @@ from pyro_vi.cavi.auto.structure import ROWS, FactorSpec, Structure, analyse
 from pyro_vi.cavi.auto.terms import (
     Ctx,
     GSlot,
+    KSlot,
     LatentValue,
     ObsValue,
     PSlot,
@@ -153,6 +154,11 @@ class DerivedModel(ConjugateModel[tuple[Tensor, ...], Any, Stats]):
             if isinstance(sl, GSlot) and sl.bilinear is not None
             for j, p in enumerate(sl.parts) if j in sl.bilinear[:2]
             and not structure.factors[p.factor].local})
+        #: location factors computed in coordinates centred on their current mean (raw-unit
+        #: data: no moment of size 1e18 cancels); a product's factors stay uncentred
+        self._centred = [f for f in self._global
+                         if structure.factors[f].kind in ("normal", "mvn", "ng", "nw")
+                         and f not in self._product_factors]
         fields = [(f, ExpFamFactor) for f in self._global] + [("sweep", Tensor)]
         self.params_type = dataclasses.make_dataclass("DerivedParams", fields, frozen=True)
 
@@ -169,10 +175,38 @@ class DerivedModel(ConjugateModel[tuple[Tensor, ...], Any, Stats]):
 
     def _initial(self) -> Any:
         cur: dict[str, ExpFamFactor] = {}
+        origins = {f: self._prior_origin(f) for f in self._centred}
         for f in self._global:
             own = [i for i in self._touched[f] if _value_factor(self.s.terms[i]) == f]
-            cur[f] = self._update(f, cur, own, None)
+            cur[f] = self._update(f, cur, own, None, origins)
         return self._record(cur, -1)
+
+    def _prior_origin(self, f: str) -> Tensor:
+        """Where factor ``f``'s coordinates are centred before it has a mean.
+
+        Its prior's location when that is known, zero otherwise.
+        """
+        spec = self.s.factors[f]
+        shape = spec.shape + (spec.event if spec.kind in ("mvn", "nw") else torch.Size())
+        for t in self.s.terms:
+            if isinstance(t.value, LatentValue) and t.value.factor == f \
+                    and t.value.view in ("normal", "mvn", "ng_loc", "nw_loc"):
+                loc = t.slots.get("loc")
+                if isinstance(loc, KSlot):
+                    v = self.s.arrays[loc.key]
+                    try:
+                        return torch.broadcast_to(v, shape).clone()
+                    except RuntimeError:
+                        break
+        return torch.zeros(shape, dtype=torch.float64)
+
+    def _origins(self, factors: dict[str, ExpFamFactor]) -> dict[str, Tensor]:
+        out = {}
+        for f in self._centred:
+            loc = factors[f].location
+            assert loc is not None
+            out[f] = loc.detach()
+        return out
 
     def _jittered(self, params: Any, generator: torch.Generator) -> Any:
         if not self._product_factors:
@@ -193,23 +227,32 @@ class DerivedModel(ConjugateModel[tuple[Tensor, ...], Any, Stats]):
     def _record(self, factors: dict[str, ExpFamFactor], sweep: int) -> Any:
         return self.params_type(**factors, sweep=torch.tensor(sweep))
 
-    def _stats_of(self, factors: dict[str, ExpFamFactor]) -> dict[str, tuple[Tensor, ...]]:
-        return {f: tuple(factors[f].expected_stats()) for f in factors}
+    def _stats_of(self, factors: dict[str, ExpFamFactor],
+                  origins: dict[str, Tensor]) -> dict[str, tuple[Tensor, ...]]:
+        """Moments of each factor, of ``theta - origin`` for the centred ones."""
+        return {f: tuple((q.shifted(-origins[f]) if f in origins else q).expected_stats())
+                for f, q in factors.items()}
 
     def _update(self, f: str, cur: dict[str, ExpFamFactor], terms: list[int],
-                message: tuple[Tensor, ...] | None) -> ExpFamFactor:
-        """The optimal factor ``f`` given ``cur`` (the others), from ``terms`` and ``message``."""
+                message: tuple[Tensor, ...] | None, origins: dict[str, Tensor]) -> ExpFamFactor:
+        """The optimal factor ``f`` given ``cur`` (the others), from ``terms`` and ``message``.
+
+        ``message`` and the result's natural parameters are in ``f``'s centred coordinates
+        (``theta - origins[f]``); the factor returned is shifted back.
+        """
         with torch.enable_grad():
-            return self._update_grad(f, cur, terms, message)
+            q = self._update_grad(f, cur, terms, message, origins)
+        return q.shifted(origins[f]) if f in origins else q
 
     def _update_grad(self, f: str, cur: dict[str, ExpFamFactor], terms: list[int],
-                     message: tuple[Tensor, ...] | None) -> ExpFamFactor:
+                     message: tuple[Tensor, ...] | None,
+                     origins: dict[str, Tensor]) -> ExpFamFactor:
         spec = self.s.factors[f]
         q_like = self._template(f)
         leaves = tuple(t.detach().clone().requires_grad_(True) for t in q_like)
-        stats = self._stats_of({g: q for g, q in cur.items() if g != f})
+        stats = self._stats_of({g: q for g, q in cur.items() if g != f}, origins)
         stats[f] = leaves
-        ctx = Ctx(self.s.arrays, stats, {})
+        ctx = Ctx(self.s.arrays, stats, {}, origins)
         total = sum((expected_log_prob(ctx, self.s.terms[i]).sum() for i in terms),
                     torch.zeros((), dtype=torch.float64))
         grads = torch.autograd.grad(total, leaves, allow_unused=True)
@@ -303,7 +346,9 @@ class DerivedModel(ConjugateModel[tuple[Tensor, ...], Any, Stats]):
                 continue
             if t.value.key in arrays:
                 x = arrays[t.value.key].to(torch.float64)
-                return x.reshape(x.shape[0], -1)
+                x = x.reshape(x.shape[0], -1)
+                # centred: k-means++ distances then keep their digits at raw-unit offsets
+                return x - x.mean(0)
         raise ValueError("init='kmeans++' needs an observed site with one row per data point")
 
     def local_step(self, data: tuple[Tensor, ...], params: Any) -> Local:
@@ -328,11 +373,13 @@ class DerivedModel(ConjugateModel[tuple[Tensor, ...], Any, Stats]):
         n = self._points(data)
         arrays = self._arrays(data)
         factors = {f: getattr(params, f) for f in self._global}
-        leaves = {f: tuple(t.detach().clone().requires_grad_(True)
-                           for t in factors[f].expected_stats()) for f in self._data_factors}
-        stats = self._stats_of({f: q for f, q in factors.items() if f not in leaves})
+        origins = self._origins(factors)
+        moments = self._stats_of(factors, origins)
+        leaves = {f: tuple(t.detach().clone().requires_grad_(True) for t in moments[f])
+                  for f in self._data_factors}
+        stats = {f: m for f, m in moments.items() if f not in leaves}
         stats.update(leaves)
-        ctx = Ctx(arrays, stats, {})
+        ctx = Ctx(arrays, stats, {}, origins)
         extra = torch.zeros((), dtype=torch.float64)
         local_q: dict[str, ExpFamFactor] = {}
         for f in self._local:
@@ -430,6 +477,7 @@ class DerivedModel(ConjugateModel[tuple[Tensor, ...], Any, Stats]):
         cross = dict(zip(self._pairs, stats[pos:], strict=True))
         moved: dict[str, Tensor] = {}  # factor -> change of its flattened moments this step
         glob = set(self.s.global_terms)
+        origins = self._origins(cur)  # the local step's coordinates: the sweep's start
         for f in self._global:
             if f in msgs and self._colour[f] != active:
                 continue
@@ -438,9 +486,11 @@ class DerivedModel(ConjugateModel[tuple[Tensor, ...], Any, Stats]):
                 message = self._corrected(f, message, cross, moved)
             terms = sorted(self._touched[f] & glob)
             old = cur[f]
-            cur[f] = self._update(f, cur, terms, message)
+            cur[f] = self._update(f, cur, terms, message, origins)
             if f in msgs:
-                moved[f] = _flat(cur[f].expected_stats()) - _flat(old.expected_stats())
+                new_m = self._stats_of({f: cur[f]}, origins)[f]
+                old_m = self._stats_of({f: old}, origins)[f]
+                moved[f] = _flat(new_m) - _flat(old_m)
         return self._record(cur, sweep)
 
     def _corrected(self, f: str, message: tuple[Tensor, ...], cross: dict[tuple[str, str], Tensor],
@@ -468,7 +518,8 @@ class DerivedModel(ConjugateModel[tuple[Tensor, ...], Any, Stats]):
     def global_elbo(self, params: Any) -> Tensor:
         """The global terms' expected log-densities plus every global factor's entropy."""
         factors = {f: getattr(params, f) for f in self._global}
-        ctx = Ctx(self.s.arrays, self._stats_of(factors), {})
+        origins = self._origins(factors)
+        ctx = Ctx(self.s.arrays, self._stats_of(factors, origins), {}, origins)
         total = torch.zeros((), dtype=torch.float64)
         for i in self.s.global_terms:
             total = total + expected_log_prob(ctx, self.s.terms[i]).sum()

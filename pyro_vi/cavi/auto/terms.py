@@ -128,10 +128,21 @@ class Ctx:
     """What a term evaluation reads: arrays (data and links) and factor moments."""
 
     def __init__(self, arrays: dict[str, Tensor], stats: dict[str, tuple[Tensor, ...]],
-                 shapes: dict[str, torch.Size]) -> None:
+                 shapes: dict[str, torch.Size],
+                 origins: dict[str, Tensor] | None = None) -> None:
         self.arrays = arrays
         self.stats = stats
         self.shapes = shapes  # factor -> element shape (for aligned local factors)
+        #: factor -> the point its location coordinates are centred on: ``stats`` of such a
+        #: factor are moments of ``theta - origin``
+        self.origins = origins or {}
+
+    def origin(self, factor: str, n_event: int, idx: str | None) -> Tensor | None:
+        """The factor's origin gathered like :meth:`stat` (None: not centred)."""
+        t = self.origins.get(factor)
+        if t is None:
+            return None
+        return _gather(t, n_event, None if idx is None else self.arrays[idx], t.shape)
 
     def arr(self, key: str) -> Tensor:
         return self.arrays[key]
@@ -204,6 +215,10 @@ def _gauss_parts(ctx: Ctx, slot: GSlot, vec: bool) -> tuple[Tensor, Tensor]:
         a = ctx.arr(p.a)
         m, s = _part_moments(ctx, p)
         cov = s - m.unsqueeze(-1) * m.unsqueeze(-2)
+        c = ctx.origin(p.factor, 0 if p.view == "normal" else 1, p.idx)
+        if c is not None:  # centred moments: the origin's share joins the offset first
+            c = c.unsqueeze(-1) if p.view == "normal" else c
+            mean = mean + ((a @ c.unsqueeze(-1)).squeeze(-1) if vec else (a * c).sum(-1))
         if vec:
             mean = mean + (a @ m.unsqueeze(-1)).squeeze(-1)
             var = var + a @ cov @ a.transpose(-1, -2)
@@ -241,12 +256,14 @@ def _gauss_value(ctx: Ctx, value: ObsValue | LatentValue, vec: bool) -> tuple[Te
     if isinstance(value, ObsValue):
         return ctx.arr(value.key), None
     t0, t1 = ctx.stats[value.factor][0], ctx.stats[value.factor][1]
+    c = ctx.origins.get(value.factor)
     if value.view == "normal":
-        return t0, t1 - t0 * t0
+        return (t0 if c is None else c + t0), t1 - t0 * t0
     cov = t1 - t0.unsqueeze(-1) * t0.unsqueeze(-2)
+    mean = t0 if c is None else c + t0
     if vec:
-        return t0, cov
-    return t0, torch.diagonal(cov, dim1=-2, dim2=-1)
+        return mean, cov
+    return mean, torch.diagonal(cov, dim1=-2, dim2=-1)
 
 
 #: From this dimension on, a mixture's quadratic forms go through quadratic features (see
@@ -410,6 +427,9 @@ def _normal_joint(ctx: Ctx, term: TermSpec, *, vec: bool) -> Tensor:
     if isinstance(term.value, LatentValue):  # the prior of mu: x = mu, loc known
         assert isinstance(loc, KSlot)
         b = ctx.arr(loc.key)
+        org = ctx.origin(f, n1, idx)
+        if org is not None:  # mu = origin + mu': the prior's offset in centred coordinates
+            b = b - org
         if vec:
             inner = e_mulmu - 2.0 * (b * e_lmu).sum(-1) + quad(b, e_l)
         else:
@@ -420,7 +440,11 @@ def _normal_joint(ctx: Ctx, term: TermSpec, *, vec: bool) -> Tensor:
     part = loc.parts[0]
     a = ctx.arr(part.a)
     a = a[..., 0, 0] if vec else a[..., 0]
-    y = ctx.arr(term.value.key) - ctx.arr(loc.b)
+    off = ctx.arr(loc.b)
+    org = ctx.origin(f, n1, part.idx)
+    if org is not None:  # loc = b + a (origin + mu'): y = x - b - a origin, then the formula
+        off = off + (a.unsqueeze(-1) * org if vec else a * org)
+    y = ctx.arr(term.value.key) - off
     if vec:
         inner = quad_lin(y, e_l, -2.0 * a.unsqueeze(-1) * e_lmu) + a * a * e_mulmu
     else:

@@ -785,3 +785,41 @@ def test_grouped_joint_normal_gamma_is_exact():
     assert rel_err(q_mu.df, 2 * a_n) <= RTOL
     assert rel_err(q_mu.loc, m_n) <= RTOL
     assert rel_err(q_mu.scale, (b_n / (a_n * lam_n)).sqrt()) <= RTOL
+
+
+A_MAT = torch.tensor([[1.0, 0.5], [-0.3, 2.0], [0.7, 0.0]], dtype=F64)  # (3, 2): y = A w + b
+B_VEC = torch.tensor([0.1, -0.2, 0.3], dtype=F64)
+NOISE_COV = torch.tensor([[0.5, 0.1, 0.0], [0.1, 0.4, 0.1], [0.0, 0.1, 0.3]], dtype=F64)
+W_LOC = torch.tensor([0.5, -1.0], dtype=F64)
+W_COV = torch.tensor([[2.0, 0.4], [0.4, 1.0]], dtype=F64)
+
+
+def mvn_linear_gaussian(y: torch.Tensor) -> None:
+    """y_n ~ MVN(A w + b, Sigma) with a full noise covariance, w ~ MVN(m0, S0): a matrix link."""
+    w = pyro.sample("w", dist.MultivariateNormal(W_LOC, W_COV))
+    with pyro.plate("data", y.shape[0]):
+        pyro.sample("y", dist.MultivariateNormal((A_MAT @ w.unsqueeze(-1)).squeeze(-1) + B_VEC, NOISE_COV),
+                    obs=y)
+
+
+def test_mvn_child_with_a_matrix_link_is_exact():
+    n = 12
+    w_true = torch.tensor([1.0, -0.5], dtype=F64)
+    y = (A_MAT @ w_true + B_VEC) + torch.randn(n, 3, generator=_gen(18), dtype=F64) @ torch.linalg.cholesky(
+        NOISE_COV).T
+    fit = cavi(mvn_linear_gaussian, y)
+    # Lambda = S0^-1 + N A^T Sigma^-1 A, m = Lambda^-1 (S0^-1 m0 + A^T Sigma^-1 sum_n (y_n - b))
+    a, si = A_MAT.numpy(), np.linalg.inv(NOISE_COV.numpy())
+    s0i = np.linalg.inv(W_COV.numpy())
+    lam = s0i + n * a.T @ si @ a
+    m = np.linalg.solve(lam, s0i @ W_LOC.numpy() + a.T @ si @ (y.numpy() - B_VEC.numpy()).sum(0))
+    # evidence: vec(y) ~ N(1 (x) (A m0 + b), I (x) Sigma + (1 (x) A) S0 (1 (x) A)^T)
+    big_a = np.tile(a, (n, 1))
+    cov = np.kron(np.eye(n), NOISE_COV.numpy()) + big_a @ W_COV.numpy() @ big_a.T
+    evidence = multivariate_normal(np.tile(a @ W_LOC.numpy() + B_VEC.numpy(), n), cov).logpdf(
+        y.numpy().reshape(-1))
+    assert abs(fit.elbo - evidence) <= RTOL * abs(evidence), (fit.elbo, evidence)
+    q = unwrap(fit.posterior("w"))
+    assert isinstance(q, td.MultivariateNormal)
+    assert rel_err(q.loc, torch.as_tensor(m)) <= RTOL
+    assert rel_err(q.covariance_matrix, torch.as_tensor(np.linalg.inv(lam))) <= RTOL

@@ -14,10 +14,9 @@ from pyro_vi.distributed import SpawnError, spawn
 
 def test_results_come_back_in_rank_order_and_a_raising_rank_is_named():
     with pytest.raises(SpawnError, match=r"rank 1 raised KeyError: 'only rank 1 fails'") as err:
-        spawn(w.rank_and_world, 3, "t", threads=1, timeout=60)
+        spawn(w.rank_and_world, 2, "t", threads=1, timeout=60)
     outcomes = err.value.outcomes
-    assert outcomes[0] == (True, ("t", 0, 3, 1))
-    assert outcomes[2] == (True, ("t", 2, 3, 1))
+    assert outcomes[0] == (True, ("t", 0, 2, 1))
     assert "Traceback" in outcomes[1][1]
 
 

@@ -339,6 +339,34 @@ def lda_data() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     return words, doc, torch.stack([p, 1.0 - p], -1)
 
 
+# ---------------------------------------------------------------------------- z in arithmetic
+def shifted_by_label(y: torch.Tensor) -> None:
+    r""":math:`\mu\sim N(0,3^2)`, :math:`z_n\sim\mathrm{Cat}(\tfrac12,\tfrac12)`, :math:`y_n\sim N(\mu + 2z_n, 1)`:
+    a local discrete latent entering a loc arithmetically (not by selecting a component).
+    """
+    mu = pyro.sample("mu", dist.Normal(t64(0.0), t64(3.0)))
+    with pyro.plate("data", y.shape[0]):
+        z = pyro.sample("z", dist.Categorical(torch.full((2,), 0.5, dtype=F64)))
+        pyro.sample("y", dist.Normal(mu + 2.0 * z, t64(1.0)), obs=y)
+
+
+def shifted_by_label_reference(y: torch.Tensor, resp: torch.Tensor, *, sweeps: int = 200) -> RefFit:
+    r"""CAVI for :func:`shifted_by_label` from ``resp``: :math:`q(\mu) = N(\tfrac{\sum_n(y_n - 2E z_n)}{1/9 + N},
+    (1/9 + N)^{-1})`, :math:`\log\rho_{nk} = \log\tfrac12 - \tfrac12\log 2\pi - \tfrac12((y_n - m - 2k)^2 + v)`.
+    """
+    ys, r = y.numpy().astype(float), resp.numpy().astype(float)
+    hist: list[float] = []
+    for _ in range(sweeps):
+        prec = 1.0 / 9.0 + ys.shape[0]
+        m, v = (ys - 2.0 * r[:, 1]).sum() / prec, 1.0 / prec
+        shift = 2.0 * np.arange(2.0)
+        log_rho = np.log(0.5) - 0.5 * LOG_2PI - 0.5 * ((ys[:, None] - m - shift) ** 2 + v)
+        lse = logsumexp(log_rho, 1)
+        r = np.exp(log_rho - lse[:, None])
+        hist.append(float(lse.sum() - kl_normal(m, v, 0.0, 9.0)))
+    return RefFit({"mu": (m, v), "z": r}, hist[-1], hist, sweeps)
+
+
 # ---------------------------------------------------------------------------- mixture of regressions
 def mixture_of_regressions(x: torch.Tensor, y: torch.Tensor, n_components: int = 2,
                            noise_scale: float = 0.3, prior_scale: float = 2.0) -> None:

@@ -64,6 +64,8 @@ from cavi.auto._models import (
     prior_only_precision_reference,
     regression_mixture_data,
     rel_err,
+    shifted_by_label,
+    shifted_by_label_reference,
     t64,
     two_level,
     two_level_data,
@@ -562,3 +564,29 @@ def test_latent_dirichlet_allocation():
     assert rel_err(q_theta.concentration, f["theta"]) <= PARAM_RTOL
     assert rel_err(q_phi.concentration, f["phi"]) <= PARAM_RTOL
     assert rel_err(fit.posterior("z").probs, f["z"]) <= PARAM_RTOL
+
+
+def test_a_local_label_entering_a_loc_arithmetically():
+    # z_n is not an index here but a number in the loc (mu + 2 z_n): q(z_n) by enumeration still
+    # applies, and given z the loc is affine in mu. Reference from R (by the sign of y).
+    g = _gen()
+    y = torch.cat([torch.randn(10, generator=g, dtype=F64) - 1.0, torch.randn(10, generator=g, dtype=F64) + 1.0])
+    p = torch.sigmoid(-2.0 * y)
+    r = torch.stack([p, 1.0 - p], -1)
+    ref = shifted_by_label_reference(y, r)
+    assert _monotone(ref.history)
+    (m, v) = ref.factors["mu"]
+
+    def guide(y: torch.Tensor) -> None:
+        pyro.sample("mu", dist.Normal(t64(m), t64(v**0.5)))
+        with pyro.plate("data", y.shape[0]):
+            pyro.sample("z", dist.Categorical(t64(ref.factors["z"])))
+
+    est = elbo_estimate(shifted_by_label, guide, y, num_particles=4000)  # budget 6e-5
+    assert abs(est.mean - ref.elbo) <= 4 * est.stderr, (est, ref.elbo)
+    fit = _engine(shifted_by_label, y, init=r, sweeps=100)
+    assert abs(fit.elbo - ref.elbo) <= ELBO_RTOL * abs(ref.elbo), (fit.elbo, ref.elbo)
+    q = unwrap(fit.posterior("mu"))
+    assert rel_err(q.loc, t64(m)) <= PARAM_RTOL
+    assert rel_err(q.scale, t64(v**0.5)) <= PARAM_RTOL
+    assert rel_err(fit.posterior("z").probs, ref.factors["z"]) <= PARAM_RTOL

@@ -179,6 +179,15 @@ def latent_child_model(y: torch.Tensor) -> None:
         pyro.sample("y", dist.Normal(theta[..., torch.arange(y.shape[0]) % 3], t64(1.0)), obs=y)
 
 
+def softmax_prior_model(y: torch.Tensor) -> None:
+    a = pyro.sample("a", dist.Normal(t64(0.0), t64(1.0)))
+    with pyro.plate("components", 2):
+        mu = pyro.sample("mu", dist.Normal(t64(0.0), t64(3.0)))
+    with pyro.plate("data", y.shape[0]):
+        z = pyro.sample("z", dist.Categorical(logits=torch.stack([a, -a], -1)))
+        pyro.sample("y", dist.Normal(mu[z], t64(1.0)), obs=y)
+
+
 def gamma_scale_of_latent_model(y: torch.Tensor) -> None:
     s = pyro.sample("s", dist.Gamma(t64(2.0), t64(1.0)))
     with pyro.plate("groups", 3):
@@ -245,6 +254,8 @@ REFUSALS: dict[str, Refusal] = {
     # the child is a latent site, not an observed one
     "latent_child_through_exp": Refusal(latent_child_model, _y, "mu", "theta", "loc"),
     "gamma_scale_of_a_latent": Refusal(gamma_scale_of_latent_model, _y, "s", "theta", "scale"),
+    # a Gaussian latent in a local discrete latent's logits (softmax): not Dirichlet-conjugate
+    "normal_in_categorical_logits": Refusal(softmax_prior_model, _y, "a", "z", "logits"),
 }
 
 

@@ -1,15 +1,26 @@
 """Exact cases: where q is the exact posterior, the derived ELBO is the log evidence.
 
-Each model below has one conjugate family per latent and no coupling between latents, so the
-mean-field optimum is the exact posterior and the ELBO at it equals :math:`\\log p(x)` (BayesPy
-``test_gamma.py`` does the same for one Gamma node). The evidence and the posterior are written
-here in closed form (scipy's ``gammaln``, ``multivariate_normal``), with every constant, and the
-derived fit must match them to 1e-10 relative (float64 round-off of these sums is ~1e-14).
-The closed forms are themselves checked through the candidate's formula
-:math:`\\log p(x) = \\log p(x, \\theta) - \\log p(\\theta \\mid x)` at posterior draws, with
-:math:`\\log p(x, \\theta)` scored by Pyro on the model code itself.
+``CASES`` (the issue's list and more): each model has one conjugate family per latent and no
+coupling between latents, so the mean-field optimum is the exact posterior and the ELBO at it
+equals :math:`\log p(x)` (BayesPy ``test_gamma.py`` does the same for one Gamma node):
+Gamma-Poisson with exposures and groups (the issue's example), Beta-Binomial per group,
+linear regression with known noise and an MVN prior, Dirichlet-Multinomial (global and per
+group), Gamma-Exponential, a Gamma rate with known concentration, Beta-Geometric, a Gamma
+precision through three spellings of the scale, a Wishart precision with known loc, nested
+plates with two data indices, one latent with two children, and an observed site no latent
+feeds. Then the joint factors (``joint=True``: Normal-Gamma, per group too, and
+Normal-Wishart are exact; ``joint=False`` is Bishop's mean field, below the evidence), an
+affine link with data-dependent coefficients, an MVN child with a matrix link, and Gaussian
+models whose mean-field fixed point is known in closed form (exact means, block covariances
+:math:`\Lambda_{BB}^{-1}`, ELBO :math:`\log p(y) - \mathrm{KL}`).
+
+The evidences and posteriors are written here (scipy's ``gammaln``, ``multigammaln``,
+``multivariate_normal``), with every constant, and the derived fit must match them to 1e-10
+relative (float64 round-off of these sums is ~1e-14). The closed forms are themselves checked
+through the candidate's formula :math:`\log p(x) = \log p(x, \theta) - \log p(\theta \mid x)`
+at several :math:`\theta`, with :math:`\log p(x, \theta)` scored by Pyro on the model code.
 Deterministic: the data are drawn once from seeded generators and exact CAVI needs no start,
-so the failure budget is zero.
+so the failure budget is zero (the one Monte-Carlo check states its own).
 """
 
 from __future__ import annotations

@@ -5,7 +5,14 @@ and is itself checked below before it judges the engine: its ELBO history never 
 ELBO formula agrees with a Monte-Carlo ``Trace_ELBO`` estimate of its own q on the Pyro model
 code, and where a limit has a closed form (one mixture component) it is that closed form.
 
-How the fixed points are compared (issue 14 §Tests 3):
+The models (issue 14 §Tests 3, and more): a mixture of Poissons, a latent class model (two
+spellings), PPCA with mean-field q(W)q(z)q(tau), a two-level hierarchy with latent group
+precisions, the user's GMM (full and diag) against GaussianMixture, a mixture of linear
+regressions, one local latent selecting two children, LDA, a hierarchical Gamma-Poisson, a
+1-D mixture with ``joint=False`` and ``joint=True``, a local label entering a loc
+arithmetically, and a Normal whose prior-only precision must not be fused.
+
+How the fixed points are compared:
 
 * mixtures (Poissons, latent classes, linear regressions, the user's GMM): the engine and the reference start from
   the same explicit responsibilities ``R`` (``init=R``; the reference's first step is the global

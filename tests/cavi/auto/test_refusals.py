@@ -179,6 +179,18 @@ def latent_child_model(y: torch.Tensor) -> None:
         pyro.sample("y", dist.Normal(theta[..., torch.arange(y.shape[0]) % 3], t64(1.0)), obs=y)
 
 
+def two_gammas(child: Callable[[torch.Tensor, torch.Tensor], Any]) -> Callable[..., None]:
+    """a, b ~ Gamma(2, 1); y_n ~ child(a, b)."""
+
+    def model(y: torch.Tensor) -> None:
+        a = pyro.sample("a", dist.Gamma(t64(2.0), t64(1.0)))
+        b = pyro.sample("b", dist.Gamma(t64(2.0), t64(1.0)))
+        with pyro.plate("data", y.shape[0]):
+            pyro.sample("y", child(a, b), obs=y)
+
+    return model
+
+
 def softmax_prior_model(y: torch.Tensor) -> None:
     a = pyro.sample("a", dist.Normal(t64(0.0), t64(1.0)))
     with pyro.plate("components", 2):
@@ -254,6 +266,12 @@ REFUSALS: dict[str, Refusal] = {
     # the child is a latent site, not an observed one
     "latent_child_through_exp": Refusal(latent_child_model, _y, "mu", "theta", "loc"),
     "gamma_scale_of_a_latent": Refusal(gamma_scale_of_latent_model, _y, "s", "theta", "scale"),
+    # sums of two Gammas: a Normal loc may add latents, a Poisson rate or a precision may not
+    # (log(a + b) is not linear in the statistics of either)
+    "poisson_rate_sum_of_gammas": Refusal(two_gammas(lambda a, b: dist.Poisson(a + b)),
+                                          lambda: _counts()[1:], ("a", "b"), "y", "rate"),
+    "precision_sum_of_gammas": Refusal(two_gammas(lambda a, b: dist.Normal(t64(0.7), (a + b).rsqrt())),
+                                       _y, ("a", "b"), "y", "scale"),
     # a Gaussian latent in a local discrete latent's logits (softmax): not Dirichlet-conjugate
     "normal_in_categorical_logits": Refusal(softmax_prior_model, _y, "a", "z", "logits"),
 }

@@ -57,8 +57,12 @@ def broadcast_params(comm: Comm) -> None:
 
 def check_plates(model: Callable[..., Any], guide: Callable[..., Any], args: tuple[Any, ...],
                  kwargs: dict[str, Any], comm: Comm) -> None:
-    """``ValueError`` on every rank if a plate of the model has different sizes across ranks."""
-    sizes: dict[str, int] = {}
+    """``ValueError`` on every rank if a plate's full size differs across ranks, or a rank's is empty.
+
+    The full size (``pyro.plate(name, N, ...)``'s ``N``) must be the same global ``N`` on every
+    rank; each rank's subsample (its rows) may differ in length but not be empty.
+    """
+    sizes: dict[str, tuple[int, int]] = {}  # plate -> (full size, this rank's subsample size)
     try:
         with torch.no_grad(), poutine.block():
             tr = poutine.trace(guide).get_trace(*args, **kwargs)
@@ -66,12 +70,22 @@ def check_plates(model: Callable[..., Any], guide: Callable[..., Any], args: tup
         for site in mt.nodes.values():
             for f in site.get("cond_indep_stack", ()):
                 if f.size is not None and f.vectorized:
-                    sizes[f.name] = int(f.size)
+                    full = f.full_size if f.full_size is not None else f.size
+                    sizes[f.name] = (int(full), int(f.size))
+    except ZeroDivisionError:  # Pyro's plate scale N / 0: a subsample without rows
+        sizes = {"(a plate)": (0, 0)}
     except Exception as err:  # noqa: BLE001 - raised on every rank
         comm.fail(err)
     every = comm.gather_object(sizes)
     for name in sorted(set().union(*every)):
-        seen = [s.get(name) for s in every]
+        empty = [r for r, s in enumerate(every) if s.get(name, (1, 1))[1] == 0]
+        shown = name if name == "(a plate)" else repr(name)
+        if empty:
+            raise agreed(ValueError(
+                f"fit_svi(distributed=True): rank(s) {empty} have no rows in plate {shown}; "
+                f"give every rank at least one row (pyro_vi.distributed.shard does whenever "
+                f"N >= world size)"))
+        seen = [s[name][0] if name in s else None for s in every]
         if len(set(seen)) > 1:
             raise agreed(ValueError(
                 f"fit_svi(distributed=True): plate {name!r} has size {seen} on ranks "

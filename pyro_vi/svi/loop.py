@@ -172,14 +172,14 @@ class SVIRun:
         return self.state
 
     def _start_distributed(self, comm: Comm) -> None:
-        """Create the params (one throw-away step), check the plates, broadcast rank 0's params."""
+        """Check the plates, create the params (one throw-away step), broadcast rank 0's params."""
         batch = next(iter(self.batches)) if self.batches is not None else ()
         args, kwargs = split_batch(batch)
+        check_plates(self.model, self.guide, (*args, *self.args), {**self.kwargs, **kwargs}, comm)
         try:
             prime(self.elbo, self.svi.model, self.svi.guide, self.batches, self.args, self.kwargs)
         except Exception as err:  # noqa: BLE001 - raised on every rank
             comm.fail(err)
-        check_plates(self.model, self.guide, (*args, *self.args), {**self.kwargs, **kwargs}, comm)
         broadcast_params(comm)
 
     def step(self) -> float:

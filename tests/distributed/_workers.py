@@ -331,6 +331,11 @@ def svi_suite(folder: str, steps: int, kill_at: int | None) -> dict:
         bad[2] = float("nan")
     out["nan_data"] = _error(lambda: fit_svi(model, guide, bad, num_steps=3, progress=False,
                                              distributed=True))
+    cut = 25 if rank == 0 else 15  # uneven shards: the plates' full size is 40 on both
+    mine = svi_data()[:25] if rank == 0 else svi_data()[25:]
+    assert len(mine) == cut
+    out["uneven"] = _error(lambda: _svi(mine, 3))
+    out["empty_rank"] = _error(lambda: _svi(svi_data()[:0] if rank == 1 else svi_data(), 3))
     out["plate_error"] = _error(lambda: fit_svi(
         local_plate_model, guide, x[: 5 + 3 * rank], num_steps=2, progress=False,
         distributed=True))

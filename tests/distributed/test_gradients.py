@@ -95,3 +95,13 @@ def test_an_error_on_one_rank_stops_every_rank(case, kind, text):
         assert got_kind == kind
         assert text in message
         assert message.startswith("rank 1 of 2: ") == (rank != 1)
+
+
+def test_uneven_shards_work_and_an_empty_rank_is_refused():
+    # the plates' full size is the global N on both ranks, the subsamples 25 and 15 rows
+    _, results = _runs_()
+    for res in results:
+        assert res["uneven"] is None
+        kind, message = res["empty_rank"]
+        assert kind == "ValueError"
+        assert "rank(s) [1] have no rows in plate" in message

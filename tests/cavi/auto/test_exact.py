@@ -1,4 +1,4 @@
-"""Exact cases: where q is the exact posterior, the derived ELBO is the log evidence.
+r"""Exact cases: where q is the exact posterior, the derived ELBO is the log evidence.
 
 ``CASES`` (the issue's list and more): each model has one conjugate family per latent and no
 coupling between latents, so the mean-field optimum is the exact posterior and the ELBO at it

@@ -208,6 +208,8 @@ def conjugate_suite() -> dict:
     if world >= 3:
         empty = slice(0, 0) if rank == 1 else (slice(0, 150) if rank == 0 else slice(150, N_GMM))
         out["zero_rows"] = _error(lambda: cavi(GaussianMixture(3), x[empty], distributed=True))
+        out["zero_rows_svi_cavi"] = _error(lambda: svi_cavi(GaussianMixture(3), x[empty],
+                                                            batch_size=50, distributed=True))
     # an error on one rank is raised on every rank, and the group stays usable afterwards
     bad = shard(x, rank=rank, world_size=world).clone()
     if rank == 1:

@@ -24,21 +24,21 @@ from __future__ import annotations
 
 import copy
 import math
+from collections.abc import Callable
 from typing import Any
 
 import pandas as pd
 import torch
 from torch import Tensor
 
-from pyro_vi._checks import as_matrix, check_int, check_positive, check_real, check_seed, check_spread
+from pyro_vi._checks import as_matrix, check_int, check_positive, check_real, check_seed
+from pyro_vi.cavi.kmeans import initial_labels, initial_responsibilities
 from pyro_vi.cavi.model import (
-    DEFAULT_CHUNK_BYTES,
     ConjugateModel,
     FittedGuide,
     LabelAlignment,
     Local,
     Stats,
-    data_roundoff,
 )
 from pyro_vi.cavi.summary import loc_marginal, summary_table
 from pyro_vi.distributed.collectives import Comm
@@ -46,7 +46,6 @@ from pyro_vi.distributed.conjugate import subsample_start
 from pyro_vi.factors import Dirichlet, NormalGamma, NormalWishart
 from pyro_vi.linalg import inverse_cholesky
 from pyro_vi.models.gmm.guides import MAX_PLATE_NESTING, mixture_program, param_sites, sample_latents
-from pyro_vi.cavi.kmeans import initial_labels, initial_responsibilities
 from pyro_vi.models.gmm.params import GMMHyperparams, GMMParams
 from pyro_vi.models.gmm.priors import covariance_from_scatter, resolve_hyperparams
 from pyro_vi.models.gmm.summary import GMMSummary, log_predictive_components, summarize
@@ -55,10 +54,11 @@ __all__ = ["GMMHyperparams", "GMMParams", "GaussianMixture", "replace_model"]
 
 _LOG_2PI = math.log(2.0 * math.pi)
 
-#: Rows per block of the quadratic-feature local step. Measured (1 thread, float64, D=32, K=16,
-#: one process, blocks interleaved): 256-512-row blocks ran the features and both GEMMs fastest
-#: (0.058 s per 2e4 rows against 0.068 at 1024 and 0.093 at 4096 rows).
-BLOCK_ROWS = 512
+#: Bytes of features per block of the quadratic-feature local step (:func:`block_rows`). Measured
+#: (1 thread, float64, D=32, K=16, one process, blocks interleaved): 256-512-row blocks of the
+#: 560 full-covariance features (1.1-2.3 MB) ran the features and both GEMMs fastest (0.058 s per
+#: 2e4 rows against 0.068 at 1024 and 0.093 at 4096 rows); the 64 diag features take 4096 rows.
+BLOCK_BYTES = 2 * 2**20
 
 #: Full covariance takes the quadratic-feature (vech) path for VECH_MIN_D <= D <= VECH_MAX_D,
 #: else the per-component triangular product. Measured side by side (1 thread, float64, on a
@@ -70,24 +70,74 @@ VECH_MIN_D = 28
 VECH_MAX_D = 40
 
 
-def _features(x0: Tensor, diag: bool) -> Tensor:
-    r"""Quadratic features :math:`\phi_n = (\mathrm{vech}(x_n x_n^T), x_n)` (diag: :math:`(x_n^2, x_n)`).
+def _features(x: Tensor, m0: Tensor, diag: bool, out: Tensor) -> Tensor:
+    r"""Quadratic features :math:`\phi_n = (\mathrm{vech}(x'_n x'^T_n), x'_n)`, :math:`x' = x - m_0`, into ``out``.
 
-    Shape ``(n, Q + D)`` with :math:`Q = D(D+1)/2` (diag: ``D``); the upper triangle in row-major
-    order (``torch.triu_indices``). Built by one product per row of the triangle: a loop over
-    the ``D`` dimensions, not over points.
+    ``out`` is ``(n, Q + D)`` with :math:`Q = D(D+1)/2` (diag: :math:`(x'^2_n, x'_n)`, ``Q = D``),
+    in ``out``'s dtype; the upper triangle in row-major order (``torch.triu_indices``). The block
+    is centred straight into the last ``D`` columns, so no centred copy of the data is made; the
+    products are one per row of the triangle (a loop over the ``D`` dimensions, not over points).
     """
-    n, d = x0.shape
+    n, d = x.shape
+    q = out.shape[1] - d
+    lin = out[:, q:]
+    if lin.dtype == x.dtype:
+        torch.sub(x, m0, out=lin)
+    else:
+        lin.copy_(x - m0)  # centred in the data's dtype, then rounded (float32 mode)
     if diag:
-        return torch.cat([x0 * x0, x0], 1)
-    q = d * (d + 1) // 2
-    out = torch.empty(n, q + d, dtype=x0.dtype, device=x0.device)
+        torch.mul(lin, lin, out=out[:, :q])
+        return out
     o = 0
     for i in range(d):
-        torch.mul(x0[:, i:], x0[:, i:i + 1], out=out[:, o:o + d - i])
+        torch.mul(lin[:, i:], lin[:, i:i + 1], out=out[:, o:o + d - i])
         o += d - i
-    out[:, q:] = x0
     return out
+
+
+def block_rows(width: int, element_size: int) -> int:
+    """Rows per block of the feature path: about :data:`BLOCK_BYTES` of features, 256..8192 rows."""
+    return max(256, min(8192, BLOCK_BYTES // max(1, width * element_size)))
+
+
+def _moments(x: Tensor, mean: Tensor, covariance: str, *, scatter: bool,
+             rows: int = 8192) -> tuple[Tensor, Tensor | None, float]:
+    r"""``mean``, the centred scatter and :math:`\max_{n,j}|x_{nj} - \bar x_j|`, in blocks of ``rows``.
+
+    The scatter is :math:`\sum_n (x_n - \bar x)(x_n - \bar x)^T` (``"diag"``: its diagonal),
+    or None when ``scatter=False``. Two-pass and centred like
+    :func:`~pyro_vi.models.gmm.priors.default_covariance`, but block by block: no ``(N, D)``
+    temporary (at N=1e6, D=32 a centred copy alone is the size of the data).
+    """
+    s = None
+    if scatter:
+        d = x.shape[1]
+        s = torch.zeros((d,) if covariance == "diag" else (d, d), dtype=x.dtype, device=x.device)
+    big = 0.0
+    for i in range(0, x.shape[0], rows):
+        dev = x[i:i + rows] - mean
+        big = max(big, float(dev.abs().amax()))
+        if s is not None:
+            s += dev.square().sum(0) if covariance == "diag" else dev.T @ dev
+    return mean, s, big
+
+
+def _check_spread(x: Tensor, big: float) -> None:
+    """:func:`~pyro_vi._checks.check_spread` of ``x`` given its largest deviation ``big`` (from :func:`_moments`).
+
+    The same test and messages; the library check builds two ``(N, D)`` temporaries.
+    """
+    info = torch.finfo(x.dtype)
+    n = max(1, x.shape[0])
+    if not math.isfinite(big) or big > math.sqrt(info.max / n):
+        raise ValueError(
+            f"x is too large for {x.dtype}: its deviations from the mean reach {big:.3g}, so their "
+            f"squares (summed over {n} rows) overflow; rescale x (e.g. divide by its standard "
+            "deviation) and transform the fit back")
+    if 0.0 < big < math.sqrt(info.tiny) / info.eps:
+        raise ValueError(
+            f"x is too small for {x.dtype}: its deviations from the mean are at most {big:.3g}, so "
+            "their squares underflow; rescale x (e.g. divide by its standard deviation)")
 
 
 class GaussianMixture(ConjugateModel[Tensor, GMMParams, Stats]):
@@ -207,12 +257,32 @@ class GaussianMixture(ConjugateModel[Tensor, GMMParams, Stats]):
         """
         x = as_matrix(x, dtype=self.dtype, device=self.device)
         if self.hyperparams is not None:
+            return self._resolve_from(x, None, None)
+        mean = x.mean(0)
+        return self._resolve_from(x, mean, _moments(x, mean, self.covariance,
+                                                    scatter=self._needs_scatter())[1])
+
+    def _needs_scatter(self) -> bool:
+        return self.hyperparams is None and self._spec["covariance_prior"] is None
+
+    def _resolve_from(self, x: Tensor, mean: Tensor | None, scatter: Tensor | None) -> GaussianMixture:
+        """:meth:`resolve` given the column ``mean`` and centred ``scatter`` of ``x`` (block sums).
+
+        The defaults are those of :func:`~pyro_vi.models.gmm.priors.resolve_hyperparams`; passing
+        them in keeps its ``x - mean`` copy of the data out of the fit's peak memory.
+        """
+        if self.hyperparams is not None:
             if self.hyperparams.mean_prior.shape[0] != x.shape[1]:
                 raise ValueError(f"x has D={x.shape[1]} columns but the prior was resolved "
                                  f"for D={self.hyperparams.mean_prior.shape[0]}")
             return self
+        spec = dict(self._spec)
+        if spec["mean_prior"] is None:
+            spec["mean_prior"] = mean
+        if spec["covariance_prior"] is None and scatter is not None:
+            spec["covariance_prior"] = covariance_from_scatter(scatter, x.shape[0], self.covariance)
         new = replace_model(self)
-        new.hyperparams = resolve_hyperparams(self._spec, x, n_components=self.n_components,
+        new.hyperparams = resolve_hyperparams(spec, x, n_components=self.n_components,
                                               covariance=self.covariance)
         return new
 
@@ -254,8 +324,9 @@ class GaussianMixture(ConjugateModel[Tensor, GMMParams, Stats]):
     def prepare(self, data: Any) -> tuple[GaussianMixture, Tensor]:
         """Validate ``data`` (``(N, D)``, finite, floating, ``N >= K``) and resolve priors."""
         x = as_matrix(data, dtype=self.dtype, device=self.device, min_rows=self.n_components)
-        check_spread("x", x)  # ×1e300 data: blame the data, not the prior derived from it
-        return self.resolve(x), x
+        mean, scatter, big = _moments(x, x.mean(0), self.covariance, scatter=self._needs_scatter())
+        _check_spread(x, big)  # ×1e300 data: blame the data, not the prior derived from it
+        return self._resolve_from(x, mean, scatter), x
 
     def init_stats(self, data: Tensor, *, generator: torch.Generator) -> Stats:
         """Statistics of the initial responsibilities the ``init`` option names."""
@@ -276,15 +347,7 @@ class GaussianMixture(ConjugateModel[Tensor, GMMParams, Stats]):
         else:
             r = initial_responsibilities(self._centre(data), self.n_components, method=init,
                                          generator=generator)
-        # in row chunks, as local_pass does: one pass over all rows would build an N·K·D temporary.
-        # Running sums, not a list of per-chunk results: small tensors kept alive between the
-        # chunks' large temporaries fragmented glibc's heap (RSS grew by a temporary per chunk).
-        rows = max(1024, DEFAULT_CHUNK_BYTES // max(1, self._stats_bytes_per_point(data)))
-        total = self._stats(self._centre(data[:rows]), r[:rows])
-        for i in range(rows, data.shape[0], rows):
-            part = self._stats(self._centre(data[i:i + rows]), r[i:i + rows])
-            total = tuple(a + b for a, b in zip(total, part, strict=True))
-        return total
+        return self._block_sums(data, self.dtype, lambda i, rows, phi: (r[i:i + rows], None))[0]
 
     def prepare_shard(self, data: Any, *, comm: Comm) -> tuple[GaussianMixture, Tensor]:
         r""":meth:`prepare` for one rank's rows: data-derived priors from sums over all ranks.
@@ -294,14 +357,14 @@ class GaussianMixture(ConjugateModel[Tensor, GMMParams, Stats]):
         rank gets the priors of the concatenated rows; ``N >= K`` is checked on the total.
         """
         x = as_matrix(data, dtype=self.dtype, device=self.device)
-        check_spread("x", x)
+        _check_spread(x, _moments(x, x.mean(0), self.covariance, scatter=False)[2])
         spec = dict(self._spec)
         n_rows = torch.tensor(float(x.shape[0]), dtype=x.dtype)
         if self.hyperparams is None and (spec["mean_prior"] is None or spec["covariance_prior"] is None):
             total, count = comm.sum((x.sum(0), n_rows))
             n, mean = int(count), total / count
-            dev = x - mean
-            scatter = dev.square().sum(0) if self.covariance == "diag" else dev.T @ dev
+            scatter = _moments(x, mean, self.covariance, scatter=True)[1]
+            assert scatter is not None
             (scatter,) = comm.sum((scatter,))
             if spec["mean_prior"] is None:
                 spec["mean_prior"] = mean
@@ -336,17 +399,55 @@ class GaussianMixture(ConjugateModel[Tensor, GMMParams, Stats]):
         return (3 * k * d if self.covariance == "full" else 4 * k + 2 * d) * data.element_size()
 
     def _label_stats(self, data: Tensor, labels: Tensor) -> Stats:
-        """:meth:`_stats` of one-hot responsibilities, chunked, without an ``(N, K)`` array."""
+        """:meth:`_stats` of one-hot responsibilities, block by block, without an ``(N, K)`` array."""
         k = self.n_components
-        rows = max(1024, DEFAULT_CHUNK_BYTES // max(1, self._stats_bytes_per_point(data)))
-        total: Stats | None = None
-        for i in range(0, data.shape[0], rows):
-            lab = labels[i:i + rows]
-            r = torch.zeros(lab.shape[0], k, dtype=data.dtype, device=data.device).scatter_(1, lab[:, None], 1.0)
-            part = self._stats(self._centre(data[i:i + rows]), r)
-            total = part if total is None else tuple(a + b for a, b in zip(total, part, strict=True))
-        assert total is not None
-        return total
+
+        def one_hot(i: int, rows: int, phi: Tensor) -> tuple[Tensor, None]:
+            lab = labels[i:i + rows, None]
+            return torch.zeros(lab.shape[0], k, dtype=phi.dtype, device=phi.device).scatter_(1, lab, 1.0), None
+
+        return self._block_sums(data, self.dtype, one_hot)[0]
+
+    def _block_sums(self, data: Tensor, dtype: torch.dtype,
+                    resp: Callable[[int, int, Tensor], tuple[Tensor, Tensor | None]]) -> tuple[Stats, Tensor]:
+        r"""Statistics :math:`R^T\Phi` and :math:`\sum_n` ``lse`` over blocks of :func:`block_rows` rows.
+
+        ``resp(i, rows, phi)`` gives the block's responsibilities ``(rows, K)`` (and its
+        log-normalisers, or None) from its features ``phi`` (:func:`_features`, in ``dtype``).
+        One feature buffer serves every block, and the sums accumulate in place in
+        :attr:`dtype`: the pass allocates nothing that grows with ``N`` (large temporaries freed
+        around small live tensors fragment glibc's heap, so RSS would grow by one per block).
+        """
+        n, d = data.shape
+        diag = self.covariance == "diag"
+        width = 2 * d if diag else d * (d + 1) // 2 + d
+        k = self.n_components
+        total = torch.zeros(k, width, dtype=self.dtype, device=data.device)
+        nk = torch.zeros(k, dtype=self.dtype, device=data.device)
+        elbo = torch.zeros((), dtype=self.dtype, device=data.device)
+        rows = block_rows(width, torch.finfo(dtype).bits // 8)
+        buf = torch.empty(min(rows, n), width, dtype=dtype, device=data.device)
+        m0 = self._hyperparams().mean_prior
+        for i in range(0, n, rows):
+            block = data[i:i + rows]
+            phi = _features(block, m0, diag, buf[:block.shape[0]])
+            r, lse = resp(i, rows, phi)
+            if total.dtype == r.dtype:
+                total.addmm_(r.T, phi)
+            else:
+                total += (r.T @ phi).to(self.dtype)
+            nk += r.sum(0, dtype=self.dtype)
+            if lse is not None:
+                elbo += lse.sum(dtype=self.dtype)
+        q = width - d
+        sx = total[:, q:]
+        if diag:
+            return (nk, sx, total[:, :q]), elbo
+        iu = torch.triu_indices(d, d, device=data.device)
+        sxx = torch.zeros(k, d, d, dtype=self.dtype, device=data.device)
+        sxx[:, iu[0], iu[1]] = total[:, :q]
+        sxx[:, iu[1], iu[0]] = total[:, :q]
+        return (nk, sx, sxx), elbo
 
     def _centre(self, x: Tensor) -> Tensor:
         """``x - m0``: every statistic and quadratic form is computed in these coordinates."""
@@ -423,13 +524,13 @@ class GaussianMixture(ConjugateModel[Tensor, GMMParams, Stats]):
         (off-diagonal entries doubled) and :math:`c_k = E\log\pi_k + \tfrac12 E\log|\Lambda_k|
         - \tfrac D2\log 2\pi - \tfrac12(m'^T_k A_k m'_k + D/\beta_k)` (Bishop eqs. 10.46,
         10.64): one ``(n × Q+D)·(Q+D × K)`` GEMM and one :math:`R^T\Phi` GEMM per block of
-        :data:`BLOCK_ROWS` rows, about :math:`2NK D(D+1)` flops instead of :math:`4NKD^2`.
+        :func:`block_rows` rows, about :math:`2NK D(D+1)` flops instead of :math:`4NKD^2`.
         """
-        x0 = self._centre(data)
         if not self._use_features(data.shape[1]):
+            x0 = self._centre(data)
             log_rho = self._log_rho_centred(x0, params)
             return Local(self._stats(x0, torch.softmax(log_rho, -1)), torch.logsumexp(log_rho, -1).sum())
-        return self._feature_step(x0, params)
+        return self._feature_step(data, params)
 
     def _use_features(self, d: int) -> bool:
         if self.compute_dtype != self.dtype:
@@ -458,30 +559,16 @@ class GaussianMixture(ConjugateModel[Tensor, GMMParams, Stats]):
         c = params.weights.expected_log() + 0.5 * logdet - 0.5 * d * _LOG_2PI - 0.5 * const
         return g.T.contiguous(), c
 
-    def _feature_step(self, x0: Tensor, params: GMMParams) -> Local:
-        n, d = x0.shape
-        diag = self.covariance == "diag"
-        g, c = self._coefficients(params, d)
+    def _feature_step(self, data: Tensor, params: GMMParams) -> Local:
+        g, c = self._coefficients(params, data.shape[1])
         g, c = g.to(self.compute_dtype), c.to(self.compute_dtype)
-        total = torch.zeros(g.shape[1], g.shape[0], dtype=self.dtype, device=x0.device)
-        nk = torch.zeros(g.shape[1], dtype=self.dtype, device=x0.device)
-        elbo = torch.zeros((), dtype=self.dtype, device=x0.device)
-        for i in range(0, n, BLOCK_ROWS):
-            phi = _features(x0[i:i + BLOCK_ROWS].to(self.compute_dtype), diag)
+
+        def optimal(i: int, rows: int, phi: Tensor) -> tuple[Tensor, Tensor]:
             log_rho = torch.addmm(c, phi, g)
-            r = torch.softmax(log_rho, -1)
-            total += (r.T @ phi).to(self.dtype)
-            nk += r.sum(0, dtype=self.dtype)
-            elbo += torch.logsumexp(log_rho, -1).sum(dtype=self.dtype)
-        q = total.shape[1] - d
-        sx = total[:, q:]
-        if diag:
-            return Local((nk, sx, total[:, :q]), elbo)
-        iu = torch.triu_indices(d, d, device=x0.device)
-        sxx = torch.zeros(total.shape[0], d, d, dtype=self.dtype, device=x0.device)
-        sxx[:, iu[0], iu[1]] = total[:, :q]
-        sxx[:, iu[1], iu[0]] = total[:, :q]
-        return Local((nk, sx, sxx), elbo)
+            lse = torch.logsumexp(log_rho, -1)
+            return log_rho.sub_(lse.unsqueeze(-1)).exp_(), lse  # softmax in log rho's storage
+
+        return Local(*self._block_sums(data, self.compute_dtype, optimal))
 
     def compute_eps(self) -> float:
         """Machine epsilon of :attr:`compute_dtype`: the engine allows ``1000 ×`` it of relative ELBO decrease.
@@ -526,18 +613,31 @@ class GaussianMixture(ConjugateModel[Tensor, GMMParams, Stats]):
         return GMMParams(Dirichlet(alpha), comps)
 
     def elbo_roundoff(self, data: Tensor) -> float | None:
-        """The contract's estimate for the data centred on the prior mean, as the ELBO is computed."""
-        return data_roundoff(self._centre(data).to(self.compute_dtype))
+        r"""The contract's estimate (:func:`~pyro_vi.cavi.model.data_roundoff`) for the data centred on :math:`m_0`.
 
-    def local_bytes_per_point(self, data: Tensor) -> int:
+        :math:`10\,\epsilon\sum_j N(1 + |\bar x_j - m_{0j}|/s_j)^2` with :math:`\epsilon` of
+        :attr:`compute_dtype`: the same number ``data_roundoff(x - m0)`` gives, from block sums
+        (:func:`_moments`), without a centred copy of the data.
+        """
+        n = data.shape[0]
+        mean = data.mean(0)
+        sq = _moments(data, mean, "diag", scatter=True)[1]
+        assert sq is not None
+        sd = (sq / (n - 1)).sqrt() if n > 1 else torch.zeros_like(sq)
+        off = (mean - self._hyperparams().mean_prior).abs()
+        ratio = torch.where(sd > 0, off / sd.clamp_min(torch.finfo(sd.dtype).tiny), torch.zeros_like(off))
+        return 10.0 * torch.finfo(self.compute_dtype).eps * float(n * (1.0 + ratio).square().sum())
+
+    def local_bytes_per_point(self, data: Tensor) -> int | None:
         """Bytes of temporaries per data point in :meth:`local_step` (for chunking).
 
-        The quadratic-feature path works in blocks of :data:`BLOCK_ROWS` rows whatever the chunk,
-        so only the chunk's centred copy (and its ``compute_dtype`` copy) scale with it.
+        None on the quadratic-feature path: it centres and builds features block by block
+        (:func:`block_rows`) whatever the chunk, so its temporaries do not grow with the chunk and
+        the engine need not split the data.
         """
         if not self._use_features(data.shape[1]):
             return self._stats_bytes_per_point(data)
-        return 2 * data.shape[1] * data.element_size()
+        return None
 
     def label_alignment(self) -> LabelAlignment:
         """Components are matched on ``loc``; ``weights``, ``loc``, ``precision`` and ``z`` follow."""

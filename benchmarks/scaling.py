@@ -25,10 +25,12 @@
   over rounds. GFLOP/s are given against the 2·N·K·D(D+1) floor of the feature path and the
   4·N·K·D² textbook count, and divided by a single-thread matmul (float64; float32 for the
   float32 mode) timed in the same round. ``GaussianMixture`` has no public option choosing the
-  full-covariance path, so the benchmark forces one by setting the module constants
-  ``VECH_MIN_D``/``VECH_MAX_D`` of :mod:`pyro_vi.models.gmm.model` for the duration of the
-  measurement (:func:`forced_path`; restored afterwards, and checked by counting calls of the
-  feature builder). A same-start check gives the ELBO of each path after 10 sweeps.
+  full-covariance path, so the benchmark forces one on a copy of the model (:func:`forced`,
+  checked by counting calls of the feature-path local step). A same-start check gives the ELBO of each
+  path after 10 sweeps.
+* **Crossover** (``--sections crossover``): triangular vs feature path, full covariance, float64,
+  1 thread, over D in 8..48 and K in 4, 8, 16 at N=5e4, both paths alternating in one process;
+  the D × K table of CPU-time ratios is what the default (``prefers_features``) is read from.
 * **Threads** (``--threads N`` with N > 1): at the target size, wall-clock seconds per sweep at
   1 and N threads for the float64 and float32 modes and for sklearn (N BLAS threads),
   interleaved; the speed-up is per round, median [range]. The load average before and after is
@@ -39,7 +41,7 @@
   and exits 0 without writing anything.
 
 Each section writes its own files (``scaling``, ``scaling_paths``, ``scaling_threads``,
-``scaling_cuda``) and README section. Run ``python -m benchmarks.scaling`` (or ``pyro-vi bench
+``scaling_cuda``, ``scaling_crossover``) and README section. Run ``python -m benchmarks.scaling`` (or ``pyro-vi bench
 scaling``); ``--sections paths`` runs only the path comparison; ``--quick`` is a smoke test.
 """
 
@@ -66,7 +68,7 @@ from matplotlib.ticker import NullFormatter
 
 from pyro_vi import cavi
 from pyro_vi.cavi.engine import DEFAULT_CHUNK_BYTES, local_pass
-from pyro_vi.models.gmm.model import GaussianMixture
+from pyro_vi.models.gmm.model import GaussianMixture, replace_model
 
 from ._common import (
     add_common_args,
@@ -187,10 +189,15 @@ def time_config(n: int, d: int, k: int, covariance: str, *, sweeps: int, rounds:
 
 
 def chunk_sweep(n: int, d: int, k: int, sizes_mib: Sequence[int], *, sweeps: int, rounds: int) -> pd.DataFrame:
-    """CPU seconds per sweep when the local step's temporaries are capped at each of ``sizes_mib``."""
+    """CPU seconds per sweep when the local step's temporaries are capped at each of ``sizes_mib``.
+
+    On the triangular path: the feature path works in blocks of its own whatever the chunk
+    (its ``local_bytes_per_point`` is None).
+    """
     x = make_data(n, d, k)
-    gmm = GaussianMixture(k).resolve(x)
+    gmm = forced(GaussianMixture(k).resolve(x), "triangular")
     per_point = gmm.local_bytes_per_point(x)
+    assert per_point is not None
     times: dict[int, list[float]] = {m: [] for m in sizes_mib}
     for r in range(rounds):
         for m in sizes_mib if r % 2 == 0 else sizes_mib[::-1]:
@@ -325,51 +332,45 @@ PATHS = ("triangular", "features", "float32")  #: the local-step variants compar
 PATH_GRID = [(50_000, d, k, "full") for k in (8, 16) for d in (16, 24, 32, 40, 48)]
 
 
-@contextlib.contextmanager
-def forced_path(path: str) -> Iterator[None]:
-    """Force the full-covariance local step onto ``path`` ("triangular" or "features") in this block.
+def forced(gmm: GaussianMixture, path: str) -> GaussianMixture:
+    """``gmm`` with its full-covariance local step forced onto ``path`` ("triangular" or "features").
 
-    ``GaussianMixture`` chooses by ``D`` through the module constants ``VECH_MIN_D`` and
-    ``VECH_MAX_D`` of :mod:`pyro_vi.models.gmm.model` and has no public option for it, so they
-    are set here (an empty range: triangular; every D: features) and restored on exit.
-    Any other ``path`` (``"float32"``, ``"default"``) leaves the model's own choice.
+    ``GaussianMixture`` chooses by ``(D, K)`` (:func:`pyro_vi.models.gmm.model.prefers_features`)
+    and has no public option for it, so the benchmark sets the private ``_path`` of a copy (kept
+    by ``prepare``/``resolve``, which copy the model). Any other ``path`` (``"float32"``,
+    ``"default"``) leaves the model's own choice.
     """
-    from pyro_vi.models.gmm import model as gmm_model
-
-    if not all(hasattr(gmm_model, c) for c in ("VECH_MIN_D", "VECH_MAX_D")):
-        raise RuntimeError("pyro_vi.models.gmm.model has no VECH_MIN_D/VECH_MAX_D: update forced_path")
-    old = gmm_model.VECH_MIN_D, gmm_model.VECH_MAX_D
-    new = {"triangular": (1 << 30, -1), "features": (0, 1 << 30)}.get(path, old)
-    gmm_model.VECH_MIN_D, gmm_model.VECH_MAX_D = new
-    try:
-        yield
-    finally:
-        gmm_model.VECH_MIN_D, gmm_model.VECH_MAX_D = old
+    if path not in ("triangular", "features"):
+        return gmm
+    new = replace_model(gmm)
+    new._path = path
+    return new
 
 
 @contextlib.contextmanager
 def counting_features() -> Iterator[list[int]]:
-    """Count the calls of the feature builder ``_features`` (proves which path ran)."""
-    from pyro_vi.models.gmm import model as gmm_model
+    """Count the calls of the feature-path local step ``GaussianMixture._feature_step`` (proves which path ran).
 
+    The start's statistics use the feature builder on every path, so the local step is counted.
+    """
     calls = [0]
-    original = gmm_model._features
+    original = GaussianMixture._feature_step
 
-    def counted(*a, **kw):  # type: ignore[no-untyped-def]
+    def counted(self, *a, **kw):  # type: ignore[no-untyped-def]
         calls[0] += 1
-        return original(*a, **kw)
+        return original(self, *a, **kw)
 
-    gmm_model._features = counted
+    GaussianMixture._feature_step = counted  # type: ignore[method-assign]
     try:
         yield calls
     finally:
-        gmm_model._features = original
+        GaussianMixture._feature_step = original  # type: ignore[method-assign]
 
 
 def path_model(k: int, path: str, x: torch.Tensor, covariance: str = "full") -> GaussianMixture:
     """The (resolved) model of one variant: float32 GEMMs for ``"float32"``, else float64."""
     dtype = torch.float32 if path == "float32" else None
-    return GaussianMixture(k, covariance=covariance, compute_dtype=dtype).resolve(x)
+    return forced(GaussianMixture(k, covariance=covariance, compute_dtype=dtype).resolve(x), path)
 
 
 def floor_flops(n: int, d: int, k: int, covariance: str) -> float:
@@ -398,8 +399,7 @@ def time_paths(n: int, d: int, k: int, covariance: str, *, sweeps: int, rounds: 
             if name == "sklearn":
                 res = sklearn_sweeps(models["features"], x, sweeps)
             else:
-                with forced_path(name):
-                    res = cavi_sweeps(models[name], x, sweeps)
+                res = cavi_sweeps(models[name], x, sweeps)
             cpu[name].append([c for c, _ in res])
             wall[name].append([w for _, w in res])
     med = statistics.median
@@ -427,10 +427,10 @@ def same_start_paths(n: int, d: int, k: int, sweeps: int = 10) -> dict[str, floa
     x = make_data(n, d, k)
     out: dict[str, float] = {}
     for name in PATHS:
-        with forced_path(name), counting_features() as calls:
+        with counting_features() as calls:
             fit = cavi(path_model(k, name, x), x, max_iter=sweeps, tol=0.0, seed=0, warn=False)
         if (calls[0] > 0) != (name != "triangular"):
-            raise RuntimeError(f"forcing the {name} path failed ({calls[0]} feature-builder calls)")
+            raise RuntimeError(f"forcing the {name} path failed ({calls[0]} feature-path local steps)")
         out[name] = fit.elbo
     return {"sweeps": sweeps, **{f"elbo_{p}": v for p, v in out.items()},
             "features_vs_triangular": abs(out["features"] - out["triangular"]) / abs(out["triangular"]),
@@ -472,6 +472,56 @@ def paths_report(df: pd.DataFrame, same: dict[str, float], target: tuple[int, in
         lines.append("**Crossover (CPU s, features < triangular):** " + "; ".join(cross) + ".\n")
     lines.append("\n" + markdown_table(pd.DataFrame([cell(r) for _, r in df.iterrows()]), floatfmt="{:.3g}"))
     return "".join(lines)
+
+
+# -------------------------------------------------------------------------------------- crossover
+CROSSOVER_D = (8, 16, 24, 32, 40, 48)
+CROSSOVER_K = (4, 8, 16)
+
+
+def time_crossover(n: int, ds: Sequence[int], ks: Sequence[int], *, sweeps: int, rounds: int) -> pd.DataFrame:
+    """Triangular vs feature path (full covariance, float64, 1 thread) over a (D, K) grid, one process.
+
+    Per cell and round both paths run ``sweeps`` sweeps, the order alternating; the ratio
+    triangular/features is taken per round (medians of the round), reported as median [range].
+    """
+    rows = []
+    for d in ds:
+        x = make_data(n, d, max(ks))
+        for k in ks:
+            models = {p: path_model(k, p, x) for p in ("triangular", "features")}
+            cpu: dict[str, list[float]] = {p: [] for p in models}
+            ratios = []
+            for r in range(rounds):
+                order = list(models) if r % 2 == 0 else list(models)[::-1]
+                med = {}
+                for p in order:
+                    res = [c for c, _ in cavi_sweeps(models[p], x, sweeps)]
+                    cpu[p] += res
+                    med[p] = statistics.median(res)
+                ratios.append(med["triangular"] / med["features"])
+            default = "features" if GaussianMixture(k)._use_features(d) else "triangular"
+            rows.append({"N": n, "D": d, "K": k, "triangular_s": statistics.median(cpu["triangular"]),
+                         "features_s": statistics.median(cpu["features"]),
+                         "tri_over_feat": statistics.median(ratios), "ratio_min": min(ratios),
+                         "ratio_max": max(ratios), "default_path": default, "rounds": rounds})
+            print(f"  crossover: D={d} K={k}: triangular/features {rows[-1]['tri_over_feat']:.2f} "
+                  f"[{min(ratios):.2f}-{max(ratios):.2f}]", flush=True)
+    return pd.DataFrame(rows)
+
+
+def crossover_report(df: pd.DataFrame, load: tuple[tuple[float, ...], tuple[float, ...]]) -> str:
+    """A D × K table of triangular/features CPU-time ratios (> 1: features faster) and the default."""
+    n = int(df.N.iloc[0])
+    table = df.pivot_table(index="D", columns="K", values="tri_over_feat")
+    cells = {(r.D, r.K): f"{r.tri_over_feat:.2f} [{r.ratio_min:.2f}–{r.ratio_max:.2f}]"
+             + (" **F**" if r.default_path == "features" else "") for r in df.itertuples()}
+    out = pd.DataFrame([{"D": d, **{f"K={k}": cells[(d, k)] for k in table.columns}} for d in table.index])
+    return (f"N={n}, full covariance, float64, 1 thread: CPU seconds per sweep of the triangular path over "
+            f"the feature path, per round, median [range] over {int(df.rounds.iloc[0])} rounds (> 1: features "
+            f"faster); **F** marks the cells where the default (`prefers_features`) takes the feature path. "
+            f"Load average (1, 5, 15 min) before {load[0]}, after {load[1]} on {os.cpu_count()} logical "
+            f"cores.\n\n" + markdown_table(out))
 
 
 # ---------------------------------------------------------------------------------------- threads
@@ -531,9 +581,10 @@ def time_cuda(n: int, d: int, k: int, *, sweeps: int) -> tuple[pd.DataFrame, dic
         per = {}
         for where in ("cuda", "cpu"):
             x = x_cpu.to(where)
-            gmm = GaussianMixture(k, init=start.to(where), device=where, compute_dtype=cdt).resolve(x)
+            gmm = forced(GaussianMixture(k, init=start.to(where), device=where, compute_dtype=cdt).resolve(x),
+                         "features")
             # each sweep ends in float(ELBO), a device synchronisation: its wall time is the GPU's
-            with forced_path("features"), limit_threads(1):
+            with limit_threads(1):
                 res = cavi_sweeps(gmm, x, 2 if where == "cpu" else sweeps + 1)[1:]  # first: warm-up
             per[where] = statistics.median(w for _, w in res)
         tflops = floor_flops(n, d, k, "full") / per["cuda"] / 1e12
@@ -586,7 +637,7 @@ def run_sweeps(args: argparse.Namespace) -> None:
     info.update(wall_seconds=round(time.perf_counter() - t0, 1), cpu_seconds=round(time.process_time() - c0, 1),
                 subprocess_cpu_seconds=round(child.ru_utime + child.ru_stime, 1))
     md = report(df, same, mem, args.threads) + (
-        f"\n#### Chunk size of the local step (N={target[0]}, D={target[1]}, K={target[2]}; default "
+        f"\n#### Chunk size of the triangular local step (N={target[0]}, D={target[1]}, K={target[2]}; default "
         f"{DEFAULT_CHUNK_BYTES // 2**20} MiB)\n\n" + markdown_table(chunks, floatfmt="{:.3g}"))
     name = stem(NAME, args.quick)
     write_results(args.out, name, table=df, markdown=md, info=info, figures={"sweeps": plot(df)})
@@ -635,6 +686,20 @@ def run_threads(args: argparse.Namespace) -> None:
                                                                   tuple(info["load_avg_end"]))), info)
 
 
+def run_crossover(args: argparse.Namespace) -> None:
+    """Where the feature path beats the triangular one, over D and K."""
+    if args.quick:
+        n, ds, ks, sweeps, rounds = 2000, (8, 32), (4,), 2, 2
+    else:
+        n, ds, ks, sweeps, rounds = 50_000, CROSSOVER_D, CROSSOVER_K, 2, 5
+    t0, load0 = time.perf_counter(), os.getloadavg()
+    with limit_threads(1):
+        df = time_crossover(n, ds, ks, sweeps=sweeps, rounds=rounds)
+    info = _info(args, dtype="float64", device="cpu", threads=1, load0=load0, t0=t0)
+    write_section(args, f"{NAME}_crossover", df,
+                  crossover_report(df, (tuple(info["load_avg_start"]), tuple(info["load_avg_end"]))), info)
+
+
 def run_cuda(args: argparse.Namespace) -> None:
     n, d, k = (20_000, 32, 16) if args.quick else MEMORY
     t0, load0 = time.perf_counter(), os.getloadavg()
@@ -646,7 +711,7 @@ def run_cuda(args: argparse.Namespace) -> None:
     write_section(args, f"{NAME}_cuda", df, md, info)
 
 
-SECTIONS = ("sweeps", "paths", "threads")
+SECTIONS = ("sweeps", "paths", "crossover", "threads")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -680,7 +745,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         sections.add("threads")
     for section in SECTIONS:
         if section in sections:
-            {"sweeps": run_sweeps, "paths": run_paths, "threads": run_threads}[section](args)
+            {"sweeps": run_sweeps, "paths": run_paths, "crossover": run_crossover,
+             "threads": run_threads}[section](args)
     return 0
 
 

@@ -55,19 +55,37 @@ __all__ = ["GMMHyperparams", "GMMParams", "GaussianMixture", "replace_model"]
 _LOG_2PI = math.log(2.0 * math.pi)
 
 #: Bytes of features per block of the quadratic-feature local step (:func:`block_rows`). Measured
-#: (1 thread, float64, D=32, K=16, one process, blocks interleaved): 256-512-row blocks of the
-#: 560 full-covariance features (1.1-2.3 MB) ran the features and both GEMMs fastest (0.058 s per
-#: 2e4 rows against 0.068 at 1024 and 0.093 at 4096 rows); the 64 diag features take 4096 rows.
-BLOCK_BYTES = 2 * 2**20
+#: side by side (1 thread, float64, N=1e5, D=32, K=16, CPU s per sweep, median of 4 rounds, load
+#: ~4 on 2 cores): full 0.194 / 0.196 / 0.165 / 0.147 / 0.150 at 0.25 / 1 / 2 / 4 / 8 MiB (58 to
+#: 1872 rows of 560 features); diag 0.0201 / 0.0197 at 2 / 4 MiB (4096 / 8192 rows of 64).
+BLOCK_BYTES = 4 * 2**20
 
-#: Full covariance takes the quadratic-feature (vech) path for VECH_MIN_D <= D <= VECH_MAX_D,
-#: else the per-component triangular product. Measured side by side (1 thread, float64, on a
-#: loaded 2-core machine, CPU seconds per sweep, triangular/features): D=8,K=8 0.0070/0.0074;
-#: D=16,K=8 0.0104/0.0124; D=24,K=16 0.0238/0.0243; D=32,K=16 (N=1e5) 0.198/0.182;
-#: D=48,K=8 0.040/0.065. The crossover lies between D=24 and D=32 at K=16; above ~40 the
-#: D(D+1)/2 features outgrow the cache and the path loses again.
-VECH_MIN_D = 28
-VECH_MAX_D = 40
+#: Full covariance takes the quadratic-feature (vech) path for ``D <= max_d`` at the first
+#: ``(min_k, max_d)`` row with ``K >= min_k``, else the per-component triangular product
+#: (:func:`prefers_features`). Measured by ``python -m benchmarks.scaling --sections crossover``
+#: (N=5e4, 1 thread, float64, one process, 5 rounds alternating; load ~4 on 2 cores), CPU time
+#: triangular / features (> 1: features faster), median of rounds:
+#:
+#: ====  =====  =====  =====
+#:  D    K=4    K=8    K=16
+#: ====  =====  =====  =====
+#:  8    2.85   4.36   2.29
+#:  16   1.00   1.40   1.65
+#:  24   0.63   1.02   1.24
+#:  32   0.54   0.83   1.24
+#:  40   0.45   0.72   1.03
+#:  48   0.41   0.65   1.05
+#: ====  =====  =====  =====
+#:
+#: The crossover moves up with K: D ~ 16 at K=4, ~24 at K=8, >= 48 at K=16 (40-48 at K=16 is
+#: parity within the rounds' range). Above D=48 (unmeasured here) the triangular path is kept:
+#: the D(D+1)/2 features outgrow the cache.
+VECH_MAX_D_BY_K: tuple[tuple[int, int], ...] = ((16, 48), (8, 24), (1, 16))
+
+
+def prefers_features(d: int, k: int) -> bool:
+    """Whether the full-covariance local step is faster on the quadratic-feature path (:data:`VECH_MAX_D_BY_K`)."""
+    return any(d <= max_d for min_k, max_d in VECH_MAX_D_BY_K if k >= min_k)
 
 
 def _features(x: Tensor, m0: Tensor, diag: bool, out: Tensor) -> Tensor:
@@ -96,8 +114,8 @@ def _features(x: Tensor, m0: Tensor, diag: bool, out: Tensor) -> Tensor:
 
 
 def block_rows(width: int, element_size: int) -> int:
-    """Rows per block of the feature path: about :data:`BLOCK_BYTES` of features, 256..8192 rows."""
-    return max(256, min(8192, BLOCK_BYTES // max(1, width * element_size)))
+    """Rows per block of the feature path: about :data:`BLOCK_BYTES` of features, 256..16384 rows."""
+    return max(256, min(16384, BLOCK_BYTES // max(1, width * element_size)))
 
 
 def _moments(x: Tensor, mean: Tensor, covariance: str, *, scatter: bool,
@@ -218,7 +236,7 @@ class GaussianMixture(ConjugateModel[Tensor, GMMParams, Stats]):
             raise ValueError(f"compute_dtype must be torch.float32 or torch.float64, got {compute_dtype!r}")
         #: Precision of the local step's GEMMs.
         self.compute_dtype: torch.dtype = self.dtype if compute_dtype is None else compute_dtype
-        #: Local-step path for full covariance: None chooses by D (see :data:`VECH_MIN_D`).
+        #: Local-step path for full covariance: None chooses by D and K (:func:`prefers_features`).
         self._path: str | None = None
         self.n_components = check_int("n_components", n_components, minimum=1)
         if covariance not in ("full", "diag"):
@@ -512,7 +530,7 @@ class GaussianMixture(ConjugateModel[Tensor, GMMParams, Stats]):
 
         Two paths, the same numbers to round-off. The *triangular* one (full covariance, small
         ``D``) is :meth:`log_rho` and :meth:`_stats`. The *quadratic-feature* one (diag, and full
-        with :data:`VECH_MIN_D` ``<= D <=`` :data:`VECH_MAX_D`) uses that both the Mahalanobis
+        where :func:`prefers_features` says so) uses that both the Mahalanobis
         terms and the scatter statistics are linear in :math:`\phi_n = (\mathrm{vech}(x'_n
         x'^T_n), x'_n)`:
 
@@ -537,7 +555,7 @@ class GaussianMixture(ConjugateModel[Tensor, GMMParams, Stats]):
             return True  # mixed precision runs on the feature path at every D
         if self._path is not None:
             return self._path == "features"
-        return self.covariance == "diag" or VECH_MIN_D <= d <= VECH_MAX_D
+        return self.covariance == "diag" or prefers_features(d, self.n_components)
 
     def _coefficients(self, params: GMMParams, d: int) -> tuple[Tensor, Tensor]:
         """``(Q + D, K)`` feature weights ``g`` and ``(K,)`` constants ``c`` of log rho (see :meth:`local_step`)."""
@@ -564,9 +582,11 @@ class GaussianMixture(ConjugateModel[Tensor, GMMParams, Stats]):
         g, c = g.to(self.compute_dtype), c.to(self.compute_dtype)
 
         def optimal(i: int, rows: int, phi: Tensor) -> tuple[Tensor, Tensor]:
-            log_rho = torch.addmm(c, phi, g)
-            lse = torch.logsumexp(log_rho, -1)
-            return log_rho.sub_(lse.unsqueeze(-1)).exp_(), lse  # softmax in log rho's storage
+            # softmax and logsumexp from one exp, in log rho's storage
+            rho = torch.addmm(c, phi, g)
+            top = rho.amax(-1, keepdim=True)
+            total = rho.sub_(top).exp_().sum(-1, keepdim=True)
+            return rho.div_(total), (top + total.log()).squeeze(-1)
 
         return Local(*self._block_sums(data, self.compute_dtype, optimal))
 

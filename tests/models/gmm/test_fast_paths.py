@@ -11,7 +11,7 @@ from sklearn.datasets import load_iris, load_wine
 from pyro_vi import cavi, load_old_faithful
 from pyro_vi.cavi.engine import local_pass
 from pyro_vi.cavi.kmeans import initial_labels, lloyd
-from pyro_vi.models.gmm.model import VECH_MAX_D, VECH_MIN_D, GaussianMixture, replace_model
+from pyro_vi.models.gmm.model import VECH_MAX_D_BY_K, GaussianMixture, prefers_features, replace_model
 
 
 def _mixture(n: int, d: int, k: int, seed: int) -> torch.Tensor:
@@ -53,13 +53,28 @@ def test_feature_path_statistics_equal_triangular_ones_per_chunk():
     assert float(b.elbo) == pytest.approx(float(a.elbo), rel=1e-13)
 
 
-def test_default_path_follows_dimension():
-    gmm = GaussianMixture(4)
-    assert not gmm._use_features(VECH_MIN_D - 1)
-    assert gmm._use_features(VECH_MIN_D)
-    assert gmm._use_features(VECH_MAX_D)
-    assert not gmm._use_features(VECH_MAX_D + 1)
-    assert GaussianMixture(4, covariance="diag")._use_features(2)
+@pytest.mark.parametrize(("d", "k", "features"), [
+    # the measured crossover table in model.py (triangular/features CPU time, N=5e4): each row
+    # of VECH_MAX_D_BY_K at its edge, and the cells the benchmark measured on either side of it
+    (2, 1, True), (8, 4, True), (16, 4, True), (24, 4, False), (48, 4, False),
+    (16, 8, True), (24, 8, True), (32, 8, False), (48, 8, False),
+    (8, 16, True), (32, 16, True), (48, 16, True), (64, 16, False), (32, 64, True), (49, 64, False),
+])
+def test_default_path_follows_dimension_and_components(d, k, features):
+    assert prefers_features(d, k) is features
+    assert GaussianMixture(k)._use_features(d) is features
+    assert GaussianMixture(k, covariance="diag")._use_features(d)  # diag: always the features
+    assert GaussianMixture(k, compute_dtype=torch.float32)._use_features(d)  # float32 runs there
+
+
+def test_crossover_table_is_ordered():
+    # rows by decreasing K, each allowing at least the D of the rows below it: the rule is
+    # monotone (more components never move a D back to the triangular path)
+    ks = [k for k, _ in VECH_MAX_D_BY_K]
+    ds = [d for _, d in VECH_MAX_D_BY_K]
+    assert ks == sorted(ks, reverse=True)
+    assert ks[-1] == 1
+    assert ds == sorted(ds, reverse=True)
 
 
 def _datasets():
@@ -120,3 +135,38 @@ def test_kmeans_init_is_seeded_and_starts_cavi():
     a = cavi(GaussianMixture(3, init="kmeans"), x, seed=3, max_iter=5, tol=0.0, warn=False)
     b = cavi(GaussianMixture(3, init="kmeans"), x, seed=3, max_iter=5, tol=0.0, warn=False)
     assert a.elbo == b.elbo
+
+
+@pytest.mark.parametrize("covariance", ["full", "diag"])
+def test_local_step_and_moments_make_no_copy_of_the_data(covariance):
+    # The issue's memory goal needs every temporary of the GMM's own passes to be O(block): the
+    # priors' moments, the start's statistics, the round-off estimate and the local step (feature
+    # path, D=32, K=16). torch's profiler records each allocation; the largest must stay below half
+    # the data (20 MB here; a block is BLOCK_BYTES = 4 MiB, a centred or dtype copy 20 MB).
+    from torch.profiler import ProfilerActivity, profile
+
+    from pyro_vi.models.gmm.model import _moments
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(80_000, 32, dtype=torch.float64, generator=g)
+    labels = torch.randint(16, (80_000,), generator=g)
+    gmm = GaussianMixture(16, covariance=covariance).resolve(x)
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        _moments(x, x.mean(0), covariance, scatter=True)
+        params = gmm.global_step(gmm._label_stats(x, labels), None)
+        gmm.elbo_roundoff(x)
+        local_pass(gmm, x, params, chunk_size=None)
+    largest = max(e.cpu_memory_usage for e in prof.events())
+    assert 0 < largest < x.numel() * x.element_size() / 2
+
+
+def test_elbo_roundoff_equals_the_contracts_estimate_of_the_centred_data():
+    # elbo_roundoff is data_roundoff(x - m0) computed from block sums: same number to round-off
+    from pyro_vi.cavi.model import data_roundoff
+
+    x = _mixture(5000, 4, 3, seed=5) + 1e4
+    for gmm in (GaussianMixture(3), GaussianMixture(3, mean_prior=[0.0, 1.0, 2.0, 3.0]),
+                GaussianMixture(3, compute_dtype=torch.float32)):
+        gmm = gmm.resolve(x)
+        ref = data_roundoff((x - gmm.hyperparams.mean_prior).to(gmm.compute_dtype))
+        assert gmm.elbo_roundoff(x) == pytest.approx(ref, rel=1e-5)

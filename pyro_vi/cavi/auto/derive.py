@@ -159,6 +159,10 @@ class DerivedModel(ConjugateModel[tuple[Tensor, ...], Any, Stats]):
         self._centred = [f for f in self._global
                          if structure.factors[f].kind in ("normal", "mvn", "ng", "nw")
                          and f not in self._product_factors]
+        info = {site.name: site for site in structure.sites}
+        #: leading dims of a factor's location that are its site's batch (plate) dims
+        self._plate_ndim = {f: len(info[structure.factors[f].sites[0]].batch_shape)
+                            for f in self._centred}
         fields = [(f, ExpFamFactor) for f in self._global] + [("sweep", Tensor)]
         self.params_type = dataclasses.make_dataclass("DerivedParams", fields, frozen=True)
 
@@ -195,18 +199,34 @@ class DerivedModel(ConjugateModel[tuple[Tensor, ...], Any, Stats]):
                 if isinstance(loc, KSlot):
                     v = self.s.arrays[loc.key]
                     try:
-                        return torch.broadcast_to(v, shape).clone()
+                        return self._common(f, torch.broadcast_to(v, shape).clone())
                     except RuntimeError:
                         break
         return torch.zeros(shape, dtype=torch.float64)
 
     def _origins(self, factors: dict[str, ExpFamFactor]) -> dict[str, Tensor]:
+        """The centring point of each centred factor: its mean location over the plate.
+
+        One point for all of a plate's elements (a mixture's components, a hierarchy's
+        groups), so a term selecting a component by the enumerated latent still sees one
+        offset for every component and stays one matrix product; per coordinate of an
+        event, since coordinates may sit at different offsets.
+        """
         out = {}
         for f in self._centred:
             loc = factors[f].location
             assert loc is not None
-            out[f] = loc.detach()
+            out[f] = self._common(f, loc.detach())
         return out
+
+    def _common(self, f: str, loc: Tensor) -> Tensor:
+        nb = self._plate_ndim[f]
+        if not nb:
+            return loc
+        mean = loc.mean(tuple(range(nb)), keepdim=True)
+        # a vector factor keeps one row (terms then broadcast it); an elementwise one is
+        # gathered per element, so it keeps its shape
+        return mean if self.s.factors[f].kind in ("mvn", "nw") else mean.expand_as(loc)
 
     def _jittered(self, params: Any, generator: torch.Generator) -> Any:
         if not self._product_factors:

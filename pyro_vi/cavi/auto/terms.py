@@ -142,6 +142,8 @@ class Ctx:
         t = self.origins.get(factor)
         if t is None:
             return None
+        if n_event and t.reshape((-1,) + t.shape[t.dim() - n_event:]).shape[0] == 1:
+            return t.reshape(t.shape[t.dim() - n_event:])  # one origin for every element
         return _gather(t, n_event, None if idx is None else self.arrays[idx], t.shape)
 
     def arr(self, key: str) -> Tensor:
@@ -267,9 +269,10 @@ def _gauss_value(ctx: Ctx, value: ObsValue | LatentValue, vec: bool) -> tuple[Te
 
 
 #: From this dimension on, a mixture's quadratic forms go through quadratic features (see
-#: :func:`quad`). Measured here (1 thread, N=1e5, float64, autograd messages): the one
-#: ``(N, D) @ (D, K D)`` product beat the features at D=8, K=8 and at D=32, K=16 (0.25 s
-#: against 0.46 s per sweep), so the features are kept for larger D only.
+#: :func:`quad`). Measured here (1 thread, N=1e5, float64, autograd messages, 1024-row chunks):
+#: the one ``(N, D) @ (D, K D)`` product beat the features at D=8, K=8 (0.064 s against
+#: 0.065 s per sweep) and at D=32, K=16 (0.33 s against 0.51 s; a fresh feature buffer per
+#: chunk costs its page faults), so the features are kept for larger D only.
 VECH_MIN_D = 64
 
 
@@ -284,6 +287,23 @@ def _layout(yb: torch.Size, pb: torch.Size) -> tuple[list[int], list[int], list[
         else:
             shared.append(i)
     return shared, rows, cols
+
+
+def _features(y: Tensor, linear: bool) -> Tensor:
+    """``vech(y y^T)`` (upper triangle, row-major, as ``torch.triu_indices``) [and ``y``].
+
+    Built by one product per row of the triangle into one buffer: no gather, no concatenation.
+    """
+    d = y.shape[-1]
+    q = d * (d + 1) // 2
+    out = torch.empty(y.shape[:-1] + (q + (d if linear else 0),), dtype=y.dtype, device=y.device)
+    o = 0
+    for i in range(d):
+        torch.mul(y[..., i:], y[..., i:i + 1], out=out[..., o:o + d - i])
+        o += d - i
+    if linear:
+        out[..., q:] = y
+    return out
 
 
 def _pad(t: Tensor, nb: int, event: int) -> Tensor:
@@ -323,10 +343,9 @@ def _contract(y: Tensor, p: Tensor, matrix: bool, v: Tensor | None = None) -> Te
             # D(D+1)/2 columns instead of D^2 (half the work; the gradient is another), with
             # the linear term's y as D more columns
             iu, ju = torch.triu_indices(d, d, device=y.device)
-            feats = yy[..., iu] * yy[..., ju]                                   # (S, R, M)
+            feats = _features(yy, lin is not None)                              # (S, R, M[+D])
             pv = pp[..., iu, ju] + pp[..., ju, iu] * (iu != ju).to(pp.dtype)    # (S, C, M)
             if lin is not None:
-                feats = torch.cat([feats, yy], -1)
                 pv = torch.cat([pv, lin], -1)
             out = feats @ pv.transpose(-1, -2)
             lin = None

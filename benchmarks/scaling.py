@@ -31,6 +31,8 @@
 * **Crossover** (``--sections crossover``): triangular vs feature path, full covariance, float64,
   1 thread, over D in 8..48 and K in 4, 8, 16 at N=5e4, both paths alternating in one process;
   the D × K table of CPU-time ratios is what the default (``prefers_features``) is read from.
+* **Memory** (``--sections memory``): the fresh-process peak above at N=1e6, D=32, K=16 for full
+  and diag covariance alone (the sweeps section measures it too, among much else).
 * **Threads** (``--threads N`` with N > 1): at the target size, wall-clock seconds per sweep at
   1 and N threads for the float64 and float32 modes and for sklearn (N BLAS threads),
   interleaved; the speed-up is per round, median [range]. The load average before and after is
@@ -40,9 +42,10 @@
   speed-up over this machine's CPU (1 thread) in the same run. Without CUDA the script says so
   and exits 0 without writing anything.
 
-Each section writes its own files (``scaling``, ``scaling_paths``, ``scaling_threads``,
-``scaling_cuda``, ``scaling_crossover``) and README section. Run ``python -m benchmarks.scaling`` (or ``pyro-vi bench
-scaling``); ``--sections paths`` runs only the path comparison; ``--quick`` is a smoke test.
+Each section writes its own files (``scaling``, ``scaling_paths``, ``scaling_crossover``,
+``scaling_memory``, ``scaling_threads``, ``scaling_cuda``) and README section. Run ``python -m
+benchmarks.scaling`` (or ``pyro-vi bench scaling``); ``--sections paths`` runs only the path
+comparison; ``--quick`` is a smoke test.
 """
 
 from __future__ import annotations
@@ -700,6 +703,20 @@ def run_crossover(args: argparse.Namespace) -> None:
                   crossover_report(df, (tuple(info["load_avg_start"]), tuple(info["load_avg_end"]))), info)
 
 
+def run_memory(args: argparse.Namespace) -> None:
+    """Peak RSS above baseline over the data's bytes at N=1e6, D=32, K=16 (full and diag), fresh processes."""
+    n, d, k = (20_000, 8, 4) if args.quick else MEMORY
+    t0, load0 = time.perf_counter(), os.getloadavg()
+    df = pd.DataFrame([{"N": n, "D": d, "K": k, "covariance": cov, **measure_memory(n, d, k, cov)}
+                       for cov in ("full", "diag")])
+    info = _info(args, dtype="float64", device="cpu", threads=1, load0=load0, t0=t0)
+    lines = [f"N={n}, D={d}, K={k}, float64: `cavi(GaussianMixture(K), x, max_iter=2)` in a fresh process "
+             f"(VmHWM reset after the data are built); `peak_over_data` = (peak − baseline) / data bytes, the "
+             f"baseline being the interpreter with torch before the data, so the data themselves count 1.0.\n\n",
+             markdown_table(df, floatfmt="{:.3g}")]
+    write_section(args, f"{NAME}_memory", df, "".join(lines), info)
+
+
 def run_cuda(args: argparse.Namespace) -> None:
     n, d, k = (20_000, 32, 16) if args.quick else MEMORY
     t0, load0 = time.perf_counter(), os.getloadavg()
@@ -711,7 +728,7 @@ def run_cuda(args: argparse.Namespace) -> None:
     write_section(args, f"{NAME}_cuda", df, md, info)
 
 
-SECTIONS = ("sweeps", "paths", "crossover", "threads")
+SECTIONS = ("sweeps", "paths", "crossover", "memory", "threads")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -723,8 +740,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_common_args(parser)
-    parser.add_argument("--sections", default="sweeps,paths",
-                        help=f"comma-separated subset of {','.join(SECTIONS)} (default sweeps,paths; "
+    parser.add_argument("--sections", default="sweeps,paths,crossover",
+                        help=f"comma-separated subset of {','.join(SECTIONS)} (default sweeps,paths,crossover; "
                              "threads is added when --threads > 1)")
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
                         help="cuda: only the GPU comparison (N=1e6, D=32, K=16); skipped without CUDA")
@@ -745,7 +762,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         sections.add("threads")
     for section in SECTIONS:
         if section in sections:
-            {"sweeps": run_sweeps, "paths": run_paths, "crossover": run_crossover,
+            {"sweeps": run_sweeps, "paths": run_paths, "crossover": run_crossover, "memory": run_memory,
              "threads": run_threads}[section](args)
     return 0
 

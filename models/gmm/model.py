@@ -63,24 +63,25 @@ BLOCK_BYTES = 4 * 2**20
 #: Full covariance takes the quadratic-feature (vech) path for ``D <= max_d`` at the first
 #: ``(min_k, max_d)`` row with ``K >= min_k``, else the per-component triangular product
 #: (:func:`prefers_features`). Measured by ``python -m benchmarks.scaling --sections crossover``
-#: (N=5e4, 1 thread, float64, one process, 5 rounds alternating; load ~4 on 2 cores), CPU time
-#: triangular / features (> 1: features faster), median of rounds:
+#: (N=5e4, 1 thread, float64, one process, 5 rounds alternating; load 2.6-2.9 on 2 cores), CPU
+#: time triangular / features (> 1: features faster), median [range] of rounds:
 #:
-#: ====  =====  =====  =====
-#:  D    K=4    K=8    K=16
-#: ====  =====  =====  =====
-#:  8    2.85   4.36   2.29
-#:  16   1.00   1.40   1.65
-#:  24   0.63   1.02   1.24
-#:  32   0.54   0.83   1.24
-#:  40   0.45   0.72   1.03
-#:  48   0.41   0.65   1.05
-#: ====  =====  =====  =====
+#: ====  ==================  ==================  ==================
+#:  D    K=4                 K=8                 K=16
+#: ====  ==================  ==================  ==================
+#:  8    3.59 [3.08-4.25]    2.99 [2.10-3.21]    5.74 [2.63-7.45]
+#:  16   1.52 [1.34-2.29]    1.67 [1.61-1.73]    1.85 [1.81-1.87]
+#:  24   0.79 [0.76-0.95]    1.26 [1.25-1.35]    1.71 [1.63-1.81]
+#:  32   0.74 [0.61-0.75]    1.10 [0.93-1.18]    1.52 [1.28-1.60]
+#:  40   0.60 [0.56-0.62]    0.94 [0.85-1.00]    1.32 [1.22-1.39]
+#:  48   0.43 [0.38-0.56]    0.76 [0.75-0.84]    1.12 [1.01-1.23]
+#: ====  ==================  ==================  ==================
 #:
-#: The crossover moves up with K: D ~ 16 at K=4, ~24 at K=8, >= 48 at K=16 (40-48 at K=16 is
-#: parity within the rounds' range). Above D=48 (unmeasured here) the triangular path is kept:
-#: the D(D+1)/2 features outgrow the cache.
-VECH_MAX_D_BY_K: tuple[tuple[int, int], ...] = ((16, 48), (8, 24), (1, 16))
+#: The crossover moves up with K: between D=16 and 24 at K=4, between 32 and 40 at K=8, above
+#: 48 at K=16. A second run (load 2.1-2.8; ``benchmarks/README.md``) put every cell on the same
+#: side of 1 (K=8: D=32 1.09 [1.06-1.20], D=40 0.90 [0.83-1.07]). Above D=48 (unmeasured
+#: here) the triangular path is kept: the D(D+1)/2 features outgrow the cache.
+VECH_MAX_D_BY_K: tuple[tuple[int, int], ...] = ((16, 48), (8, 32), (1, 16))
 
 
 def prefers_features(d: int, k: int) -> bool:

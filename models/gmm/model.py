@@ -580,14 +580,16 @@ class GaussianMixture(ConjugateModel[Tensor, GMMParams, Stats]):
 
     def _feature_step(self, data: Tensor, params: GMMParams) -> Local:
         g, c = self._coefficients(params, data.shape[1])
-        g, c = g.to(self.compute_dtype), c.to(self.compute_dtype)
+        # (K, Q+D) rows times the transposed block: (K, rows) log rho. A wide product runs ~2x
+        # faster than the (rows, Q+D)(Q+D, K) one with its K-column output (1 thread, float64).
+        gk, c = g.T.to(self.compute_dtype).contiguous(), c.to(self.compute_dtype).unsqueeze(-1)
 
         def optimal(i: int, rows: int, phi: Tensor) -> tuple[Tensor, Tensor]:
             # softmax and logsumexp from one exp, in log rho's storage
-            rho = torch.addmm(c, phi, g)
-            top = rho.amax(-1, keepdim=True)
-            total = rho.sub_(top).exp_().sum(-1, keepdim=True)
-            return rho.div_(total), (top + total.log()).squeeze(-1)
+            rho = torch.addmm(c, gk, phi.T)
+            top = rho.amax(0, keepdim=True)
+            total = rho.sub_(top).exp_().sum(0, keepdim=True)
+            return rho.div_(total).T, (top + total.log()).squeeze(0)
 
         return Local(*self._block_sums(data, self.compute_dtype, optimal))
 

@@ -44,14 +44,20 @@ from torch import Tensor
 
 from pyro_vi.cavi.auto.structure import ROWS, FactorSpec, Structure, analyse
 from pyro_vi.cavi.auto.terms import (
+    ChoiceTerm,
     Ctx,
     GSlot,
     KSlot,
     LatentValue,
+    MixtureTerm,
     ObsValue,
     PSlot,
     TermSpec,
+    choice_messages,
+    choice_term,
     expected_log_prob,
+    mixture_messages,
+    mixture_term,
 )
 from pyro_vi.cavi.kmeans import initial_responsibilities
 from pyro_vi.cavi.model import ConjugateModel, Local, Stats
@@ -149,6 +155,8 @@ class DerivedModel(ConjugateModel[tuple[Tensor, ...], Any, Stats]):
         self._colour = _colour(self._data_factors, conflicts)
         self.n_colours = 1 + max(self._colour.values(), default=0)
         self._start: Any = None
+        self._buffers: dict[int, Tensor] = {}
+        self._moment_cache: tuple[Any, dict[str, Tensor], dict[str, tuple[Tensor, ...]]] | None = None
         self._product_factors = sorted({
             p.factor for t in structure.terms for sl in t.slots.values()
             if isinstance(sl, GSlot) and sl.bilinear is not None
@@ -393,9 +401,15 @@ class DerivedModel(ConjugateModel[tuple[Tensor, ...], Any, Stats]):
         n = self._points(data)
         arrays = self._arrays(data)
         factors = {f: getattr(params, f) for f in self._global}
-        origins = self._origins(factors)
-        moments = self._stats_of(factors, origins)
-        leaves = {f: tuple(t.detach().clone().requires_grad_(True) for t in moments[f])
+        cached = self._moment_cache
+        if cached is not None and cached[0] is params:
+            origins, moments = cached[1], cached[2]  # the chunks of one pass share params
+        else:
+            origins = self._origins(factors)
+            moments = {f: tuple(t.detach() for t in m)
+                       for f, m in self._stats_of(factors, origins).items()}
+            self._moment_cache = (params, origins, moments)
+        leaves = {f: tuple(t.clone().requires_grad_(True) for t in moments[f])
                   for f in self._data_factors}
         stats = {f: m for f, m in moments.items() if f not in leaves}
         stats.update(leaves)
@@ -407,25 +421,52 @@ class DerivedModel(ConjugateModel[tuple[Tensor, ...], Any, Stats]):
             local_q[f] = q
             ctx.stats[f] = tuple(t.detach() for t in q.expected_stats())
             extra = extra + q.entropy().sum()
-        k_terms, total = self._evaluate(ctx, n)
+        fast = self._mixture_terms(ctx) if not self._pairs and self.s.enum_site else {}
+        k_terms, total = self._evaluate(ctx, n, skip=set(fast))
         r = None
-        if k_terms is not None:
+        value = total
+        if k_terms is not None or fast:
+            logits = sum((m.logits for m in fast.values()),
+                         torch.zeros((), dtype=torch.float64))
+            if k_terms is not None:
+                logits = k_terms + logits
+            logits = logits.expand(-1, n) if logits.dim() == 2 else logits
             if resp is not None:
-                r = resp.T.to(k_terms)
-                share = (r * k_terms).sum() - torch.xlogy(r, r).sum()
+                r = resp.T.to(logits)
+                share = (r * logits).sum() - torch.xlogy(r, r).sum()
             else:
-                share = torch.logsumexp(k_terms, 0).sum()
-                if want_local:
-                    r = torch.softmax(k_terms.detach(), 0)
-            total = total + share
+                lse = torch.logsumexp(logits, 0)
+                share = lse.sum()
+                r = torch.exp(logits.detach() - lse.detach())  # softmax from the same pass
+            value = value + share
+            # the messages of the optimal-q(z) share are r-weighted (envelope theorem)
+            if k_terms is not None:
+                total = total + (r.detach() * k_terms).sum()
         total = total + extra
+        value = value + extra
         if want_local:
             return local_q, (None if r is None else r.T)
         flat = [t for f in self._data_factors for t in leaves[f]]
         pairs = self._pairs
         grads = torch.autograd.grad(total, flat, allow_unused=True, create_graph=bool(pairs)) \
-            if flat else ()
-        msgs = [torch.zeros_like(t) if g is None else g for g, t in zip(grads, flat, strict=True)]
+            if flat and total.requires_grad else ()  # none left when every term took a fast path
+        msgs = [torch.zeros_like(t) if g is None else g
+                for g, t in zip(grads or [None] * len(flat), flat, strict=True)]
+        if fast:
+            assert r is not None
+            first: dict[str, int] = {}
+            at = 0
+            for f in self._data_factors:
+                first[f] = at
+                at += len(leaves[f])
+            for m in fast.values():
+                shapes = tuple(t.shape for t in leaves[m.factor])
+                if isinstance(m, ChoiceTerm):
+                    j = first[m.factor]
+                    msgs[j] = msgs[j] + choice_messages(m, r.detach(), shapes[0])
+                    continue
+                for j, g in enumerate(mixture_messages(m, r.detach(), shapes)):
+                    msgs[first[m.factor] + j] = msgs[first[m.factor] + j] + g
         out = [m.detach() for m in msgs]
         if pairs:
             by_factor: dict[str, list[Tensor]] = {}
@@ -436,18 +477,38 @@ class DerivedModel(ConjugateModel[tuple[Tensor, ...], Any, Stats]):
                 pos += k
             for later, earlier in pairs:
                 out.append(_cross(by_factor, leaves, later, earlier))
-        return Local(tuple(out), total.detach())
+        return Local(tuple(out), value.detach())
+
+    def _mixture_terms(self, ctx: Ctx) -> dict[int, MixtureTerm | ChoiceTerm]:
+        """The data terms that take the autograd-free mixture path (:func:`mixture_term`)."""
+        out: dict[int, MixtureTerm | ChoiceTerm] = {}
+        with torch.no_grad():
+            for i in self.s.data_terms:
+                # one features buffer per term, reused chunk after chunk: the path runs no
+                # autograd, and a chunk's messages are taken before the next chunk starts
+                m = mixture_term(ctx, self.s.terms[i], self._buffers.get(i))
+                if m is not None:
+                    out[i] = m
+                    self._buffers[i] = m.features
+                    continue
+                c = choice_term(ctx, self.s.terms[i], self.s.enum_size)
+                if c is not None:
+                    out[i] = c
+        return out
 
     def _size(self, f: str) -> int:
         return sum(int(t.numel()) for t in self._template(f))
 
-    def _evaluate(self, ctx: Ctx, n: int) -> tuple[Tensor | None, Tensor]:
+    def _evaluate(self, ctx: Ctx, n: int, skip: set[int] | None = None
+                  ) -> tuple[Tensor | None, Tensor]:
         """Data terms: ``(K, n)`` logits of the enumerated latent (None: none), and the rest."""
         p = self.s.nesting
         plate = self.s.data_plate
         total = torch.zeros((), dtype=torch.float64)
         logits: Tensor | None = None
         for i in self.s.data_terms:
+            if skip and i in skip:
+                continue
             out = expected_log_prob(ctx, self.s.terms[i])
             assert plate is not None
             out = out.reshape((1,) * (p + 1 - out.dim()) + out.shape)
@@ -548,11 +609,21 @@ class DerivedModel(ConjugateModel[tuple[Tensor, ...], Any, Stats]):
         return total
 
     def local_bytes_per_point(self, data: tuple[Tensor, ...]) -> int | None:
-        """About 16 float64 temporaries per element a data term holds for one data point."""
+        """About 16 float64 temporaries per element a data term holds for one data point.
+
+        A mixture whose data terms all take the autograd-free path (:func:`mixture_term`)
+        holds its point's features ``D(D+3)/2`` and a few ``K``-vectors instead.
+        """
         if self.s.data_plate is None:
             return None
-        per = 0
         k = max(1, self.s.enum_size)
+        obs = [self.s.terms[i] for i in self.s.data_terms if self.s.terms[i].site != self.s.enum_site]
+        if k > 1 and obs and all(t.joint is not None and t.family == "MultivariateNormal"
+                                 for t in obs):
+            d = max(int(t.shape[-1]) for key, t, _ in self.s.point_arrays if key.endswith(".value")
+                    and t.dim() == 2)
+            return 8 * 4 * (d * (d + 3) // 2 + 4 * k)  # 4 MiB of features per chunk
+        per = 0
         for _key, t, _ in self.s.point_arrays:
             per += int(t[0].numel()) if t.shape[0] else 1
         return 8 * 16 * k * max(1, per)

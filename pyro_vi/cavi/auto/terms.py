@@ -37,7 +37,9 @@ from torch import Tensor
 
 from pyro_vi.factors import log_wishart_normalizer
 
-__all__ = ["GSlot", "KSlot", "LatentValue", "ObsValue", "PSlot", "TermSpec", "expected_log_prob"]
+__all__ = ["ChoiceTerm", "GSlot", "KSlot", "LatentValue", "MixtureTerm", "ObsValue", "PSlot",
+           "TermSpec", "choice_messages", "choice_term", "expected_log_prob", "mixture_messages",
+           "mixture_term"]
 
 _LOG_2PI = math.log(2.0 * math.pi)
 
@@ -289,14 +291,18 @@ def _layout(yb: torch.Size, pb: torch.Size) -> tuple[list[int], list[int], list[
     return shared, rows, cols
 
 
-def _features(y: Tensor, linear: bool) -> Tensor:
+def _features(y: Tensor, linear: bool, buffer: Tensor | None = None) -> Tensor:
     """``vech(y y^T)`` (upper triangle, row-major, as ``torch.triu_indices``) [and ``y``].
 
-    Built by one product per row of the triangle into one buffer: no gather, no concatenation.
+    Built by one product per row of the triangle into one buffer (``buffer`` when it has the
+    right shape: reusing one saves a fresh multi-MB allocation's page faults per chunk): no
+    gather, no concatenation.
     """
     d = y.shape[-1]
     q = d * (d + 1) // 2
-    out = torch.empty(y.shape[:-1] + (q + (d if linear else 0),), dtype=y.dtype, device=y.device)
+    shape = y.shape[:-1] + (q + (d if linear else 0),)
+    out = buffer if buffer is not None and buffer.shape == shape and buffer.dtype == y.dtype \
+        else torch.empty(shape, dtype=y.dtype, device=y.device)
     o = 0
     for i in range(d):
         torch.mul(y[..., i:], y[..., i:i + 1], out=out[..., o:o + d - i])
@@ -469,6 +475,127 @@ def _normal_joint(ctx: Ctx, term: TermSpec, *, vec: bool) -> Tensor:
     else:
         inner = e_l * y * y - 2.0 * a * y * e_lmu + a * a * e_mulmu
     return head - 0.5 * c * inner
+
+
+@dataclass(frozen=True)
+class MixtureTerm:
+    """A component-selected Normal-Wishart term evaluated for messages without autograd.
+
+    ``logits`` is ``(K, n)``: the term for each point and component; ``features`` the
+    points' ``(vech(y y^T), y)``; ``factor``, ``idx`` (``(K,)``: component -> factor element),
+    ``c``, ``a`` the link's constants (see :func:`_normal_joint`).
+    """
+
+    logits: Tensor
+    features: Tensor
+    factor: str
+    idx: Tensor
+    c: float
+    a: float
+    d: int
+
+
+def mixture_term(ctx: Ctx, term: TermSpec, buffer: Tensor | None = None) -> MixtureTerm | None:
+    r"""The GMM's term :math:`E\log N(x_n|\mu_k,\Lambda_k^{-1})` for all ``n, k`` as one product.
+
+    With :math:`y_n = x_n - b` (centred), the term is
+    :math:`\phi_n^T g_k + c_k` for features :math:`\phi_n = (\mathrm{vech}(y_ny_n^T), y_n)`
+    and coefficients from the Normal-Wishart moments (:func:`_normal_joint`'s formula), so
+    the messages are :math:`R^T\Phi` (Bishop 2006, eqs. 10.51–10.53's statistics), one more
+    product: what autograd would compute, without its graph. None when the term is not of
+    this form (one component index per enumerated value, scalar constants, an offset that
+    does not depend on the component, data ``(n, D)``).
+    """
+    if term.joint is None or term.family != "MultivariateNormal" \
+            or not isinstance(term.value, ObsValue):
+        return None
+    prec, loc = term.slots["precision"], term.slots["loc"]
+    if not isinstance(prec, PSlot) or not isinstance(loc, GSlot) or prec.idx is None:
+        return None
+    idx = ctx.arrays[prec.idx]
+    coef = ctx.arr(prec.coef)
+    a_arr = ctx.arr(loc.parts[0].a)
+    off = ctx.arr(loc.b)
+    x = ctx.arr(term.value.key)
+    if idx.dim() != 2 or idx.shape[1] != 1 or coef.numel() != 1 or a_arr[..., 0, 0].numel() != 1 \
+            or x.dim() != 2 or off.dim() != 3 or off.shape[0] != 1:
+        return None
+    c, a = float(coef.reshape(())), float(a_arr[..., 0, 0].reshape(()))
+    org = ctx.origin(prec.factor, 1, loc.parts[0].idx)
+    if org is not None:
+        if org.dim() != 1:
+            return None
+        off = off + a * org
+    y = x - off[0]
+    k = idx[:, 0]
+    f = prec.factor
+    st = [t.detach().reshape((-1,) + t.shape[t.dim() - e:] if e else (-1,))[k]
+          for t, e in zip(ctx.stats[f], (1, 0, 2, 0), strict=True)]
+    e_lmu, e_mulmu, e_l, e_log = st
+    d = x.shape[-1]
+    iu, ju = torch.triu_indices(d, d, device=x.device)
+    quad_w = e_l[:, iu, ju] * torch.where(iu == ju, 1.0, 2.0).to(e_l)    # (K, M)
+    g = torch.cat([-0.5 * c * quad_w, (c * a) * e_lmu], -1)                # (K, M + D)
+    const = 0.5 * (d * math.log(c) + e_log - d * _LOG_2PI) - 0.5 * c * a * a * e_mulmu
+    feats = _features(y, True, buffer)                                     # (n, M + D)
+    logits = torch.addmm(const.unsqueeze(0), feats, g.T).T                 # (K, n)
+    return MixtureTerm(logits, feats, f, k, c, a, d)
+
+
+@dataclass(frozen=True)
+class ChoiceTerm:
+    r"""The enumerated latent's own term :math:`E_q[\log \pi_k]`, for messages without autograd.
+
+    ``logits`` is ``(K, 1)``; its message to the Dirichlet's :math:`E\log\pi` is
+    :math:`\sum_n r_{nk}` (Bishop 2006, eq. 10.58's count).
+    """
+
+    logits: Tensor
+    factor: str
+    element: int
+
+
+def choice_term(ctx: Ctx, term: TermSpec, enum_size: int) -> ChoiceTerm | None:
+    """The :class:`ChoiceTerm` of a ``Categorical(probs=pi)`` site with one Dirichlet ``pi``."""
+    if term.family != "Categorical" or not isinstance(term.value, ObsValue):
+        return None
+    slot = term.slots["probs"]
+    if not isinstance(slot, PSlot) or slot.view != "dirichlet" or slot.idx is None:
+        return None
+    idx = ctx.arrays[slot.idx]
+    k = ctx.arr(term.value.key)
+    if idx.numel() != 1 or k.numel() != enum_size or k.shape[0] != enum_size:
+        return None
+    e = int(idx.reshape(-1)[0])
+    elog = ctx.stats[slot.factor][0].detach().reshape(-1, enum_size)[e]
+    return ChoiceTerm(elog[k.reshape(-1).long()].unsqueeze(-1), slot.factor, e)
+
+
+def choice_messages(term: ChoiceTerm, r: Tensor, shape: torch.Size) -> Tensor:
+    """Message of a :class:`ChoiceTerm` to its Dirichlet's ``E log pi``, given ``r``."""
+    out = torch.zeros(shape, dtype=r.dtype, device=r.device).reshape(-1, r.shape[0])
+    out[term.element] = r.sum(1)
+    return out.reshape(shape)
+
+
+def mixture_messages(term: MixtureTerm, r: Tensor, shapes: tuple[torch.Size, ...]
+                     ) -> tuple[Tensor, ...]:
+    """Messages of a :class:`MixtureTerm` to its factor's moments, given ``r`` ``(K, n)``."""
+    d, c, a = term.d, term.c, term.a
+    s = r @ term.features                                # (K, M + D): R^T Phi
+    nk = r.sum(1)
+    q = d * (d + 1) // 2
+    iu, ju = torch.triu_indices(d, d, device=r.device)
+    syy = torch.zeros(r.shape[0], d, d, dtype=r.dtype, device=r.device)
+    syy[:, iu, ju] = s[:, :q]
+    syy[:, ju, iu] = s[:, :q]
+    per_k = ((c * a) * s[:, q:], -0.5 * c * a * a * nk, -0.5 * c * syy, 0.5 * nk)
+    out = []
+    for g, shape in zip(per_k, shapes, strict=True):
+        flat = torch.zeros((shape.numel() // max(1, g[0].numel()),) + g.shape[1:], dtype=g.dtype,
+                           device=g.device)
+        out.append(flat.index_add_(0, term.idx, g).reshape(shape))
+    return tuple(out)
 
 
 def _positive_value(ctx: Ctx, value: ObsValue | LatentValue) -> tuple[Tensor, Tensor]:

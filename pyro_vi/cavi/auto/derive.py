@@ -435,9 +435,14 @@ class DerivedModel(ConjugateModel[tuple[Tensor, ...], Any, Stats]):
                 r = resp.T.to(logits)
                 share = (r * logits).sum() - torch.xlogy(r, r).sum()
             else:
-                lse = torch.logsumexp(logits, 0)
-                share = lse.sum()
-                r = torch.exp(logits.detach() - lse.detach())  # softmax from the same pass
+                # log-sum-exp and softmax from one exp (the value only: the messages are the
+                # r-weighted terms, by the envelope theorem)
+                with torch.no_grad():
+                    top = logits.amax(0)
+                    r = (logits - top).exp_()
+                    norm = r.sum(0)
+                    share = (top + torch.log(norm)).sum()
+                    r.div_(norm)
             value = value + share
             # the messages of the optimal-q(z) share are r-weighted (envelope theorem)
             if k_terms is not None:
@@ -622,7 +627,7 @@ class DerivedModel(ConjugateModel[tuple[Tensor, ...], Any, Stats]):
                                  for t in obs):
             d = max(int(t.shape[-1]) for key, t, _ in self.s.point_arrays if key.endswith(".value")
                     and t.dim() == 2)
-            return 8 * 4 * (d * (d + 3) // 2 + 4 * k)  # 4 MiB of features per chunk
+            return 8 * 4 * (d * (d + 3) // 2)  # 4 MiB of features per (16 MiB) chunk
         per = 0
         for _key, t, _ in self.s.point_arrays:
             per += int(t[0].numel()) if t.shape[0] else 1

@@ -538,7 +538,9 @@ def mixture_term(ctx: Ctx, term: TermSpec, buffer: Tensor | None = None) -> Mixt
     g = torch.cat([-0.5 * c * quad_w, (c * a) * e_lmu], -1)                # (K, M + D)
     const = 0.5 * (d * math.log(c) + e_log - d * _LOG_2PI) - 0.5 * c * a * a * e_mulmu
     feats = _features(y, True, buffer)                                     # (n, M + D)
-    logits = torch.addmm(const.unsqueeze(0), feats, g.T).T                 # (K, n)
+    # (K, M+D) times the transposed features: the wide (K, n) product runs about twice as
+    # fast as (n, M+D)(M+D, K) with its K-column output (measured for the GMM's own path)
+    logits = torch.addmm(const.unsqueeze(-1), g.contiguous(), feats.T)      # (K, n)
     return MixtureTerm(logits, feats, f, k, c, a, d)
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import argparse
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import matplotlib
@@ -101,32 +101,17 @@ def run_demo(*, out: Path, steps: int | None = None, seed: int = 0, progress: bo
     return table
 
 
-def _count(minimum: int) -> Callable[[str], int]:
-    """An argparse ``type``: an integer ``>= minimum`` (a bad value exits with status 2)."""
-
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-        if value < minimum:
-            raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {value}")
-        return value
-
-    return parse
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """Command-line entry point of ``pyro-vi demo``."""
-    from pyro_vi.cli.main import HelpFormatter, plain
+    from pyro_vi.cli.main import HelpFormatter, count, plain
 
     parser = argparse.ArgumentParser(prog="pyro-vi demo", description=plain(__doc__.splitlines()[0]),
                                      formatter_class=HelpFormatter)
     parser.add_argument("--out", type=Path, default=Path("pyro-vi-demo"),
                         help="folder for the figures and the CSV (default: ./pyro-vi-demo)")
-    parser.add_argument("--steps", type=_count(1), default=None,
+    parser.add_argument("--steps", type=count(1), default=None,
                         help="SVI steps (default per method)")
-    parser.add_argument("--seed", type=_count(0), default=0)
+    parser.add_argument("--seed", type=count(0), default=0)
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bars")
     parser.add_argument("--free-trace", action="store_true",
                         help="also fit Trace_ELBO with free q(z) parameters (does not converge; ~10 s more)")

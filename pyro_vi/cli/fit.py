@@ -89,31 +89,18 @@ def _single(x: torch.Tensor, components: int, seed: int, max_iter: int) -> Any:
         dist.destroy_process_group()
 
 
-def _count(minimum: int) -> Any:
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-        if value < minimum:
-            raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {value}")
-        return value
-
-    return parse
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """Command-line entry point of ``pyro-vi fit``."""
-    from pyro_vi.cli.main import HelpFormatter, plain
+    from pyro_vi.cli.main import HelpFormatter, count, plain
 
     parser = argparse.ArgumentParser(prog="pyro-vi fit", description=plain(__doc__.splitlines()[0]),
                                      formatter_class=HelpFormatter)
-    parser.add_argument("--nproc", type=_count(1), default=2, help="local processes (ranks)")
+    parser.add_argument("--nproc", type=count(1), default=2, help="local processes (ranks)")
     parser.add_argument("--data", type=str, default=None,
                         help="an (N, D) float .npy file (default: Old Faithful, standardized)")
-    parser.add_argument("--components", type=_count(1), default=6)
-    parser.add_argument("--seed", type=_count(0), default=0)
-    parser.add_argument("--max-iter", type=_count(1), default=500)
+    parser.add_argument("--components", type=count(1), default=6)
+    parser.add_argument("--seed", type=count(0), default=0)
+    parser.add_argument("--max-iter", type=count(1), default=500)
     parser.add_argument("--check", choices=("yes", "no"), default=None,
                         help="also fit in one process and compare (default: yes for the "
                              "bundled data, no for --data)")

@@ -9,9 +9,9 @@ import argparse
 import importlib
 import re
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
-__all__ = ["COMMANDS", "HelpFormatter", "main", "plain", "version"]
+__all__ = ["COMMANDS", "HelpFormatter", "count", "main", "plain", "version"]
 
 #: sub-command -> (module with ``main(argv)``, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -55,6 +55,27 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
         if "(default" in help_text or help_text.startswith("default:") or action.nargs == 0:
             return help_text  # the help states its default already, or it is a flag
         return super()._get_help_string(action)
+
+
+def count(minimum: int) -> Callable[[str], int]:
+    """An argparse ``type``: an integer ``>= minimum`` (a bad value exits with status 2).
+
+    Examples
+    --------
+    >>> count(1)("3")
+    3
+    """
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {value}")
+        return value
+
+    return parse
 
 
 def version() -> str:

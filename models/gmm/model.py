@@ -56,32 +56,33 @@ _LOG_2PI = math.log(2.0 * math.pi)
 
 #: Bytes of features per block of the quadratic-feature local step (:func:`block_rows`). Measured
 #: side by side (1 thread, float64, N=1e5, D=32, K=16, CPU s per sweep, median of 4 rounds, load
-#: ~4 on 2 cores): full 0.194 / 0.196 / 0.165 / 0.147 / 0.150 at 0.25 / 1 / 2 / 4 / 8 MiB (58 to
-#: 1872 rows of 560 features); diag 0.0201 / 0.0197 at 2 / 4 MiB (4096 / 8192 rows of 64).
+#: ~2.5 on 2 cores): full 0.161 / 0.162 / 0.130 / 0.114 / 0.111 at 0.25 / 1 / 2 / 4 / 8 MiB (256 to
+#: 1872 rows of 560 features); diag 0.0164 / 0.0158 / 0.0157 / 0.0175 at 1 / 2 / 4 / 8 MiB.
 BLOCK_BYTES = 4 * 2**20
 
 #: Full covariance takes the quadratic-feature (vech) path for ``D <= max_d`` at the first
 #: ``(min_k, max_d)`` row with ``K >= min_k``, else the per-component triangular product
 #: (:func:`prefers_features`). Measured by ``python -m benchmarks.scaling --sections crossover``
-#: (N=5e4, 1 thread, float64, one process, 5 rounds alternating; load 2.6-2.9 on 2 cores), CPU
+#: (N=5e4, 1 thread, float64, one process, 5 rounds alternating; load 2.6-2.7 on 2 cores), CPU
 #: time triangular / features (> 1: features faster), median [range] of rounds:
 #:
 #: ====  ==================  ==================  ==================
 #:  D    K=4                 K=8                 K=16
 #: ====  ==================  ==================  ==================
-#:  8    3.59 [3.08-4.25]    2.99 [2.10-3.21]    5.74 [2.63-7.45]
-#:  16   1.52 [1.34-2.29]    1.67 [1.61-1.73]    1.85 [1.81-1.87]
-#:  24   0.79 [0.76-0.95]    1.26 [1.25-1.35]    1.71 [1.63-1.81]
-#:  32   0.74 [0.61-0.75]    1.10 [0.93-1.18]    1.52 [1.28-1.60]
-#:  40   0.60 [0.56-0.62]    0.94 [0.85-1.00]    1.32 [1.22-1.39]
-#:  48   0.43 [0.38-0.56]    0.76 [0.75-0.84]    1.12 [1.01-1.23]
+#:  8    5.07 [4.83-5.35]    3.51 [3.32-4.07]    3.29 [2.85-7.26]
+#:  16   1.61 [1.56-1.66]    2.18 [2.14-2.21]    2.47 [2.20-2.68]
+#:  24   1.06 [0.87-1.13]    1.51 [1.41-1.57]    1.96 [1.80-2.15]
+#:  32   0.98 [0.92-1.01]    1.36 [1.27-1.37]    1.86 [1.82-1.90]
+#:  40   0.81 [0.79-0.89]    1.10 [1.08-1.31]    1.52 [1.26-1.92]
+#:  48   0.63 [0.61-0.65]    1.00 [0.89-1.15]    1.52 [1.49-1.59]
 #: ====  ==================  ==================  ==================
 #:
-#: The crossover moves up with K: between D=16 and 24 at K=4, between 32 and 40 at K=8, above
-#: 48 at K=16. A second run (load 2.1-2.8; ``benchmarks/README.md``) put every cell on the same
-#: side of 1 (K=8: D=32 1.09 [1.06-1.20], D=40 0.90 [0.83-1.07]). Above D=48 (unmeasured
-#: here) the triangular path is kept: the D(D+1)/2 features outgrow the cache.
-VECH_MAX_D_BY_K: tuple[tuple[int, int], ...] = ((16, 48), (8, 32), (1, 16))
+#: The crossover moves up with K: D ~ 24-32 at K=4 (parity there), between 40 and 48 at K=8
+#: (parity at 48), above 48 at K=16. A second run (load 1.8-2.1; ``benchmarks/README.md``) agreed
+#: but for two parity cells, kept on the triangular path: K=4, D=32 1.03 [1.00-1.08] and K=8, D=48
+#: 1.05 [0.90-1.12]. Above D=48 (unmeasured here) the triangular path is kept:
+#: the D(D+1)/2 features outgrow the cache.
+VECH_MAX_D_BY_K: tuple[tuple[int, int], ...] = ((16, 48), (8, 40), (1, 24))
 
 
 def prefers_features(d: int, k: int) -> bool:

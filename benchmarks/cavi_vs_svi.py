@@ -38,9 +38,9 @@ import torch
 from matplotlib.figure import Figure
 
 from pyro_vi import cavi, load_old_faithful
+from pyro_vi.cavi.kmeans import initial_responsibilities
 from pyro_vi.factors import Dirichlet, NormalWishart
 from pyro_vi.linalg import inverse_cholesky
-from pyro_vi.cavi.kmeans import initial_responsibilities
 from pyro_vi.models.gmm.model import GaussianMixture, GMMParams
 from pyro_vi.models.gmm.svi import SVI_DEFAULTS, fit_gmm_svi
 

@@ -28,8 +28,8 @@ from sklearn.preprocessing import StandardScaler
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
 from pyro_vi import CAVIResult, ConvergenceWarning, cavi, load_old_faithful
-from pyro_vi.models.gmm.estimator import SklearnConvergenceWarning, VariationalGaussianMixture, from_sklearn
 from pyro_vi.cavi.kmeans import initial_responsibilities
+from pyro_vi.models.gmm.estimator import SklearnConvergenceWarning, VariationalGaussianMixture, from_sklearn
 from pyro_vi.models.gmm.model import GaussianMixture
 
 ARRAYS = ("weight_concentration_", "weights_", "mean_precision_", "means_", "degrees_of_freedom_",

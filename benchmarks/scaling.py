@@ -17,7 +17,7 @@
 
 * **Paths** (``--sections paths``): per (N, D, K) the seconds of a sweep on the *triangular*
   path (per-component triangular product), the *feature* path (quadratic features
-  vech(x xᵀ), two GEMMs per 512-row block) and the *float32* mode (``compute_dtype=
+  vech(x xᵀ), two GEMMs per block of ~4 MiB of features) and the *float32* mode (``compute_dtype=
   torch.float32``, float64 accumulation), with scikit-learn's iteration beside them, all at one
   thread (``torch.set_num_threads(1)`` and ``threadpoolctl.threadpool_limits(1)``), interleaved
   (the order rotates every round), as the median with the range over the pooled sweeps. The

@@ -214,6 +214,10 @@ def as_vector(x: Any, name: str, *, dtype: torch.dtype = torch.float64,
     return t
 
 
+#: Rows per block of :func:`as_matrix`'s finiteness check.
+_FINITE_ROWS = 8192
+
+
 def as_matrix(x: Any, name: str = "x", *, dtype: torch.dtype = torch.float64,
               device: torch.device | str | None = None, min_rows: int = 1) -> Tensor:
     """Check that ``x`` is a finite floating ``(N, D)`` array; return a ``dtype`` tensor.
@@ -237,8 +241,11 @@ def as_matrix(x: Any, name: str = "x", *, dtype: torch.dtype = torch.float64,
         raise ValueError(f"{name} is empty (shape {tuple(t.shape)})")
     if t.shape[0] < min_rows:
         raise ValueError(f"{name} has N={t.shape[0]} rows, fewer than the {min_rows} needed")
-    finite = torch.isfinite(t)
-    if not finite.all():
-        row = int((~finite).any(-1).nonzero()[0])
-        raise ValueError(f"{name} holds NaN or inf (first at row {row})")
+    # block by block: a full-size boolean mask (and torch's abs() copy inside isfinite) would
+    # cost more memory than a CAVI sweep over the same data
+    for start in range(0, t.shape[0], _FINITE_ROWS):
+        finite = torch.isfinite(t[start:start + _FINITE_ROWS]).all(-1)
+        if not finite.all():
+            row = start + int((~finite).nonzero()[0])
+            raise ValueError(f"{name} holds NaN or inf (first at row {row})")
     return t.to(dtype=dtype, device=device)

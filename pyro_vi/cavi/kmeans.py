@@ -19,7 +19,10 @@ def _dist_to(x: Tensor, i: int, rows: int) -> Tensor:
 
     Differences of raw rows: a common offset cancels exactly, so none needs subtracting.
     """
-    return torch.cat([(x[j:j + rows] - x[i]).square().sum(-1) for j in range(0, x.shape[0], rows)])
+    out = torch.empty(x.shape[0], dtype=x.dtype, device=x.device)
+    for j in range(0, x.shape[0], rows):  # into one vector: no pile of pieces to concatenate
+        torch.sum((x[j:j + rows] - x[i]).square_(), -1, out=out[j:j + rows])
+    return out
 
 
 def kmeans_plusplus(x: Tensor, n_clusters: int, *, generator: torch.Generator,

@@ -116,8 +116,15 @@ def _features(x: Tensor, m0: Tensor, diag: bool, out: Tensor) -> Tensor:
 
 
 def block_rows(width: int, element_size: int) -> int:
-    """Rows per block of the feature path: about :data:`BLOCK_BYTES` of features, 256..16384 rows."""
-    return max(256, min(16384, BLOCK_BYTES // max(1, width * element_size)))
+    """Rows per block of the feature path: about :data:`BLOCK_BYTES` of features per torch thread.
+
+    256..16384 rows (32768 with several threads). One thread keeps 4 MiB blocks; with two, 8
+    MiB blocks gave the two GEMMs enough rows to share: N=1e5, D=32, K=16, float64, 0.065 s per
+    local pass against 0.075 s with 4 MiB blocks and 0.105-0.110 s on one thread (measured here).
+    """
+    threads = max(1, torch.get_num_threads())
+    cap = 16384 if threads == 1 else 32768
+    return max(256, min(cap, BLOCK_BYTES * threads // max(1, width * element_size)))
 
 
 def _moments(x: Tensor, mean: Tensor, covariance: str, *, scatter: bool,

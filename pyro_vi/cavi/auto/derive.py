@@ -42,7 +42,7 @@ import torch
 from pyro.distributions import constraints
 from torch import Tensor
 
-from pyro_vi.cavi.auto.structure import ROWS, FactorSpec, Structure, analyse
+from pyro_vi.cavi.auto.structure import ROWS, FactorSpec, Structure, analyse, factors_of
 from pyro_vi.cavi.auto.terms import (
     ChoiceTerm,
     Ctx,
@@ -145,7 +145,7 @@ class DerivedModel(ConjugateModel[tuple[Tensor, ...], Any, Stats]):
         self._local = [f for f, sp in structure.factors.items() if sp.local]
         touched: dict[str, set[int]] = {f: set() for f in structure.factors}
         for i, t in enumerate(structure.terms):
-            for f in _factors_of(t):
+            for f in factors_of(t):
                 touched[f].add(i)
         self._touched = touched
         data = set(structure.data_terms)
@@ -280,7 +280,7 @@ class DerivedModel(ConjugateModel[tuple[Tensor, ...], Any, Stats]):
         leaves = tuple(t.detach().clone().requires_grad_(True) for t in q_like)
         stats = self._stats_of({g: q for g, q in cur.items() if g != f}, origins)
         stats[f] = leaves
-        ctx = Ctx(self.s.arrays, stats, {}, origins)
+        ctx = Ctx(self.s.arrays, stats, origins)
         total = sum((expected_log_prob(ctx, self.s.terms[i]).sum() for i in terms),
                     torch.zeros((), dtype=torch.float64))
         grads = torch.autograd.grad(total, leaves, allow_unused=True)
@@ -413,7 +413,7 @@ class DerivedModel(ConjugateModel[tuple[Tensor, ...], Any, Stats]):
                   for f in self._data_factors}
         stats = {f: m for f, m in moments.items() if f not in leaves}
         stats.update(leaves)
-        ctx = Ctx(arrays, stats, {}, origins)
+        ctx = Ctx(arrays, stats, origins)
         extra = torch.zeros((), dtype=torch.float64)
         local_q: dict[str, ExpFamFactor] = {}
         for f in self._local:
@@ -605,7 +605,7 @@ class DerivedModel(ConjugateModel[tuple[Tensor, ...], Any, Stats]):
         """The global terms' expected log-densities plus every global factor's entropy."""
         factors = {f: getattr(params, f) for f in self._global}
         origins = self._origins(factors)
-        ctx = Ctx(self.s.arrays, self._stats_of(factors, origins), {}, origins)
+        ctx = Ctx(self.s.arrays, self._stats_of(factors, origins), origins)
         total = torch.zeros((), dtype=torch.float64)
         for i in self.s.global_terms:
             total = total + expected_log_prob(ctx, self.s.terms[i]).sum()
@@ -808,12 +808,6 @@ class DerivedModel(ConjugateModel[tuple[Tensor, ...], Any, Stats]):
 
 
 # ----------------------------------------------------------------------------- helpers
-def _factors_of(term: TermSpec) -> set[str]:
-    from pyro_vi.cavi.auto.structure import _factors_of as inner
-
-    return inner(term)
-
-
 def _value_factor(term: TermSpec) -> str | None:
     return term.value.factor if isinstance(term.value, LatentValue) else None
 

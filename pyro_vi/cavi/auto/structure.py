@@ -41,7 +41,7 @@ from pyro_vi.cavi.auto.terms import GPart, GSlot, KSlot, LatentValue, ObsValue, 
 from pyro_vi.cavi.auto.trace import ELEMENTWISE, Plate, SiteInfo, model_sites
 from pyro_vi.errors import NotConjugateError
 
-__all__ = ["CONJUGATE", "ROWS", "FactorSpec", "Structure", "analyse"]
+__all__ = ["CONJUGATE", "ROWS", "FactorSpec", "Structure", "analyse", "factors_of"]
 
 #: Key of the per-point array holding each data point's row number in the data given.
 ROWS = "__rows__"
@@ -407,7 +407,7 @@ def _build(sites: list[SiteInfo], info: dict[str, SiteInfo], specs: dict[str, La
     if plate is not None:  # each point's row number: minibatches and shards know their rows
         lay.points.append((ROWS, torch.arange(n), -1))
     for i in data_terms:
-        locs = sorted(f for f in _factors_of(terms[i]) if factors[f].local)
+        locs = sorted(f for f in factors_of(terms[i]) if factors[f].local)
         if len(locs) > 1:
             raise NotConjugateError(locs[1], terms[i].site, None, f"two local latents "
                                     f"({', '.join(map(repr, locs))}) meet in one term; their "
@@ -419,7 +419,8 @@ def _build(sites: list[SiteInfo], info: dict[str, SiteInfo], specs: dict[str, La
                      runs=found.runs, notes=notes)
 
 
-def _factors_of(term: TermSpec) -> set[str]:
+def factors_of(term: TermSpec) -> set[str]:
+    """The factors a term reads: its value's and its slots' latents."""
     out = set()
     if isinstance(term.value, LatentValue):
         out.add(term.value.factor)

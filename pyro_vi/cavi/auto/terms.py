@@ -130,11 +130,9 @@ class Ctx:
     """What a term evaluation reads: arrays (data and links) and factor moments."""
 
     def __init__(self, arrays: dict[str, Tensor], stats: dict[str, tuple[Tensor, ...]],
-                 shapes: dict[str, torch.Size],
                  origins: dict[str, Tensor] | None = None) -> None:
         self.arrays = arrays
         self.stats = stats
-        self.shapes = shapes  # factor -> element shape (for aligned local factors)
         #: factor -> the point its location coordinates are centred on: ``stats`` of such a
         #: factor are moments of ``theta - origin``
         self.origins = origins or {}
@@ -316,16 +314,16 @@ def _pad(t: Tensor, nb: int, event: int) -> Tensor:
     return t.reshape((1,) * (nb - (t.dim() - event)) + t.shape)
 
 
-def _contract(y: Tensor, p: Tensor, matrix: bool, v: Tensor | None = None) -> Tensor:
-    r""":math:`y^T P y` (``matrix``) or :math:`y^T p` over broadcast batch dims, as GEMMs.
+def _contract(y: Tensor, p: Tensor, v: Tensor | None = None) -> Tensor:
+    r""":math:`y^T P y` [:math:`+ y^T v`] over broadcast batch dims, as GEMMs.
 
     The batch dims along which only ``y`` varies (data points) become matrix rows and those
     along which only ``p`` varies (mixture components) matrix columns, so a mixture's
     :math:`(x_n - b)^T \Lambda_k (x_n - b)` for every ``n, k`` is one ``(N, D) @ (D, K D)``
     product (and its gradient another), not ``K`` small ones or an ``(N, K, D, D)`` expansion.
-    With ``v`` (``matrix`` only), :math:`y^T P y + y^T v` in the same product.
+    With ``v``, :math:`y^T P y + y^T v` in the same product.
     """
-    ev = 2 if matrix else 1
+    ev = 2
     nb = max(y.dim() - 1, p.dim() - ev)
     y, p = _pad(y, nb, 1), _pad(p, nb, ev)
     shared, rows, cols = _layout(y.shape[:nb], p.shape[:nb])
@@ -341,28 +339,24 @@ def _contract(y: Tensor, p: Tensor, matrix: bool, v: Tensor | None = None) -> Te
         v = _pad(v, nb, 1)
         lin = v.permute(*shared, *cols, *rows, nb).expand(*sh, *c, *([1] * len(rows)), d)
         lin = lin.reshape(ns, nc, d)
-    if matrix:
-        pp = p.permute(*shared, *cols, *rows, nb, nb + 1).expand(*sh, *c, *([1] * len(rows)), d, d)
-        pp = pp.reshape(ns, nc, d, d)
-        if d >= VECH_MIN_D and nc > 1:
-            # quadratic features: y^T P y = <vech(y y^T), vech(P + P^T - diag P)>, one GEMM of
-            # D(D+1)/2 columns instead of D^2 (half the work; the gradient is another), with
-            # the linear term's y as D more columns
-            iu, ju = torch.triu_indices(d, d, device=y.device)
-            feats = _features(yy, lin is not None)                              # (S, R, M[+D])
-            pv = pp[..., iu, ju] + pp[..., ju, iu] * (iu != ju).to(pp.dtype)    # (S, C, M)
-            if lin is not None:
-                pv = torch.cat([pv, lin], -1)
-            out = feats @ pv.transpose(-1, -2)
-            lin = None
-        else:
-            z = yy @ pp.permute(0, 2, 1, 3).reshape(ns, d, nc * d)      # (S, R, C*D)
-            out = (z.reshape(ns, nr, nc, d) * yy.unsqueeze(2)).sum(-1)  # (S, R, C)
+    pp = p.permute(*shared, *cols, *rows, nb, nb + 1).expand(*sh, *c, *([1] * len(rows)), d, d)
+    pp = pp.reshape(ns, nc, d, d)
+    if d >= VECH_MIN_D and nc > 1:
+        # quadratic features: y^T P y = <vech(y y^T), vech(P + P^T - diag P)>, one GEMM of
+        # D(D+1)/2 columns instead of D^2 (half the work; the gradient is another), with
+        # the linear term's y as D more columns
+        iu, ju = torch.triu_indices(d, d, device=y.device)
+        feats = _features(yy, lin is not None)                              # (S, R, M[+D])
+        pv = pp[..., iu, ju] + pp[..., ju, iu] * (iu != ju).to(pp.dtype)    # (S, C, M)
         if lin is not None:
-            out = out + yy @ lin.transpose(-1, -2)
+            pv = torch.cat([pv, lin], -1)
+        out = feats @ pv.transpose(-1, -2)
+        lin = None
     else:
-        pp = p.permute(*shared, *cols, *rows, nb).expand(*sh, *c, *([1] * len(rows)), d)
-        out = yy @ pp.reshape(ns, nc, d).transpose(-1, -2)           # (S, R, C)
+        z = yy @ pp.permute(0, 2, 1, 3).reshape(ns, d, nc * d)      # (S, R, C*D)
+        out = (z.reshape(ns, nr, nc, d) * yy.unsqueeze(2)).sum(-1)  # (S, R, C)
+    if lin is not None:
+        out = out + yy @ lin.transpose(-1, -2)
     out = out.reshape(tuple(sh + r + c))
     if nb == 0:
         return out
@@ -373,17 +367,12 @@ def _contract(y: Tensor, p: Tensor, matrix: bool, v: Tensor | None = None) -> Te
 
 def quad(y: Tensor, p: Tensor) -> Tensor:
     r""":math:`y^T P y` over broadcast batch dims (``y``: ``(..., D)``, ``p``: ``(..., D, D)``)."""
-    return _contract(y, p, True)
+    return _contract(y, p)
 
 
 def quad_lin(y: Tensor, p: Tensor, v: Tensor) -> Tensor:
     r""":math:`y^T P y + y^T v` over broadcast batch dims (one product; see :func:`quad`)."""
-    return _contract(y, p, True, v)
-
-
-def dot(y: Tensor, v: Tensor) -> Tensor:
-    r""":math:`y^T v` over broadcast batch dims (``y``, ``v``: ``(..., D)``)."""
-    return _contract(y, v, False)
+    return _contract(y, p, v)
 
 
 # --------------------------------------------------------------------------- the families

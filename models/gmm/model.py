@@ -90,21 +90,26 @@ def prefers_features(d: int, k: int) -> bool:
     return any(d <= max_d for min_k, max_d in VECH_MAX_D_BY_K if k >= min_k)
 
 
-def _features(x: Tensor, m0: Tensor, diag: bool, out: Tensor) -> Tensor:
+def _features(x: Tensor, m0: Tensor, diag: bool, out: Tensor,
+              scratch: Tensor | None = None) -> Tensor:
     r"""Quadratic features :math:`\phi_n = (\mathrm{vech}(x'_n x'^T_n), x'_n)`, :math:`x' = x - m_0`, into ``out``.
 
     ``out`` is ``(n, Q + D)`` with :math:`Q = D(D+1)/2` (diag: :math:`(x'^2_n, x'_n)`, ``Q = D``),
     in ``out``'s dtype; the upper triangle in row-major order (``torch.triu_indices``). The block
     is centred straight into the last ``D`` columns, so no centred copy of the data is made; the
     products are one per row of the triangle (a loop over the ``D`` dimensions, not over points).
+    ``scratch`` (``(n, D)`` in the data's dtype) holds the centred block before it is rounded to
+    a lower ``out`` dtype, so the float32 mode allocates nothing per block either.
     """
     n, d = x.shape
     q = out.shape[1] - d
     lin = out[:, q:]
     if lin.dtype == x.dtype:
         torch.sub(x, m0, out=lin)
+    elif scratch is not None:
+        lin.copy_(torch.sub(x, m0, out=scratch))  # centred in the data's dtype, then rounded
     else:
-        lin.copy_(x - m0)  # centred in the data's dtype, then rounded (float32 mode)
+        lin.copy_(x - m0)
     if diag:
         torch.mul(lin, lin, out=out[:, :q])
         return out
@@ -113,6 +118,13 @@ def _features(x: Tensor, m0: Tensor, diag: bool, out: Tensor) -> Tensor:
         torch.mul(lin[:, i:], lin[:, i:i + 1], out=out[:, o:o + d - i])
         o += d - i
     return out
+
+
+#: Lowest exponent passed to ``exp`` in the softmax: above the dtype's smallest normal number
+#: (exp(-80) = 1.8e-35 > 1.2e-38 in float32; exp(-700) > 2.2e-308 in float64), so no denormal is
+#: ever computed; a responsibility that small changes no statistic at the dtype's precision.
+_EXP_FLOOR = {torch.float32: -80.0, torch.float64: -700.0, torch.float16: -10.0,
+              torch.bfloat16: -80.0}
 
 
 def block_rows(width: int, element_size: int) -> int:
@@ -454,10 +466,13 @@ class GaussianMixture(ConjugateModel[Tensor, GMMParams, Stats]):
         elbo = torch.zeros((), dtype=self.dtype, device=data.device)
         rows = block_rows(width, torch.finfo(dtype).bits // 8)
         buf = torch.empty(min(rows, n), width, dtype=dtype, device=data.device)
+        scratch = None if dtype == data.dtype else torch.empty(min(rows, n), d, dtype=data.dtype,
+                                                                device=data.device)
         m0 = self._hyperparams().mean_prior
         for i in range(0, n, rows):
             block = data[i:i + rows]
-            phi = _features(block, m0, diag, buf[:block.shape[0]])
+            phi = _features(block, m0, diag, buf[:block.shape[0]],
+                            None if scratch is None else scratch[:block.shape[0]])
             r, lse = resp(i, rows, phi)
             if total.dtype == r.dtype:
                 total.addmm_(r.T, phi)
@@ -596,7 +611,9 @@ class GaussianMixture(ConjugateModel[Tensor, GMMParams, Stats]):
             # softmax and logsumexp from one exp, in log rho's storage
             rho = torch.addmm(c, gk, phi.T)
             top = rho.amax(0, keepdim=True)
-            total = rho.sub_(top).exp_().sum(0, keepdim=True)
+            # floor the exponent where exp would give a denormal (slow on x86, and below any
+            # responsibility that can matter): float32 -80, float64 -700
+            total = rho.sub_(top).clamp_(min=_EXP_FLOOR[rho.dtype]).exp_().sum(0, keepdim=True)
             return rho.div_(total).T, (top + total.log()).squeeze(0)
 
         return Local(*self._block_sums(data, self.compute_dtype, optimal))

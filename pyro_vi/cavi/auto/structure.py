@@ -20,7 +20,7 @@ r"""The conjugate structure of a plain Pyro model: factors, terms, and where the
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -128,7 +128,6 @@ class Structure:
     site_factor: dict[str, str]             # latent site -> factor name
     links: dict[str, dict[str, Link]]
     runs: int
-    notes: dict[str, list[str]] = field(default_factory=dict)  # factor -> link descriptions
 
 
 def _data_plate(sites: list[SiteInfo]) -> Plate | None:
@@ -397,11 +396,10 @@ def _build(sites: list[SiteInfo], info: dict[str, SiteInfo], specs: dict[str, La
     terms: list[TermSpec] = []
     data_terms: list[int] = []
     global_terms: list[int] = []
-    notes: dict[str, list[str]] = {f: [] for f in factors}
     for s in sites:
         in_data = plate is not None and plate.name in s.plate_names
         lay.in_data = in_data
-        term = _term(s, info, specs, found, lay, site_factor, factors, fused, enum_site, notes)
+        term = _term(s, info, specs, found, lay, site_factor, factors, fused, enum_site)
         (data_terms if in_data else global_terms).append(len(terms))
         terms.append(term)
     if plate is not None:  # each point's row number: minibatches and shards know their rows
@@ -416,7 +414,7 @@ def _build(sites: list[SiteInfo], info: dict[str, SiteInfo], specs: dict[str, La
                      global_terms=global_terms, arrays=lay.arrays, point_arrays=lay.points,
                      data_plate=plate, n_points=n, nesting=nesting, enum_site=enum_site,
                      enum_size=enum_size, site_factor=site_factor, links=found.links,
-                     runs=found.runs, notes=notes)
+                     runs=found.runs)
 
 
 def factors_of(term: TermSpec) -> set[str]:
@@ -465,7 +463,7 @@ def _local_idx(latent: str, child: str, slot: str, idx: Tensor,
 def _term(s: SiteInfo, info: dict[str, SiteInfo], specs: dict[str, LatentSpec], found: Any,
           lay: _Layout,
           site_factor: dict[str, str], factors: dict[str, FactorSpec], fused: dict[str, str],
-          enum_site: str | None, notes: dict[str, list[str]]) -> TermSpec:
+          enum_site: str | None) -> TermSpec:
     name = s.name
     value: ObsValue | LatentValue
     if s.family == "Unit":
@@ -490,7 +488,6 @@ def _term(s: SiteInfo, info: dict[str, SiteInfo], specs: dict[str, LatentSpec], 
                 lay.add(f"{key}.idx", link.idx, _trailing(s, slot, "idx"))
             coef = lay.add(f"{key}.coef", link.coef, _trailing(s, slot, "coef"))
             slots[slot] = PSlot(f, _view(fs.kind, link.site, fs), idx, coef)
-            notes[f].append(_describe(link.site, name, s.family, slot, "scaled"))
         else:
             parts = []
             for j, part in enumerate(link.parts):
@@ -500,7 +497,6 @@ def _term(s: SiteInfo, info: dict[str, SiteInfo], specs: dict[str, LatentSpec], 
                     lay.add(f"{key}.{j}.idx", part.idx, _trailing(s, slot, "idx"))
                 a = lay.add(f"{key}.{j}.a", part.a, _trailing(s, slot, "a"))
                 parts.append(GPart(f, _view(fs.kind, part.site, fs), pidx, a))
-                notes[f].append(_describe(part.site, name, s.family, slot, "affine"))
             bil = None
             if link.bilinear is not None:
                 u, v, bmat = link.bilinear
@@ -516,11 +512,3 @@ def _term(s: SiteInfo, info: dict[str, SiteInfo], specs: dict[str, LatentSpec], 
             joint = prec.factor
     return TermSpec(name, s.family, value, slots, s.event_dims if s.family in ELEMENTWISE else 0,
                     joint)
-
-
-def _describe(latent: str, child: str, family: str, slot: str, how: str) -> str:
-    if child == latent:
-        return ""
-    if how == "scaled":
-        return f"enters {family}({slot}) of {child!r} linearly, scaled by data"
-    return f"enters {family}({slot}) of {child!r} affinely"

@@ -170,3 +170,54 @@ def test_elbo_roundoff_equals_the_contracts_estimate_of_the_centred_data():
         gmm = gmm.resolve(x)
         ref = data_roundoff((x - gmm.hyperparams.mean_prior).to(gmm.compute_dtype))
         assert gmm.elbo_roundoff(x) == pytest.approx(ref, rel=1e-5)
+
+
+@pytest.mark.parametrize("d", [1, 2, 3, 4, 7, 8, 32, 33])
+def test_pair_index_lists_every_unordered_pair_once(d):
+    # the cyclic-diagonal order must be a permutation of the upper triangle, diagonal first
+    from pyro_vi.models.gmm.model import pair_index
+
+    i, j = pair_index(d)
+    pairs = sorted(zip(torch.minimum(i, j).tolist(), torch.maximum(i, j).tolist(), strict=True))
+    iu = torch.triu_indices(d, d)
+    assert pairs == sorted(zip(iu[0].tolist(), iu[1].tolist(), strict=True))
+    assert torch.equal(i[:d], j[:d])  # shift 0: the squares
+    assert (i[d:] != j[d:]).all()
+
+
+@pytest.mark.parametrize(("d", "diag"), [(1, False), (2, False), (5, False), (6, True), (32, False)])
+def test_features_are_the_centred_products_in_pair_order(d, diag):
+    # against products written out per pair, on raw-unit data (offset 1e6): the block is centred
+    # in float64 first, so the features equal those of the centred data to round-off
+    from pyro_vi.models.gmm.model import _features, feature_buffer, pair_index
+
+    g = torch.Generator().manual_seed(d)
+    x = 1e6 + torch.randn(37, d, dtype=torch.float64, generator=g)
+    m0 = torch.full((d,), 1e6, dtype=torch.float64)
+    phi = _features(x, m0, diag, feature_buffer(d, diag, 37, torch.float64, "cpu"))
+    xc = x - m0
+    i, j = (torch.arange(d), torch.arange(d)) if diag else pair_index(d)
+    want = torch.cat([xc[:, i] * xc[:, j], xc], 1).T
+    torch.testing.assert_close(phi, want, rtol=1e-15, atol=0.0)
+
+
+@pytest.mark.parametrize("covariance", ["full", "diag"])
+def test_float32_mode_reads_its_centred_copy_only_for_the_prepared_data(covariance):
+    # prepare keeps one float32 (x - m0)^T; a sweep over that very tensor reads it, any other
+    # tensor (here an equal clone) is centred block by block. Both round x - m0 once from
+    # float64, so the statistics are bitwise equal; the copy goes when the data go.
+    import gc
+
+    x = _mixture(5000, 7, 3, seed=11)
+    gmm, data = GaussianMixture(3, covariance=covariance, compute_dtype=torch.float32).prepare(x)
+    assert gmm._centred_copy(data, torch.float32) is not None
+    assert gmm._centred_copy(data.clone(), torch.float32) is None
+    params = gmm.global_step(gmm.init_stats(data, generator=torch.Generator().manual_seed(0)), None)
+    a = gmm.local_step(data, params)
+    b = gmm.local_step(data.clone(), params)
+    for s, t in zip(a.stats, b.stats, strict=True):
+        assert torch.equal(s, t)
+    assert torch.equal(a.elbo, b.elbo)
+    del a, b, data, x
+    gc.collect()
+    assert gmm._centred == {}  # the weak reference died with the data, and the copy with it

@@ -517,16 +517,17 @@ class GaussianMixture(ConjugateModel[Tensor, GMMParams, Stats]):
         buf = feature_buffer(d, diag, min(rows, n), dtype, data.device)
         m0 = self._hyperparams().mean_prior
         centred = self._centred_copy(data, dtype)
+        part = None if dtype == self.dtype else torch.empty(k, width, dtype=dtype, device=data.device)
         for i in range(0, n, rows):
             block = data[i:i + rows]
             phi = _features(block, m0, diag, buf[:, :block.shape[0]],
                             None if centred is None else centred[:, i:i + rows])
             r, lse = resp(i, rows, phi)
-            if total.dtype == r.dtype:
+            if part is None:
                 total.addmm_(r, phi.T)
-            else:
-                total += (r @ phi.T).to(self.dtype)
-            nk += r.sum(1, dtype=self.dtype)
+            else:  # the block's sums in dtype, accumulated in self.dtype
+                total.add_(torch.mm(r, phi.T, out=part))
+            nk.add_(r.sum(1))  # per block in r's dtype, like the GEMM's sums
             if lse is not None:
                 elbo += lse.sum(dtype=self.dtype)
         q = width - d
@@ -685,10 +686,13 @@ class GaussianMixture(ConjugateModel[Tensor, GMMParams, Stats]):
         # (K, Q+D) rows times the (Q+D, rows) features: (K, rows) log rho. A wide product runs
         # ~2x faster than a (rows, Q+D)(Q+D, K) one with its K-column output (1 thread, float64).
         gk, c = g.T.to(self.compute_dtype).contiguous(), c.to(self.compute_dtype).unsqueeze(-1)
+        n = data.shape[0]
+        store = torch.empty(c.shape[0], min(n, block_rows(gk.shape[1], gk.element_size())),
+                            dtype=gk.dtype, device=gk.device)
 
         def optimal(i: int, rows: int, phi: Tensor) -> tuple[Tensor, Tensor]:
-            # softmax and logsumexp from one exp, in log rho's storage
-            rho = torch.addmm(c, gk, phi)
+            # softmax and logsumexp from one exp, in log rho's storage (one buffer for every block)
+            rho = torch.addmm(c, gk, phi, out=store) if phi.shape[1] == store.shape[1] else torch.addmm(c, gk, phi)
             top = rho.amax(0, keepdim=True)
             # floor the exponent where exp would give a denormal (slow on x86, and below any
             # responsibility that can matter): float32 -80, float64 -700

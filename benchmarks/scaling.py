@@ -29,7 +29,7 @@
   checked by counting calls of the feature-path local step). A same-start check gives the ELBO of each
   path after 10 sweeps.
 * **Crossover** (``--sections crossover``): triangular vs feature path, full covariance, float64,
-  1 thread, over D in 8..48 and K in 4, 8, 16 at N=5e4, both paths alternating in one process;
+  1 thread, over D in 8..64 and K in 4, 8, 16 at N=5e4, both paths alternating in one process;
   the D × K table of CPU-time ratios is what the default (``prefers_features``) is read from.
 * **Memory** (``--sections memory``): the fresh-process peak above at N=1e6, D=32, K=16 for full
   and diag covariance alone (the sweeps section measures it too, among much else).
@@ -478,7 +478,7 @@ def paths_report(df: pd.DataFrame, same: dict[str, float], target: tuple[int, in
 
 
 # -------------------------------------------------------------------------------------- crossover
-CROSSOVER_D = (8, 16, 24, 32, 40, 48)
+CROSSOVER_D = (8, 16, 24, 32, 40, 48, 56, 64)
 CROSSOVER_K = (4, 8, 16)
 
 

@@ -116,3 +116,18 @@ def test_first_reach_uses_the_relative_tolerance():
                   params=None)
     assert mod.first_reach(run, -100.0) == (2.0, 2.0)  # -100.05 is within 0.1 % of -100
     assert np.isnan(mod.first_reach(run, -50.0)[0])
+
+
+def test_starts_time_to_sklearns_elbo_charges_each_start_its_share_of_the_overhead():
+    import pandas as pd
+
+    mod = bench.load_script(BENCH_DIR / "gmm_starts.py")
+    runs = [pd.DataFrame({"seconds": [0.0, 1.0, 2.0], "elbo": [-9.0, -5.0, -4.0]}),
+            pd.DataFrame({"seconds": [0.0, 1.0], "elbo": [-8.0, -3.0]})]
+    # 3 s of sweeps in a 5 s fit: 1 s of overhead before each start
+    traj = mod.start_trajectory(runs, 5.0)
+    assert traj == [(1.0, -9.0), (2.0, -5.0), (3.0, -4.0), (4.0, -8.0), (5.0, -3.0)]
+    assert mod.time_to(traj, -4.0) == 3.0
+    assert mod.time_to(traj, -4.0 - 1e-10) == 3.0  # a tie within 1e-9 relative
+    assert mod.time_to(traj, -3.5) == 5.0
+    assert mod.time_to(traj, -1.0) == float("inf")

@@ -67,26 +67,27 @@ BLOCK_BYTES = 4 * 2**20
 #: Full covariance takes the quadratic-feature (vech) path for ``D <= max_d`` at the first
 #: ``(min_k, max_d)`` row with ``K >= min_k``, else the per-component triangular product
 #: (:func:`prefers_features`). Measured by ``python -m benchmarks.scaling --sections crossover``
-#: (N=5e4, 1 thread, float64, one process, 5 rounds alternating; load 2.6-2.7 on 2 cores), CPU
-#: time triangular / features (> 1: features faster), median [range] of rounds:
+#: (N=5e4, 1 thread, float64, one process, 5 rounds alternating; load 1.0-1.3 on 2 cores), CPU
+#: time triangular / features (> 1: features faster), median [range] of rounds, for the
+#: transposed feature blocks (:func:`_features`):
 #:
 #: ====  ==================  ==================  ==================
 #:  D    K=4                 K=8                 K=16
 #: ====  ==================  ==================  ==================
-#:  8    5.07 [4.83-5.35]    3.51 [3.32-4.07]    3.29 [2.85-7.26]
-#:  16   1.61 [1.56-1.66]    2.18 [2.14-2.21]    2.47 [2.20-2.68]
-#:  24   1.06 [0.87-1.13]    1.51 [1.41-1.57]    1.96 [1.80-2.15]
-#:  32   0.98 [0.92-1.01]    1.36 [1.27-1.37]    1.86 [1.82-1.90]
-#:  40   0.81 [0.79-0.89]    1.10 [1.08-1.31]    1.52 [1.26-1.92]
-#:  48   0.63 [0.61-0.65]    1.00 [0.89-1.15]    1.52 [1.49-1.59]
+#:  8    5.85 [5.78-6.16]    3.29 [3.09-3.46]    3.39 [3.08-3.79]
+#:  16   1.80 [1.71-2.03]    2.42 [2.31-2.87]    2.58 [2.46-3.04]
+#:  24   1.56 [1.46-1.64]    1.76 [1.61-2.01]    2.44 [2.13-2.60]
+#:  32   1.20 [1.15-1.32]    1.59 [1.52-1.88]    2.14 [1.83-2.27]
+#:  40   1.06 [0.95-1.24]    1.57 [1.36-1.63]    1.75 [1.57-1.94]
+#:  48   0.92 [0.81-1.01]    1.17 [1.14-1.21]    1.61 [1.50-1.65]
+#:  56   0.90 [0.84-0.98]    1.30 [1.25-1.36]    1.85 [1.57-1.87]
+#:  64   0.89 [0.83-0.95]    1.40 [1.32-1.51]    1.74 [1.70-1.86]
 #: ====  ==================  ==================  ==================
 #:
-#: The crossover moves up with K: D ~ 24-32 at K=4 (parity there), between 40 and 48 at K=8
-#: (parity at 48), above 48 at K=16. A second run (load 1.8-2.1; ``benchmarks/README.md``) agreed
-#: but for two parity cells, kept on the triangular path: K=4, D=32 1.03 [1.00-1.08] and K=8, D=48
-#: 1.05 [0.90-1.12]. Above D=48 (unmeasured here) the triangular path is kept:
-#: the D(D+1)/2 features outgrow the cache.
-VECH_MAX_D_BY_K: tuple[tuple[int, int], ...] = ((16, 48), (8, 40), (1, 24))
+#: At K=4 the crossover lies at D ~ 40 (parity there, kept on the triangular path); from K=8 the
+#: features win at every D measured, up to 64. A first run (D <= 48, load 1.3) agreed: K=4, D=32
+#: 1.16 and D=40 1.02; K=8, D=48 1.38. Above D=64 (unmeasured here) the triangular path is kept.
+VECH_MAX_D_BY_K: tuple[tuple[int, int], ...] = ((8, 64), (1, 32))
 
 
 def prefers_features(d: int, k: int) -> bool:

@@ -315,9 +315,16 @@ class GaussianMixture(ConjugateModel[Tensor, GMMParams, Stats]):
         Where the fit runs (float64 on the CPU by default).
     compute_dtype : torch.dtype, optional, keyword-only
         Precision of the local step's GEMMs (default: ``dtype``). ``torch.float32`` runs the
-        quadratic-feature products on float32 copies of each block of centred data, sums each
-        block's statistics and log-normalisers in float32 and accumulates them over blocks in
-        ``dtype``; global steps, KLs and the ELBO stay in ``dtype``.
+        quadratic-feature products on one float32 copy of the centred data, ``(D, N)``, that
+        :meth:`prepare` makes once (``N·D·4`` bytes, half the float64 data, held while the data
+        live), sums each block's statistics and log-normalisers in float32 and accumulates them
+        over blocks in ``dtype``; global steps, KLs and the ELBO stay in ``dtype``.
+
+    .. note::
+        On the CPU with ``torch.get_num_threads() = T > 1``, the feature path's blocks are
+        shared by ``T`` block workers, each at one torch thread (:func:`block_workers`), and
+        the global step and KLs run at one thread; a fit is deterministic for a given ``T``,
+        and differs from a 1-thread fit by the order of its sums only.
 
     .. warning::
         ``compute_dtype=torch.float32`` loses precision: each point's log-responsibility

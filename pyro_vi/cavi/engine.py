@@ -44,6 +44,9 @@ from pyro_vi.distributed.conjugate import (
 from pyro_vi.errors import ConvergenceWarning, ELBODecreaseError, NumericalError, PrecisionWarning
 from pyro_vi.results import CAVIResult, CAVIRun
 
+#: Screened restarts carried on to ``tol`` (:func:`cavi`'s ``screen_tol``).
+SCREEN_KEEP = 3
+
 __all__ = ["DEFAULT_CHUNK_BYTES", "CAVIResult", "CAVIRun", "ConjugateModel", "Local", "cavi",
            "local_pass"]
 
@@ -133,9 +136,10 @@ def _one_run(
     bar: Any,
     roundoff: Callable[[], float | None],
     comm: Comm | None = None,
+    params0: Any = None,
 ) -> CAVIRun:
     t0 = time.perf_counter()
-    params = check_params(model.global_step(init_stats, None), where="the global step's params")
+    params = check_params(model.global_step(init_stats, params0), where="the global step's params")
     if comm is not None:  # a prepare_shard that kept data-dependent choices local shows here
         comm.check_identical(param_tensors(params), what=(
             f"the first global parameters of {type(model).__name__} (its prepare_shard or "
@@ -176,6 +180,31 @@ def _one_run(
     return CAVIRun(params=params, elbo=elbo, n_steps=it, converged=converged, history=history)
 
 
+def _polish(model: ConjugateModel, data: Any, run: CAVIRun, *, max_iter: int, tol: float,
+            chunk_size: int | None, monotone_rtol: float, bar: Any,
+            roundoff: Callable[[], float | None], comm: Comm | None) -> CAVIRun:
+    """Continue a screened ``run`` to ``tol``: the same sweeps it would have gone on with.
+
+    The statistics of the run's last params start the next global step (which also gets those
+    params), so the polished run is the run itself, carried on; its history continues the
+    screened one's steps and clock.
+    """
+    left = max_iter - run.n_steps - 1
+    if left < 1:
+        return run
+    t0 = time.perf_counter()
+    local = _local(model, data, run.params, chunk_size=chunk_size, iteration=run.n_steps, comm=comm)
+    offset = float(run.history.seconds.iloc[-1]) + time.perf_counter() - t0  # and the extra local pass
+    more = _one_run(model, data, local.stats, max_iter=left, tol=tol, chunk_size=chunk_size,
+                    monotone_rtol=monotone_rtol, bar=bar, roundoff=roundoff, comm=comm,
+                    params0=run.params)
+    tail = more.history.assign(step=more.history.step + run.n_steps + 1,
+                               seconds=more.history.seconds + offset)
+    history = pd.concat([run.history, tail], ignore_index=True)
+    return CAVIRun(params=more.params, elbo=more.elbo, n_steps=run.n_steps + 1 + more.n_steps,
+                   converged=more.converged, history=history)
+
+
 def cavi(
     model: Any,
     *data: Any,
@@ -190,6 +219,7 @@ def cavi(
     init: Any = None,
     joint: bool = True,
     distributed: bool = False,
+    screen_tol: float | None = None,
     **model_kwargs: Any,
 ) -> CAVIResult:
     r"""Fit a conjugate-exponential model by coordinate ascent; keep the best of ``n_init``.
@@ -226,6 +256,17 @@ def cavi(
         ELBO carries ~1e-6 relative round-off, so it needs ``tol >= 1e-6`` to converge.
     n_init : int
         Number of restarts; restart ``i`` uses seed ``seed + i``. The best final ELBO wins.
+    screen_tol : float or None
+        With ``n_init > 1``: run every restart only to ``tol=screen_tol`` (e.g. ``1e-5``), then
+        carry the :data:`SCREEN_KEEP` (3) best of them on to ``tol``, each along its own path;
+        the other runs in ``fit.runs`` stop at ``screen_tol``. Most sweeps of a restart creep
+        towards an optimum that is already ranked: on Old Faithful, iris, wine, breast cancer
+        and a penguins-sized set (K = 2× the classes, 10 k-means++ starts, 8 seeds each),
+        ``screen_tol=1e-5`` took 0.57-0.71 of the sweeps (0.98 on Old Faithful, whose starts
+        converge fast) and every one of the 40 fits ended at the optimum full runs of every start
+        find best; ``1e-4`` took 0.39-0.78 but missed it in 9 of 40 (a start creeping along a
+        plateau at the screen climbs past the others later). None (default): every restart
+        runs to ``tol``.
     seed : int or None
         Seed of the model's initialisation, e.g. the GMM's k-means++ start (None: drawn from
         torch's global generator). How to initialise is the model's option (its constructor).
@@ -307,6 +348,9 @@ def cavi(
     """
     _validate_options(max_iter, tol, n_init, chunk_size, monotone_rtol, seed, progress, warn,
                       distributed)
+    if screen_tol is not None:
+        check_real("screen_tol", screen_tol, minimum=0.0)
+        screen_tol = float(screen_tol)
     model, data = resolve_model(model, data, model_kwargs, init=init, joint=joint, where="cavi")
     max_iter, n_init, tol = int(max_iter), int(n_init), float(tol)
     comm = Comm() if distributed else None
@@ -325,6 +369,7 @@ def cavi(
     if comm is not None and seed0 is None:  # rank 0's draw: one start for all ranks
         seed0 = int(comm.broadcast_object(int(torch.randint(2**62, ()))))
     runs: list[CAVIRun] = []
+    run_tol = tol if screen_tol is None or n_init == 1 else max(tol, screen_tol)
     for i in range(n_init):
         gen = torch.Generator()
         gen.manual_seed(int(torch.randint(2**62, ())) if seed0 is None else seed0 + i)
@@ -334,12 +379,22 @@ def cavi(
             init_stats = start_stats(model, data, generator=gen, comm=comm)
         bar = tqdm(total=max_iter, desc=f"CAVI {i + 1}/{n_init}", leave=False) if progress else None
         try:
-            runs.append(_one_run(model, data, init_stats, max_iter=max_iter, tol=tol,
+            runs.append(_one_run(model, data, init_stats, max_iter=max_iter, tol=run_tol,
                                  chunk_size=chunk_size, monotone_rtol=monotone_rtol, bar=bar,
                                  roundoff=roundoff, comm=comm))
         finally:
             if bar is not None:
                 bar.close()
+    if run_tol > tol:  # screened: carry the best SCREEN_KEEP on to tol
+        ranked = sorted(range(len(runs)), key=lambda j: runs[j].elbo, reverse=True)
+        for j in ranked[:SCREEN_KEEP]:
+            bar = tqdm(total=max_iter, desc=f"CAVI {j + 1}/{n_init} on", leave=False) if progress else None
+            try:
+                runs[j] = _polish(model, data, runs[j], max_iter=max_iter, tol=tol, chunk_size=chunk_size,
+                                  monotone_rtol=monotone_rtol, bar=bar, roundoff=roundoff, comm=comm)
+            finally:
+                if bar is not None:
+                    bar.close()
     best = max(runs, key=lambda r: r.elbo)
     if warn and not best.converged:
         warnings.warn(

@@ -26,6 +26,7 @@ import contextlib
 import copy
 import functools
 import math
+import os
 import weakref
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -225,6 +226,8 @@ def _one_thread(method: F) -> F:
 
 
 _POOLS: dict[int, ThreadPoolExecutor] = {}
+# a forked child has the pools but none of their threads: it starts its own
+os.register_at_fork(after_in_child=_POOLS.clear)
 
 
 def _pool(workers: int) -> ThreadPoolExecutor:

@@ -253,3 +253,30 @@ def test_block_workers_are_deterministic_and_agree_with_one_thread(covariance, c
     assert torch.equal(a.elbo, b.elbo)
     assert float(a.elbo) == pytest.approx(float(one.elbo), rel=tol)
 
+
+
+def test_block_workers_run_in_a_forked_child():
+    # the parent's pool has no threads in a child forked after a 2-thread pass: the child makes
+    # its own (without the at-fork reset it would wait for ever on the parent's)
+    import multiprocessing as mp
+
+    if "fork" not in mp.get_all_start_methods():
+        pytest.skip("no fork on this platform")
+    x = _mixture(20_000, 12, 4, seed=6)
+    gmm, data = GaussianMixture(4).prepare(x)
+    params = gmm.global_step(gmm.init_stats(data, generator=torch.Generator().manual_seed(0)), None)
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        want = float(gmm.local_step(data, params).elbo)
+        ctx = mp.get_context("fork")
+        with ctx.Pool(1) as pool:
+            got = pool.apply_async(_child_pass, (gmm, data, params)).get(timeout=60)
+    finally:
+        torch.set_num_threads(before)
+    assert got == want
+
+
+def _child_pass(gmm, data, params):
+    torch.set_num_threads(2)
+    return float(gmm.local_step(data, params).elbo)

@@ -60,9 +60,9 @@ __all__ = ["GMMHyperparams", "GMMParams", "GaussianMixture", "replace_model"]
 _LOG_2PI = math.log(2.0 * math.pi)
 
 #: Bytes of features per block of the quadratic-feature local step (:func:`block_rows`). Measured
-#: side by side (1 thread, float64, N=1e5, D=32, K=16, CPU s per sweep, median of 4 rounds, load
-#: ~2.5 on 2 cores): full 0.161 / 0.162 / 0.130 / 0.114 / 0.111 at 0.25 / 1 / 2 / 4 / 8 MiB (256 to
-#: 1872 rows of 560 features); diag 0.0164 / 0.0158 / 0.0157 / 0.0175 at 1 / 2 / 4 / 8 MiB.
+#: on the transposed blocks (1 thread, N=1e5, D=32, K=16, ms per local pass, median of 5, quiet
+#: machine) at 0.5 / 1 / 2 / 4 / 8 / 16 MiB: full float64 109 / 108 / 99 / 94 / 93 / 116, float32
+#: 66 / 58 / 52 / 49 / 49 / 63, diag float64 18.5 / 17.1 / 16.8 / 16.7 / 17.7 / 18.0.
 BLOCK_BYTES = 4 * 2**20
 
 #: Full covariance takes the quadratic-feature (vech) path for ``D <= max_d`` at the first

@@ -10,6 +10,9 @@ fitted with K = 2× its true count of classes and 10 starts by
 * ``cavi(GaussianMixture(K, init="kmeans"), n_init=10)``: k-means++ seeding then Lloyd's k-means;
 * ``cavi(GaussianMixture(K, init="kmeans++"), n_init=10, screen_tol=1e-5)``: every start to a
   relative change of 1e-5, then the 3 best carried on to ``tol`` (screened restarts);
+* the same with ``moves=10`` (split and merge moves of the best fit,
+  :mod:`pyro_vi.models.gmm.moves`), at ``screen_tol=1e-5`` and at ``1e-4`` (the moves run to
+  the same ``screen_tol``);
 * ``BayesianGaussianMixture(K, n_init=10)`` with its default start (k-means run to convergence),
   ``weight_concentration_prior_type="dirichlet_distribution"`` (our q(π) is a Dirichlet),
   ``max_iter=500`` (CAVI's default) and its default ``tol=1e-3`` (absolute, its own rule).
@@ -58,8 +61,10 @@ from ._common import (
 )
 
 NAME = "gmm_starts"
-METHODS = ("CAVI kmeans++", "CAVI kmeans", "CAVI kmeans++ screened", "sklearn")
-SCREEN_TOL = 1e-5  #: the screened method's ``screen_tol``
+METHODS = ("CAVI kmeans++", "CAVI kmeans", "CAVI kmeans++ screened", "CAVI kmeans++ screened + moves",
+           "CAVI kmeans++ screened 1e-4 + moves", "sklearn")
+SCREEN_TOL = 1e-5  #: the screened methods' ``screen_tol`` (the "1e-4" one: 1e-4)
+MOVES = 10  #: the "+ moves" methods' ``moves``
 SK_MAX_ITER = 500
 
 
@@ -126,12 +131,13 @@ def fit_once(method: str, data: DataSet, *, n_init: int, seed: int) -> dict[str,
     else:
         x = torch.as_tensor(data.x, dtype=torch.float64)
         init = method.split()[1]
-        screen = SCREEN_TOL if method.endswith("screened") else None
-        fit = cavi(GaussianMixture(k, init=init), x, n_init=n_init, seed=seed, warn=False, screen_tol=screen)
+        screen = None if "screened" not in method else 1e-4 if "1e-4" in method else SCREEN_TOL
+        fit = cavi(GaussianMixture(k, init=init), x, n_init=n_init, seed=seed, warn=False, screen_tol=screen,
+                   moves=MOVES if method.endswith("+ moves") else 0)
         seconds = time.perf_counter() - t0
         elbo = float(fit.elbo)
         pred = fit.cavi_model.responsibilities(x, fit.params).argmax(-1).numpy()
-        trajectory = start_trajectory([r.history for r in fit.runs], seconds)
+        trajectory = start_trajectory([r.history for r in fit.runs], seconds, moves=fit.moves)
     ari = float("nan") if data.labels is None else float(adjusted_rand_score(data.labels, pred))
     out: dict[str, Any] = {"elbo": elbo, "ari": ari, "seconds": seconds}
     if method != "sklearn":
@@ -139,20 +145,29 @@ def fit_once(method: str, data: DataSet, *, n_init: int, seed: int) -> dict[str,
     return out
 
 
-def start_trajectory(histories: Sequence[pd.DataFrame], seconds: float) -> list[tuple[float, float]]:
+def start_trajectory(histories: Sequence[pd.DataFrame], seconds: float,
+                     moves: pd.DataFrame | None = None) -> list[tuple[float, float]]:
     """(wall seconds since the fit began, ELBO) after every sweep of every start, the starts in order.
 
     Each start's own clock (its history) begins at its first global step; what the fit spent
-    outside the starts' sweeps (preparing the data, each start's k-means++ or Lloyd seeding,
-    building the result) is shared equally among the starts and charged before each one.
+    outside the starts' sweeps and moves (preparing the data, each start's k-means++ or Lloyd
+    seeding, building the result) is shared equally among the starts and charged before each
+    one. The move search (``fit.moves``) follows the starts: after each move run, the ELBO of
+    the best fit so far.
     """
-    swept = sum(float(h.seconds.iloc[-1]) for h in histories)
+    searched = 0.0 if moves is None or not len(moves) else float(moves.seconds.iloc[-1])
+    swept = sum(float(h.seconds.iloc[-1]) for h in histories) + searched
     overhead = max(0.0, seconds - swept) / max(1, len(histories))
     points, base = [], 0.0
     for h in histories:
         base += overhead
         points += [(base + float(t), float(e)) for t, e in zip(h.seconds, h.elbo, strict=True)]
         base += float(h.seconds.iloc[-1])
+    if moves is not None:
+        best = max(e for _, e in points)
+        for t, e, ok in zip(moves.seconds, moves.elbo, moves.accepted, strict=True):
+            best = max(best, float(e)) if ok else best
+            points.append((base + float(t), best))
     return points
 
 

@@ -115,7 +115,7 @@ class FitResult:
 
     def _to_file(self, *, data: bool) -> dict[str, Any]:
         cls = type(self)
-        skip = {"history", "model", "guide", "data", "runs"}  # runs: CAVIResult._to_file
+        skip = {"history", "model", "guide", "data", "runs", "moves"}  # runs, moves: CAVIResult._to_file
         record = {f.name: to_plain(getattr(self, f.name)) for f in fields(self) if f.name not in skip}
         kept = self.data if data and all(isinstance(d, Tensor) for d in self.data) else ()
         return {"format": _FORMAT, "version": FORMAT_VERSION,
@@ -140,15 +140,19 @@ class CAVIResult(FitResult):
 
     Beyond :class:`FitResult`: ``cavi_model`` is the prepared conjugate model (priors
     resolved) that interprets ``params`` (``fit.cavi_model.summary(fit.params)``), and
-    ``runs`` holds every restart in the order they ran. ``model`` is ``cavi_model.model``,
-    the Pyro program, and ``guide`` is ``cavi_model.fitted_guide(params)``, an ordinary Pyro
-    guide. ``params`` are float64 tensors on the data's device unless the model says otherwise.
+    ``runs`` holds every restart in the order they ran; ``moves`` (``cavi(moves=...)``, else
+    None) has one row per move run (``move``, ``elbo``, ``accepted``, ``sweeps``, ``seconds``),
+    and the best run, ``params``, may then be a moved one rather than one of ``runs``.
+    ``model`` is ``cavi_model.model``, the Pyro program, and ``guide`` is
+    ``cavi_model.fitted_guide(params)``, an ordinary Pyro guide. ``params`` are float64 tensors
+    on the data's device unless the model says otherwise.
     """
 
     method: ClassVar[str] = "CAVI"
 
     cavi_model: Any = field(default=None, compare=False)
     runs: tuple[CAVIRun, ...] = field(default=(), compare=False)
+    moves: pd.DataFrame | None = field(default=None, compare=False)
 
     def summary(self, *, prob: float = 0.94, seed: int = 0, **options: Any) -> pd.DataFrame:
         """Exact posterior table of q: one row per scalar of every latent site.
@@ -201,16 +205,19 @@ class CAVIResult(FitResult):
         out["fields"]["runs"] = [{"params": to_plain(r.params), "elbo": r.elbo, "n_steps": r.n_steps,
                                   "converged": r.converged, "history": _history_to_file(r.history)}
                                  for r in self.runs]
+        out["fields"]["moves"] = None if self.moves is None else {
+            "move": [str(m) for m in self.moves.move],
+            "columns": _history_to_file(self.moves.drop(columns="move"))}
         return out
 
     @classmethod
     def from_run(cls, cavi_model: Any, run: CAVIRun, *, runs: tuple[CAVIRun, ...],
-                 data: tuple[Any, ...]) -> CAVIResult:
+                 data: tuple[Any, ...], moves: pd.DataFrame | None = None) -> CAVIResult:
         """The result of one run of a conjugate model (its Pyro model and fitted guide)."""
         return cls(params=run.params, elbo=run.elbo, converged=run.converged, n_steps=run.n_steps,
                    history=run.history, model=cavi_model.model,
                    guide=cavi_model.fitted_guide(run.params), data=cavi_model.pyro_data(data),
-                   cavi_model=cavi_model, runs=runs)
+                   cavi_model=cavi_model, runs=runs, moves=moves)
 
 
 @dataclass(frozen=True, repr=False)
@@ -328,7 +335,8 @@ def load_result(path: str | os.PathLike[str], *, model: Callable[..., Any] | Non
     cls = import_class(blob["kind"], where=where)
     if not issubclass(cls, FitResult):
         raise ValueError(f"{where}: {blob['kind']!r} is not a FitResult kind")
-    values = {k: from_plain(v, where=where) for k, v in blob["fields"].items() if k != "runs"}
+    values = {k: from_plain(v, where=where) for k, v in blob["fields"].items()
+              if k not in ("runs", "moves")}
     values["history"] = _history_from_file(blob["history"])
     data = tuple(from_plain(d, where=where) for d in blob["data"])
     if issubclass(cls, CAVIResult):
@@ -337,7 +345,10 @@ def load_result(path: str | os.PathLike[str], *, model: Callable[..., Any] | Non
                              n_steps=r["n_steps"], converged=r["converged"],
                              history=_history_from_file(r["history"]))
                      for r in blob["fields"]["runs"])
-        return cls(**values, runs=runs, data=data, model=cavi_model.model,
+        kept = blob["fields"].get("moves")  # absent from files written before moves
+        moves = None if kept is None else _history_from_file(kept["columns"]).assign(
+            move=list(kept["move"]))[["move", "elbo", "accepted", "sweeps", "seconds"]]
+        return cls(**values, runs=runs, moves=moves, data=data, model=cavi_model.model,
                    guide=cavi_model.fitted_guide(values["params"]))
     if not callable(model) or not callable(guide):
         raise TypeError(f"{where} holds a {cls.__name__}: pass the model and guide callables it "

@@ -131,3 +131,10 @@ def test_starts_time_to_sklearns_elbo_charges_each_start_its_share_of_the_overhe
     assert mod.time_to(traj, -4.0 - 1e-10) == 3.0  # a tie within 1e-9 relative
     assert mod.time_to(traj, -3.5) == 5.0
     assert mod.time_to(traj, -1.0) == float("inf")
+    # a move search after the starts: 1.5 s of it in a 6.5 s fit leaves the same overhead; a
+    # rejected move keeps the best so far, an accepted one raises it
+    moves = pd.DataFrame({"move": ["a", "b"], "elbo": [-3.5, -2.0], "accepted": [False, True],
+                          "sweeps": [3, 4], "seconds": [0.5, 1.5]})
+    traj = mod.start_trajectory(runs, 6.5, moves=moves)
+    assert traj[-2:] == [(5.5, -3.0), (6.5, -2.0)]
+    assert mod.time_to(traj, -2.5) == 6.5

@@ -51,6 +51,7 @@ from pyro_vi.distributed.conjugate import subsample_start
 from pyro_vi.factors import Dirichlet, NormalGamma, NormalWishart
 from pyro_vi.linalg import inverse_cholesky
 from pyro_vi.models.gmm.guides import MAX_PLATE_NESTING, mixture_program, param_sites, sample_latents
+from pyro_vi.models.gmm.moves import proposals as move_proposals
 from pyro_vi.models.gmm.params import GMMHyperparams, GMMParams
 from pyro_vi.models.gmm.priors import covariance_from_scatter, resolve_hyperparams
 from pyro_vi.models.gmm.summary import GMMSummary, log_predictive_components, summarize
@@ -812,6 +813,10 @@ class GaussianMixture(ConjugateModel[Tensor, GMMParams, Stats]):
             return rho.div_(total), (top + total.log()).squeeze(0)
 
         return Local(*self._block_sums(data, self.compute_dtype, optimal, workers=workers))
+
+    def proposals(self, data: Tensor, params: GMMParams) -> list[tuple[str, Stats]]:
+        """Split and merge moves from ``params``, best first (:func:`pyro_vi.models.gmm.moves.proposals`)."""
+        return move_proposals(self, data, params)
 
     def compute_eps(self) -> float:
         """Machine epsilon of :attr:`compute_dtype`: the engine allows ``1000 ×`` it of relative ELBO decrease.

@@ -205,6 +205,40 @@ def _polish(model: ConjugateModel, data: Any, run: CAVIRun, *, max_iter: int, to
                    converged=more.converged, history=history)
 
 
+def _move_search(model: ConjugateModel, data: Any, best: CAVIRun, *, moves: int, run_tol: float,
+                 tol: float, run: Callable[..., CAVIRun],
+                 polish: Callable[[CAVIRun], CAVIRun]) -> tuple[CAVIRun, pd.DataFrame]:
+    """Up to ``moves`` runs from the model's proposals (:meth:`ConjugateModel.proposals`), first improvement.
+
+    Each round asks the model for proposals from the best run's params and runs them in order
+    (like a restart, to ``run_tol``); the first that ends above the best by more than ``tol``
+    relative becomes the best (carried on to ``tol``: ``polish``) and a new round starts from
+    it. The search stops when a round's proposals all fail, or after ``moves`` runs. Returns
+    the best run and one row per run: ``move``, ``elbo``, ``accepted``, ``sweeps``,
+    ``seconds`` (wall clock since the search began, at the run's end).
+    """
+    t0 = time.perf_counter()
+    rows: list[dict[str, Any]] = []
+    while len(rows) < moves:
+        improved = False
+        for what, stats in model.proposals(data, best.params):
+            if len(rows) >= moves:
+                break
+            cand = run(stats, run_tol)
+            improved = cand.elbo - best.elbo > tol * max(abs(best.elbo), 1.0)
+            if improved:
+                cand = polish(cand)
+                best = cand
+            rows.append({"move": what, "elbo": cand.elbo, "accepted": improved,
+                         "sweeps": cand.n_steps, "seconds": time.perf_counter() - t0})
+            if improved:
+                break
+        if not improved:
+            break
+    table = pd.DataFrame(rows, columns=["move", "elbo", "accepted", "sweeps", "seconds"])
+    return best, table
+
+
 def cavi(
     model: Any,
     *data: Any,
@@ -220,6 +254,7 @@ def cavi(
     joint: bool = True,
     distributed: bool = False,
     screen_tol: float | None = None,
+    moves: int = 0,
     **model_kwargs: Any,
 ) -> CAVIResult:
     r"""Fit a conjugate-exponential model by coordinate ascent; keep the best of ``n_init``.
@@ -267,6 +302,21 @@ def cavi(
         find best; ``1e-4`` took 0.39-0.78 but missed it in 9 of 40 (a start creeping along a
         plateau at the screen climbs past the others later). None (default): every restart
         runs to ``tol``.
+    moves : int
+        After the restarts, up to ``moves`` more runs started from the model's moves of the
+        best fit (:meth:`ConjugateModel.proposals <pyro_vi.cavi.model.ConjugateModel.proposals>`;
+        for the GMM, split and merge moves of its components, :mod:`pyro_vi.models.gmm.moves`),
+        each run like a restart (to ``screen_tol`` when given); the first that ends higher
+        than the best by more than ``tol`` replaces it, and the moves start again from it.
+        Coordinate ascent cannot merge two components that share a cluster or split one that
+        straddles two; a move can. On Old Faithful, iris, wine, breast cancer and a
+        penguins-sized set (K = 2× the classes, 10 k-means++ starts, 3 seeds,
+        ``benchmarks/gmm_starts.py``), ``moves=10`` with ``screen_tol=1e-4`` took iris from
+        -449.3 to -441.1 and wine from -2846.5 to -2775.3, and beat scikit-learn's best of 10
+        in all 15 fits. ``fit.moves`` lists every move run; the result is
+        the best run, which may be a moved one rather than one of ``fit.runs``. 0 (default):
+        no moves. A model without moves refuses ``moves > 0`` (ValueError), as does
+        ``distributed=True``.
     seed : int or None
         Seed of the model's initialisation, e.g. the GMM's k-means++ start (None: drawn from
         torch's global generator). How to initialise is the model's option (its constructor).
@@ -351,7 +401,14 @@ def cavi(
     if screen_tol is not None:
         check_real("screen_tol", screen_tol, minimum=0.0)
         screen_tol = float(screen_tol)
+    check_int("moves", moves, minimum=0)
+    if moves and distributed:
+        raise ValueError("moves: a distributed fit has no moves yet (their proposals are "
+                         "computed from one process's rows); pass moves=0")
     model, data = resolve_model(model, data, model_kwargs, init=init, joint=joint, where="cavi")
+    if moves and type(model).proposals is ConjugateModel.proposals:
+        raise ValueError(f"moves: {type(model).__name__} offers no moves (it does not implement "
+                         "ConjugateModel.proposals); pass moves=0")
     max_iter, n_init, tol = int(max_iter), int(n_init), float(tol)
     comm = Comm() if distributed else None
     if comm is None:
@@ -396,10 +453,24 @@ def cavi(
                 if bar is not None:
                     bar.close()
     best = max(runs, key=lambda r: r.elbo)
+    table = None
+    if moves:
+        def run(stats: Stats, tol_: float) -> CAVIRun:
+            return _one_run(model, data, stats, max_iter=max_iter, tol=tol_, chunk_size=chunk_size,
+                            monotone_rtol=monotone_rtol, bar=None, roundoff=roundoff)
+
+        def polish(r: CAVIRun) -> CAVIRun:
+            if run_tol <= tol:
+                return r
+            return _polish(model, data, r, max_iter=max_iter, tol=tol, chunk_size=chunk_size,
+                           monotone_rtol=monotone_rtol, bar=None, roundoff=roundoff, comm=None)
+
+        best, table = _move_search(model, data, best, moves=int(moves), run_tol=run_tol, tol=tol,
+                                   run=run, polish=polish)
     if warn and not best.converged:
         warnings.warn(
             f"CAVI did not converge in max_iter={max_iter} sweeps (tol={tol}); "
             "raise max_iter or tol", ConvergenceWarning, stacklevel=2)
-    return CAVIResult.from_run(model, best, runs=tuple(runs),
+    return CAVIResult.from_run(model, best, runs=tuple(runs), moves=table,
                                data=data if isinstance(data, tuple) else (data,))
 

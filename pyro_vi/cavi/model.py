@@ -202,6 +202,16 @@ class ConjugateModel(ABC, Generic[DataT, ParamsT, StatsT]):
     def prior_params(self) -> ParamsT:
         """The prior as a params record of the guide's families."""
 
+    def proposals(self, data: DataT, params: ParamsT) -> list[tuple[str, StatsT]]:
+        """Moved starts near a fitted state, for :func:`~pyro_vi.cavi` ``(moves=...)``: best first.
+
+        ``(description, stats)`` pairs: summed statistics of local factors moved away from
+        their optimum under ``params`` (e.g. a mixture's split and merge moves), each the
+        start of a run that may climb past ``params``' optimum. A model without moves does
+        not override this (the engine refuses ``moves`` for it before any work).
+        """
+        raise NotImplementedError(f"{type(self).__name__} offers no moves")
+
     # ------------------------------------------------------- data-parallel (distributed=True)
     def prepare_shard(self: M, data: Any, *, comm: Comm) -> tuple[M, DataT]:
         """:meth:`prepare` for one rank's rows of a distributed fit.

@@ -120,6 +120,24 @@ def _pair_index(d: int, device: str) -> tuple[Tensor, Tensor]:
     return i, j
 
 
+@functools.lru_cache(maxsize=32)
+def _pair_maps(d: int, device: str, dtype: torch.dtype) -> tuple[Tensor, Tensor, Tensor]:
+    """Flat indices, quadratic-form weights and the inverse map of :func:`pair_index`'s pairs.
+
+    Their flat index in a ``(D, D)`` matrix, their weight in a quadratic form (1 on the
+    diagonal, 2 off it, in ``dtype``), and for each of the ``D·D`` entries the pair it holds
+    (the symmetric matrix as one gather). Cached: do not write to them.
+    """
+    i, j = _pair_index(d, device)
+    flat = i * d + j
+    weight = torch.where(i == j, 1.0, 2.0).to(dtype)
+    back = torch.empty(d * d, dtype=torch.long, device=device)
+    pairs = torch.arange(i.shape[0], device=device)
+    back[flat] = pairs
+    back[j * d + i] = pairs
+    return flat, weight, back
+
+
 def feature_rows(d: int, diag: bool) -> int:
     """Rows of the :func:`_features` buffer: the ``Q + D`` features and a second copy of ``x'`` (full only)."""
     return 2 * d if diag else d * (d + 1) // 2 + 2 * d
@@ -380,6 +398,8 @@ class GaussianMixture(ConjugateModel[Tensor, GMMParams, Stats]):
         self._centred: dict[str, Any] | None = None
         #: (hyper-parameters, :meth:`prior_params` built from them).
         self._prior: tuple[GMMHyperparams, GMMParams] | None = None
+        #: (:meth:`prior_params`' record, :meth:`_prior_consts` from it).
+        self._consts: tuple[GMMParams, dict[str, Tensor]] | None = None
         self.n_components = check_int("n_components", n_components, minimum=1)
         if covariance not in ("full", "diag"):
             raise ValueError(f"covariance must be 'full' or 'diag', got {covariance!r}")
@@ -641,11 +661,8 @@ class GaussianMixture(ConjugateModel[Tensor, GMMParams, Stats]):
         sx = total[:, q:]
         if self.covariance == "diag":
             return (nk, sx, total[:, :q]), elbo
-        iu, ju = pair_index(d, device=total.device)
-        sxx = torch.zeros(k, d, d, dtype=total.dtype, device=total.device)
-        sxx[:, iu, ju] = total[:, :q]
-        sxx[:, ju, iu] = total[:, :q]
-        return (nk, sx, sxx), elbo
+        back = _pair_maps(d, str(total.device), total.dtype)[2]
+        return (nk, sx, total[:, :q].index_select(1, back).view(k, d, d)), elbo
 
     def _centred_copy(self, data: Tensor, dtype: torch.dtype) -> Tensor | None:
         """The ``(D, N)`` copy of :math:`(x - m_0)^T` in ``dtype`` that :meth:`prepare` made for ``data``, or None.
@@ -769,13 +786,14 @@ class GaussianMixture(ConjugateModel[Tensor, GMMParams, Stats]):
         return self.covariance == "diag" or prefers_features(d, self.n_components)
 
     def _coefficients(self, params: GMMParams, d: int) -> tuple[Tensor, Tensor]:
-        """``(Q + D, K)`` feature weights ``g`` and ``(K,)`` constants ``c`` of log rho (see :meth:`local_step`)."""
+        """``(K, Q + D)`` feature weights ``g`` and ``(K,)`` constants ``c`` of log rho (see :meth:`local_step`)."""
         comp = params.components
         mc = comp.loc - self._hyperparams().mean_prior
         if isinstance(comp, NormalWishart):
-            a = comp.df[:, None, None] * (comp.scale_tril @ comp.scale_tril.transpose(-1, -2))
-            iu, ju = pair_index(d, device=a.device)
-            quad = a[:, iu, ju] * torch.where(iu == ju, 1.0, 2.0).to(a)
+            tril = comp.scale_tril
+            a = (tril @ tril.transpose(-1, -2)).mul_(comp.df[:, None, None])
+            flat, weight, _ = _pair_maps(d, str(a.device), a.dtype)
+            quad = a.flatten(1).index_select(1, flat).mul_(weight)
             am = (a @ mc.unsqueeze(-1)).squeeze(-1)
             const = (am * mc).sum(-1) + d / comp.precision_scale
             logdet = comp.precision.expected_logdet()
@@ -784,9 +802,9 @@ class GaussianMixture(ConjugateModel[Tensor, GMMParams, Stats]):
             am = quad * mc
             const = (am * mc + 1.0 / comp.precision_scale).sum(-1)
             logdet = comp.precision.expected_log().sum(-1)
-        g = -0.5 * torch.cat([quad, -2.0 * am], 1)
+        g = torch.cat([quad.mul(-0.5), am], 1)  # -1/2 (vech_2(A), -2 A m')
         c = params.weights.expected_log() + 0.5 * logdet - 0.5 * d * _LOG_2PI - 0.5 * const
-        return g.T.contiguous(), c
+        return g, c
 
     def _feature_step(self, data: Tensor, params: GMMParams) -> Local:
         d = data.shape[1]
@@ -801,7 +819,7 @@ class GaussianMixture(ConjugateModel[Tensor, GMMParams, Stats]):
         g, c = self._coefficients(params, data.shape[1])
         # (K, Q+D) rows times the (Q+D, rows) features: (K, rows) log rho. A wide product runs
         # ~2x faster than a (rows, Q+D)(Q+D, K) one with its K-column output (1 thread, float64).
-        gk, c = g.T.to(self.compute_dtype).contiguous(), c.to(self.compute_dtype).unsqueeze(-1)
+        gk, c = g.to(self.compute_dtype), c.to(self.compute_dtype).unsqueeze(-1)
 
         def optimal(i: int, phi: Tensor, out: Tensor) -> tuple[Tensor, Tensor]:
             # softmax and logsumexp from one exp, in the worker's buffer (no allocation per block)
@@ -863,8 +881,54 @@ class GaussianMixture(ConjugateModel[Tensor, GMMParams, Stats]):
 
     @_one_thread
     def global_elbo(self, params: GMMParams) -> Tensor:
-        r"""The contract's :math:`-\mathrm{KL}` terms (:meth:`prior_params`), at one thread (:func:`_one_thread`)."""
-        return super().global_elbo(params)
+        r"""The contract's :math:`-\mathrm{KL}` terms (:meth:`prior_params`), at one thread (:func:`_one_thread`).
+
+        Full covariance: the closed forms of :meth:`Dirichlet.kl <pyro_vi.factors.Dirichlet.kl>`
+        and :meth:`NormalWishart.kl <pyro_vi.factors.NormalWishart.kl>` (Bishop 2006, eqs.
+        10.73 + 10.74 - 10.76 - 10.77) written out once, with the prior's own terms
+        (:math:`\log\Gamma_D(\nu_0/2)`, the Dirichlet prior's log-normaliser) computed once per
+        :meth:`prior_params` record: the generic sum over factors cost a third of a sweep on iris.
+        Diag: the generic sum.
+        """
+        prior = self.prior_params()
+        comp, prior_comp = params.components, prior.components
+        if not isinstance(comp, NormalWishart) or not isinstance(prior_comp, NormalWishart):
+            return super().global_elbo(params)
+        const = self._prior_consts(prior)
+        d = comp.loc.shape[-1]
+        # KL(q(pi) || p(pi)), with E[log pi] (Bishop eq. 10.66)
+        alpha, alpha0 = params.weights.concentration, prior.weights.concentration
+        total_alpha = alpha.sum()
+        elog = torch.digamma(alpha) - torch.digamma(total_alpha)
+        kl = (const["dirichlet_lognorm"] + torch.lgamma(total_alpha) - torch.lgamma(alpha).sum()
+              + ((alpha - alpha0) * elog).sum())
+        # sum_k KL(W(W_k, nu_k) || W(W_0, nu_0)) through M = L_0^-1 L_k
+        nu, nu0 = comp.df, prior_comp.df
+        m = torch.linalg.solve_triangular(prior_comp.scale_tril, comp.scale_tril, upper=False)
+        psi = torch.digamma(0.5 * (nu.unsqueeze(-1) + const["one_minus_i"])).sum(-1)
+        log_diag = torch.log(torch.diagonal(m, dim1=-2, dim2=-1)).sum(-1)
+        wishart = (0.5 * nu * (m.square().sum((-2, -1)) - d) - nu0 * log_diag + const["mvlgamma0"]
+                   - torch.mvlgamma(0.5 * nu, p=d) + 0.5 * (nu - nu0) * psi)
+        # plus the expected KL of the conditional Normals (NormalWishart.kl's centred form)
+        beta0 = prior_comp.precision_scale
+        ratio = beta0 / comp.precision_scale
+        proj = (comp.scale_tril.transpose(-1, -2) @ (comp.loc - prior_comp.loc).unsqueeze(-1)).squeeze(-1)
+        cond = 0.5 * (d * (ratio - 1.0 - torch.log(ratio)) + beta0 * nu * proj.square().sum(-1))
+        return -(kl + (wishart + cond).sum())
+
+    def _prior_consts(self, prior: GMMParams) -> dict[str, Tensor]:
+        """The prior-only terms of :meth:`global_elbo`, once per :meth:`prior_params` object."""
+        cached = self._consts
+        if cached is not None and cached[0] is prior:
+            return cached[1]
+        a0, comp = prior.weights.concentration, prior.components
+        assert isinstance(comp, NormalWishart)
+        d = comp.loc.shape[-1]
+        consts = {"dirichlet_lognorm": torch.lgamma(a0).sum() - torch.lgamma(a0.sum()),
+                  "mvlgamma0": torch.mvlgamma(0.5 * comp.df, p=d),
+                  "one_minus_i": 1.0 - torch.arange(1, d + 1, dtype=a0.dtype, device=a0.device)}
+        self._consts = (prior, consts)
+        return consts
 
     def elbo_roundoff(self, data: Tensor) -> float | None:
         r"""The contract's estimate (:func:`~pyro_vi.cavi.model.data_roundoff`) for the data centred on :math:`m_0`.

@@ -492,3 +492,15 @@ def test_screen_tol_is_checked_and_idle_for_one_start(faithful):
     one = cavi(GaussianMixture(2), faithful, seed=3, warn=False)
     same = cavi(GaussianMixture(2), faithful, seed=3, warn=False, screen_tol=1e-2)
     assert same.history["elbo"].tolist() == one.history["elbo"].tolist()
+
+
+def test_finite_statistics_whose_sum_overflows_are_not_called_non_finite():
+    # The engine's one-reduction check falls back to an entry-by-entry check when the sum of
+    # every statistic is not finite; finite entries whose sum overflows pass, a NaN does not.
+    from pyro_vi.cavi.engine import _check_finite
+    from pyro_vi.errors import NumericalError
+
+    big = torch.full((3,), 1e308, dtype=torch.float64)
+    _check_finite(Local((big, big), torch.tensor(1.0, dtype=torch.float64)), 0)
+    with pytest.raises(NumericalError, match="sufficient statistic 1 is not finite"):
+        _check_finite(Local((big, torch.tensor([float("nan")])), torch.tensor(1.0)), 3)

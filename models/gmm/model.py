@@ -398,6 +398,8 @@ class GaussianMixture(ConjugateModel[Tensor, GMMParams, Stats]):
         self._centred: dict[str, Any] | None = None
         #: (hyper-parameters, :meth:`prior_params` built from them).
         self._prior: tuple[GMMHyperparams, GMMParams] | None = None
+        #: (a q(mu, Lambda) factor, :meth:`_wishart_terms` of it): shared by a sweep's users.
+        self._terms: tuple[NormalWishart, dict[str, Tensor]] | None = None
         #: (:meth:`prior_params`' record, :meth:`_prior_consts` from it).
         self._consts: tuple[GMMParams, dict[str, Tensor]] | None = None
         self.n_components = check_int("n_components", n_components, minimum=1)
@@ -790,13 +792,13 @@ class GaussianMixture(ConjugateModel[Tensor, GMMParams, Stats]):
         comp = params.components
         mc = comp.loc - self._hyperparams().mean_prior
         if isinstance(comp, NormalWishart):
-            tril = comp.scale_tril
-            a = (tril @ tril.transpose(-1, -2)).mul_(comp.df[:, None, None])
+            terms = self._wishart_terms(comp)
+            a = terms["w"].mul(comp.df[:, None, None])
             flat, weight, _ = _pair_maps(d, str(a.device), a.dtype)
             quad = a.flatten(1).index_select(1, flat).mul_(weight)
             am = (a @ mc.unsqueeze(-1)).squeeze(-1)
             const = (am * mc).sum(-1) + d / comp.precision_scale
-            logdet = comp.precision.expected_logdet()
+            logdet = terms["psi"] + d * math.log(2.0) + 2.0 * terms["logdiag"]  # Bishop eq. 10.65
         else:
             quad = comp.concentration / comp.rate  # E[lambda], (K, D)
             am = quad * mc
@@ -902,13 +904,15 @@ class GaussianMixture(ConjugateModel[Tensor, GMMParams, Stats]):
         elog = torch.digamma(alpha) - torch.digamma(total_alpha)
         kl = (const["dirichlet_lognorm"] + torch.lgamma(total_alpha) - torch.lgamma(alpha).sum()
               + ((alpha - alpha0) * elog).sum())
-        # sum_k KL(W(W_k, nu_k) || W(W_0, nu_0)) through M = L_0^-1 L_k
+        # sum_k KL(W(W_k, nu_k) || W(W_0, nu_0)), with M = L_0^-1 L_k: ||M||_F^2 = tr(W_0^-1 W_k)
+        # and log|M| = log|L_k| - log|L_0| (M is triangular)
+        terms = self._wishart_terms(comp)
         nu, nu0 = comp.df, prior_comp.df
-        m = torch.linalg.solve_triangular(prior_comp.scale_tril, comp.scale_tril, upper=False)
-        psi = torch.digamma(0.5 * (nu.unsqueeze(-1) + const["one_minus_i"])).sum(-1)
-        log_diag = torch.log(torch.diagonal(m, dim1=-2, dim2=-1)).sum(-1)
-        wishart = (0.5 * nu * (m.square().sum((-2, -1)) - d) - nu0 * log_diag + const["mvlgamma0"]
-                   - torch.mvlgamma(0.5 * nu, p=d) + 0.5 * (nu - nu0) * psi)
+        trace = (terms["w"] * const["w0_inv"]).sum((-2, -1))
+        log_diag = terms["logdiag"] - const["logdiag0"]
+        mvlgamma = torch.lgamma(terms["args"]).sum(-1) + const["mvlgamma_offset"]  # log Gamma_D(nu/2)
+        wishart = (0.5 * nu * (trace - d) - nu0 * log_diag + const["mvlgamma0"] - mvlgamma
+                   + 0.5 * (nu - nu0) * terms["psi"])
         # plus the expected KL of the conditional Normals (NormalWishart.kl's centred form)
         beta0 = prior_comp.precision_scale
         ratio = beta0 / comp.precision_scale
@@ -926,9 +930,31 @@ class GaussianMixture(ConjugateModel[Tensor, GMMParams, Stats]):
         d = comp.loc.shape[-1]
         consts = {"dirichlet_lognorm": torch.lgamma(a0).sum() - torch.lgamma(a0.sum()),
                   "mvlgamma0": torch.mvlgamma(0.5 * comp.df, p=d),
-                  "one_minus_i": 1.0 - torch.arange(1, d + 1, dtype=a0.dtype, device=a0.device)}
+                  "mvlgamma_offset": torch.tensor(0.25 * d * (d - 1) * math.log(math.pi), dtype=a0.dtype,
+                                                  device=a0.device),
+                  "w0_inv": torch.cholesky_inverse(comp.scale_tril),
+                  "logdiag0": torch.log(torch.diagonal(comp.scale_tril, dim1=-2, dim2=-1)).sum(-1)}
         self._consts = (prior, consts)
         return consts
+
+    def _wishart_terms(self, comp: NormalWishart) -> dict[str, Tensor]:
+        r"""Terms of :math:`q(\Lambda_k)` that the coefficients and the global ELBO both use, once per factor.
+
+        ``w`` :math:`= W_k = L_kL_k^T` ``(K, D, D)``; ``logdiag`` :math:`= \sum_i \log L_{k,ii}`;
+        ``args`` :math:`= (\nu_k + 1 - i)/2`, ``(K, D)``; ``psi`` :math:`= \sum_i \psi((\nu_k + 1 - i)/2)`
+        (Bishop 2006, eq. 10.65). Kept for the last factor asked about (a sweep asks twice).
+        """
+        cached = self._terms
+        if cached is not None and cached[0] is comp:
+            return cached[1]
+        tril, nu = comp.scale_tril, comp.df
+        d = tril.shape[-1]
+        args = 0.5 * (nu.unsqueeze(-1) + 1.0 - torch.arange(1, d + 1, dtype=nu.dtype, device=nu.device))
+        terms = {"w": tril @ tril.transpose(-1, -2),
+                 "logdiag": torch.log(torch.diagonal(tril, dim1=-2, dim2=-1)).sum(-1),
+                 "args": args, "psi": torch.digamma(args).sum(-1)}
+        self._terms = (comp, terms)
+        return terms
 
     def elbo_roundoff(self, data: Tensor) -> float | None:
         r"""The contract's estimate (:func:`~pyro_vi.cavi.model.data_roundoff`) for the data centred on :math:`m_0`.

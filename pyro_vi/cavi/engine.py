@@ -219,9 +219,12 @@ def _move_search(model: ConjugateModel, data: Any, best: CAVIRun, *, moves: int,
     Each round asks the model for proposals from the best run's params and runs them in order
     (like a restart, to ``run_tol``); the first that ends above the best by more than ``tol``
     relative becomes the best (carried on to ``tol``: ``polish``) and a new round starts from
-    it. The search stops when a round's proposals all fail, or after ``moves`` runs. Returns
-    the best run and one row per run: ``move``, ``elbo``, ``accepted``, ``sweeps``,
-    ``seconds`` (wall clock since the search began, at the run's end).
+    it. The search stops when a round's proposals all fail, or after ``moves`` runs. A move
+    run that stops on numerical trouble (:class:`~pyro_vi.errors.NumericalError`, its
+    :class:`~pyro_vi.errors.ELBODecreaseError` included, e.g. a degenerate split) is a failed
+    move (``elbo`` NaN), not a failed fit: the restarts ran the same updates and passed. Returns the best run
+    and one row per run: ``move``, ``elbo``, ``accepted``, ``sweeps``, ``seconds`` (wall clock
+    since the search began, at the run's end).
     """
     t0 = time.perf_counter()
     rows: list[dict[str, Any]] = []
@@ -230,7 +233,12 @@ def _move_search(model: ConjugateModel, data: Any, best: CAVIRun, *, moves: int,
         for what, stats in model.proposals(data, best.params):
             if len(rows) >= moves:
                 break
-            cand = run(stats, run_tol)
+            try:
+                cand = run(stats, run_tol)
+            except NumericalError:
+                rows.append({"move": what, "elbo": math.nan, "accepted": False, "sweeps": 0,
+                             "seconds": time.perf_counter() - t0})
+                continue
             improved = cand.elbo - best.elbo > tol * max(abs(best.elbo), 1.0)
             if improved:
                 cand = polish(cand)

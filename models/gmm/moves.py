@@ -92,9 +92,22 @@ def _merged(stats: Stats, a: int, b: int) -> Stats:
     return out  # type: ignore[return-value]
 
 
-def _split(model: GaussianMixture, data: Tensor, resp: Tensor, stats: Stats, c: int,
+def _side(model: GaussianMixture, data: Tensor, centre: Tensor, axis: Tensor) -> Tensor:
+    """``[axis^T (x_n - m_0 - centre) > 0]`` as ``(N,)`` 0/1 in the data's dtype, chunk by chunk."""
+    m0 = model._hyperparams().mean_prior + centre
+    out = torch.empty(data.shape[0], dtype=data.dtype, device=data.device)
+    rows = max(256, (1 << 22) // max(1, data.shape[1] * data.element_size()))
+    for i in range(0, data.shape[0], rows):
+        torch.gt((data[i:i + rows] - m0) @ axis, 0, out=out[i:i + rows])
+    return out
+
+
+def _split(model: GaussianMixture, data: Tensor, weight: Tensor, stats: Stats, c: int,
            slot: int) -> Stats | None:
-    """``stats`` with the points of ``c`` on the positive side of its principal axis moved to ``slot``."""
+    """``stats`` with the points of ``c`` on the positive side of its principal axis moved to ``slot``.
+
+    ``weight`` is ``(N,)``: component ``c``'s responsibilities (a merged pair's sum).
+    """
     nk, sx, sxx = stats
     if float(nk[c]) < 2.0:
         return None
@@ -106,9 +119,7 @@ def _split(model: GaussianMixture, data: Tensor, resp: Tensor, stats: Stats, c: 
     else:
         cov = sxx[c] / nk[c] - torch.outer(mean, mean)
         axis = torch.linalg.eigh(0.5 * (cov + cov.T))[1][:, -1]
-    m0 = model._hyperparams().mean_prior
-    side = ((data - m0 - mean) @ axis > 0).to(resp.dtype)
-    moved = weighted_stats(model, data, resp[:, c] * side)
+    moved = weighted_stats(model, data, weight * _side(model, data, mean, axis))
     out = tuple(s.clone() for s in stats)
     for s, part in zip(out, moved, strict=True):
         s[slot] += part  # on top of the slot's own (empty: below one point) mass: totals kept
@@ -123,7 +134,8 @@ def proposals(model: GaussianMixture, data: Tensor, params: GMMParams) -> list[t
     Returns ``(description, stats)`` pairs; ``stats`` are the model's summed statistics
     ``(N_k, Σ r x', Σ r x'x'^T)`` of the moved responsibilities, in its dtype and on its device.
     Costs one local pass for the responsibilities, one sweep per merge pair ranked, and one
-    weighted pass plus one sweep per split; memory: one ``(N, K)`` array of responsibilities.
+    weighted pass plus one sweep per split; memory: one ``(N, K)`` array of responsibilities and
+    a few ``(N,)`` vectors (the data are centred chunk by chunk).
 
     Examples
     --------
@@ -140,9 +152,10 @@ def proposals(model: GaussianMixture, data: Tensor, params: GMMParams) -> list[t
     counts = stats[0]
     live = [j for j in range(k) if float(counts[j]) >= EMPTY_COUNT]
     empty = [j for j in range(k) if float(counts[j]) < EMPTY_COUNT]
-    bases: list[tuple[str, Stats, Tensor, int]] = []
+    # (description prefix, statistics, merged pair or None, the slot a split fills)
+    bases: list[tuple[str, Stats, tuple[int, int] | None, int]] = []
     if empty:
-        bases.append(("", stats, resp, empty[0]))
+        bases.append(("", stats, None, empty[0]))
     pairs = list(itertools.combinations(live, 2))
     if len(pairs) > MAX_MERGE_PAIRS * k:  # keep the most overlapping pairs
         overlap = resp.T @ resp
@@ -152,16 +165,15 @@ def proposals(model: GaussianMixture, data: Tensor, params: GMMParams) -> list[t
     if pairs:
         ranked = max(pairs, key=lambda p: _one_sweep(model, data, _merged(stats, *p)))
         a, b = ranked
-        merged_resp = resp.clone()
-        merged_resp[:, a] += merged_resp[:, b]
-        merged_resp[:, b] = 0.0
-        bases.append((f"merge {a}+{b}, ", _merged(stats, a, b), merged_resp, b))
+        bases.append((f"merge {a}+{b}, ", _merged(stats, a, b), (a, b), b))
     cands: list[tuple[float, str, Any]] = []
-    for prefix, base, r, slot in bases:
+    for prefix, base, pair, slot in bases:
         for c in range(k):
             if c == slot:
                 continue
-            moved = _split(model, data, r, base, c, slot)
+            # the merged component's responsibilities are the pair's sum (no (N, K) copy)
+            weight = resp[:, c] + resp[:, pair[1]] if pair is not None and c == pair[0] else resp[:, c]
+            moved = _split(model, data, weight, base, c, slot)
             if moved is not None:
                 cands.append((_one_sweep(model, data, moved), f"{prefix}split {c} into {slot}", moved))
     cands.sort(key=lambda t: -t[0])

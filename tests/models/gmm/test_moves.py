@@ -51,7 +51,7 @@ def test_a_split_moves_one_side_of_the_principal_axis_and_keeps_the_totals(covar
     stats = gmm.local_step(iris, fit.params).stats
     c = int(stats[0].argmax())
     slot = (c + 1) % 4
-    moved = moves._split(gmm, iris, resp, stats, c, slot)
+    moved = moves._split(gmm, iris, resp[:, c], stats, c, slot)
     # the totals over components are unchanged (a move only relabels mass)
     for a, b in zip(moved, stats, strict=True):
         torch.testing.assert_close(a.sum(0), b.sum(0), rtol=1e-12, atol=1e-9)

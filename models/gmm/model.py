@@ -547,6 +547,10 @@ class GaussianMixture(ConjugateModel[Tensor, GMMParams, Stats]):
         else:
             r = initial_responsibilities(self._centre(data), self.n_components, method=init,
                                          generator=generator)
+        return self._resp_stats(data, r)
+
+    def _resp_stats(self, data: Tensor, r: Tensor) -> Stats:
+        """:meth:`_stats` of given responsibilities ``r`` ``(N, K)``, block by block (no centred copy)."""
         return self._block_sums(data, self.dtype, lambda i, phi, out: (r[i:i + phi.shape[1]].T, None))[0]
 
     def prepare_shard(self, data: Any, *, comm: Comm) -> tuple[GaussianMixture, Tensor]:

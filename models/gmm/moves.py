@@ -48,6 +48,11 @@ EMPTY_COUNT = 1.0
 MAX_MERGE_PAIRS = 3
 
 
+def _rows(data: Tensor) -> int:
+    """Rows per chunk of the data: about 4 MiB of them."""
+    return max(256, (1 << 22) // max(1, data.shape[1] * data.element_size()))
+
+
 def weighted_stats(model: GaussianMixture, data: Tensor, w: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     r"""One component's :math:`\sum_n w_n`, :math:`\sum_n w_n x'_n`, :math:`\sum_n w_n x'_n x'^T_n`.
 
@@ -61,7 +66,7 @@ def weighted_stats(model: GaussianMixture, data: Tensor, w: Tensor) -> tuple[Ten
     nk = w.sum()
     sx = torch.zeros(d, dtype=data.dtype, device=data.device)
     sxx = torch.zeros((d,) if diag else (d, d), dtype=data.dtype, device=data.device)
-    rows = max(256, (1 << 22) // max(1, d * data.element_size()))
+    rows = _rows(data)
     for i in range(0, n, rows):
         x0 = data[i:i + rows] - m0
         wx = w[i:i + rows, None] * x0
@@ -96,7 +101,7 @@ def _side(model: GaussianMixture, data: Tensor, centre: Tensor, axis: Tensor) ->
     """``[axis^T (x_n - m_0 - centre) > 0]`` as ``(N,)`` 0/1 in the data's dtype, chunk by chunk."""
     m0 = model._hyperparams().mean_prior + centre
     out = torch.empty(data.shape[0], dtype=data.dtype, device=data.device)
-    rows = max(256, (1 << 22) // max(1, data.shape[1] * data.element_size()))
+    rows = _rows(data)
     for i in range(0, data.shape[0], rows):
         torch.gt((data[i:i + rows] - m0) @ axis, 0, out=out[i:i + rows])
     return out
@@ -133,7 +138,7 @@ def proposals(model: GaussianMixture, data: Tensor, params: GMMParams) -> list[t
 
     Returns ``(description, stats)`` pairs; ``stats`` are the model's summed statistics
     ``(N_k, Σ r x', Σ r x'x'^T)`` of the moved responsibilities, in its dtype and on its device.
-    Costs one local pass for the responsibilities, one sweep per merge pair ranked, and one
+    Costs one pass for the responsibilities and one for their statistics, one sweep per merge pair ranked, and one
     weighted pass plus one sweep per split; memory: one ``(N, K)`` array of responsibilities and
     a few ``(N,)`` vectors (the data are centred chunk by chunk).
 
@@ -148,7 +153,7 @@ def proposals(model: GaussianMixture, data: Tensor, params: GMMParams) -> list[t
     """
     k = model.n_components
     resp = model.responsibilities(data, params)
-    stats = model.local_step(data, params).stats
+    stats = model._resp_stats(data, resp)  # the statistics of these very responsibilities
     counts = stats[0]
     live = [j for j in range(k) if float(counts[j]) >= EMPTY_COUNT]
     empty = [j for j in range(k) if float(counts[j]) < EMPTY_COUNT]

@@ -17,14 +17,17 @@
 
 * **Paths** (``--sections paths``): per (N, D, K) the seconds of a sweep on the *triangular*
   path (per-component triangular product), the *feature* path (quadratic features
-  vech(x xᵀ), two GEMMs per block of ~4 MiB of features) and the *float32* mode (``compute_dtype=
-  torch.float32``, float64 accumulation), with scikit-learn's iteration beside them, all at one
+  vech(x xᵀ), two GEMMs per block of ~4 MiB of features), the *float32* mode (``compute_dtype=
+  torch.float32``, float64 accumulation; its block products in oneDNN, :func:`pyro_vi.linalg.mm_t`)
+  and *float32_mm*, the same mode with the products in ``torch.mm`` (MKL here;
+  ``pyro_vi.linalg.ONEDNN_FLOAT32 = False``), with scikit-learn's iteration beside them, all at one
   thread (``torch.set_num_threads(1)`` and ``threadpoolctl.threadpool_limits(1)``), interleaved
   (the order rotates every round), as the median with the range over the pooled sweeps. The
   ratio sklearn/CAVI is taken per round (medians of the round) and reported as median [range]
   over rounds. GFLOP/s are given against the 2·N·K·D(D+1) floor of the feature path and the
-  4·N·K·D² textbook count, and divided by a single-thread matmul (float64; float32 for the
-  float32 mode) timed in the same round. ``GaussianMixture`` has no public option choosing the
+  4·N·K·D² textbook count, and divided by a single-thread 1024² matmul timed in the same round:
+  float64 ``torch.mm``, float32 ``torch.mm`` for float32_mm and float32 oneDNN for float32.
+  ``GaussianMixture`` has no public option choosing the
   full-covariance path, so the benchmark forces one on a copy of the model (:func:`forced`,
   checked by counting calls of the feature-path local step). A same-start check gives the ELBO of each
   path after 10 sweeps.
@@ -34,7 +37,7 @@
 * **Memory** (``--sections memory``): the fresh-process peak above at N=1e6, D=32, K=16 for full
   and diag covariance alone (the sweeps section measures it too, among much else).
 * **Threads** (``--threads N`` with N > 1): at the target size, wall-clock seconds per sweep at
-  1 and N threads for the float64 and float32 modes and for sklearn (N BLAS threads),
+  1 and N threads for the float64, float32 and float32_mm modes and for sklearn (N BLAS threads),
   interleaved; the speed-up is per round, median [range]. The load average before and after is
   in the machine JSON (``load_avg_start``/``load_avg_end``).
 * **CUDA** (``--device cuda``): the float64 feature path and the float32 mode at N=1e6, D=32,
@@ -69,6 +72,7 @@ import torch
 from matplotlib.figure import Figure
 from matplotlib.ticker import NullFormatter
 
+import pyro_vi.linalg
 from pyro_vi import cavi
 from pyro_vi.cavi.engine import DEFAULT_CHUNK_BYTES, local_pass
 from pyro_vi.models.gmm.model import GaussianMixture, replace_model
@@ -119,14 +123,19 @@ def _clocks() -> tuple[float, float]:
 
 
 def matmul_gflops(size: int = 1024, repeat: int = 3, *,
-                  dtype: torch.dtype = torch.float64) -> tuple[float, float]:
-    """(CPU-time, wall-clock) GFLOP/s of a ``size``² matmul in ``dtype``, best of ``repeat``."""
+                  dtype: torch.dtype = torch.float64, onednn: bool = False) -> tuple[float, float]:
+    """(CPU-time, wall-clock) GFLOP/s of a ``size``² matmul in ``dtype``, best of ``repeat``.
+
+    ``torch.mm``, or with ``onednn`` (float32) :func:`pyro_vi.linalg.mm_t`'s oneDNN product.
+    """
     a = torch.randn(size, size, dtype=dtype)
-    a @ a
+    with float32_route(onednn):
+        product = pyro_vi.linalg.mm_t_for(dtype, "cpu")
+    product(a, a)
     cpu, wall = [], []
     for _ in range(repeat):
         c0, w0 = _clocks()
-        a @ a
+        product(a, a)
         c1, w1 = _clocks()
         cpu.append(c1 - c0)
         wall.append(w1 - w0)
@@ -331,7 +340,7 @@ def report(df: pd.DataFrame, same: dict[str, float], mem: dict[str, float], thre
 
 
 # ------------------------------------------------------------------------------------------ paths
-PATHS = ("triangular", "features", "float32")  #: the local-step variants compared side by side
+PATHS = ("triangular", "features", "float32", "float32_mm")  #: the local-step variants compared side by side
 PATH_GRID = [(50_000, d, k, "full") for k in (8, 16) for d in (16, 24, 32, 40, 48)]
 
 
@@ -371,9 +380,28 @@ def counting_features() -> Iterator[list[int]]:
 
 
 def path_model(k: int, path: str, x: torch.Tensor, covariance: str = "full") -> GaussianMixture:
-    """The (resolved) model of one variant: float32 GEMMs for ``"float32"``, else float64."""
-    dtype = torch.float32 if path == "float32" else None
+    """The (resolved) model of one variant: float32 GEMMs for ``"float32"`` and ``"float32_mm"``, else float64.
+
+    Run ``"float32_mm"`` inside :func:`float32_route` (``path_route``) to get its products in ``torch.mm``.
+    """
+    dtype = torch.float32 if path.startswith("float32") else None
     return forced(GaussianMixture(k, covariance=covariance, compute_dtype=dtype).resolve(x), path)
+
+
+@contextlib.contextmanager
+def float32_route(onednn: bool) -> Iterator[None]:
+    """Float32 block products in oneDNN (``onednn``) or in ``torch.mm``: :data:`pyro_vi.linalg.ONEDNN_FLOAT32`."""
+    before = pyro_vi.linalg.ONEDNN_FLOAT32
+    pyro_vi.linalg.ONEDNN_FLOAT32 = onednn
+    try:
+        yield
+    finally:
+        pyro_vi.linalg.ONEDNN_FLOAT32 = before
+
+
+def path_route(path: str) -> contextlib.AbstractContextManager[None]:
+    """The product route of a variant: ``torch.mm`` for ``"float32_mm"``, the default for the others."""
+    return float32_route(False) if path == "float32_mm" else contextlib.nullcontext()
 
 
 def floor_flops(n: int, d: int, k: int, covariance: str) -> float:
@@ -394,15 +422,17 @@ def time_paths(n: int, d: int, k: int, covariance: str, *, sweeps: int, rounds: 
     names = [*variants, "sklearn"]
     cpu: dict[str, list[list[float]]] = {m: [] for m in names}
     wall: dict[str, list[list[float]]] = {m: [] for m in names}
-    mm = {torch.float64: [], torch.float32: []}
+    mm: dict[str, list[float]] = {"features": [], "float32_mm": [], "float32": []}
     for r in range(rounds):
-        for dt in mm:
-            mm[dt].append(matmul_gflops(dtype=dt)[0])
+        mm["features"].append(matmul_gflops(dtype=torch.float64)[0])
+        mm["float32_mm"].append(matmul_gflops(dtype=torch.float32)[0])
+        mm["float32"].append(matmul_gflops(dtype=torch.float32, onednn=True)[0])
         for name in names[r % len(names):] + names[:r % len(names)]:  # rotate who goes first
             if name == "sklearn":
                 res = sklearn_sweeps(models["features"], x, sweeps)
             else:
-                res = cavi_sweeps(models[name], x, sweeps)
+                with path_route(name):
+                    res = cavi_sweeps(models[name], x, sweeps)
             cpu[name].append([c for c, _ in res])
             wall[name].append([w for _, w in res])
     med = statistics.median
@@ -410,7 +440,7 @@ def time_paths(n: int, d: int, k: int, covariance: str, *, sweeps: int, rounds: 
     for name in names:
         pooled = [v for rnd in cpu[name] for v in rnd]
         ratios = [med(s) / med(c) for s, c in zip(cpu["sklearn"], cpu[name], strict=True)]
-        matmul = med(mm[torch.float32 if name == "float32" else torch.float64])
+        matmul = med(mm[name if name in mm else "features"])
         t = med(pooled)
         rows.append({"N": n, "D": d, "K": k, "covariance": covariance, "path": name,
                      "cpu_s": t, "cpu_s_min": min(pooled), "cpu_s_max": max(pooled),
@@ -430,14 +460,15 @@ def same_start_paths(n: int, d: int, k: int, sweeps: int = 10) -> dict[str, floa
     x = make_data(n, d, k)
     out: dict[str, float] = {}
     for name in PATHS:
-        with counting_features() as calls:
+        with counting_features() as calls, path_route(name):
             fit = cavi(path_model(k, name, x), x, max_iter=sweeps, tol=0.0, seed=0, warn=False)
         if (calls[0] > 0) != (name != "triangular"):
             raise RuntimeError(f"forcing the {name} path failed ({calls[0]} feature-path local steps)")
         out[name] = fit.elbo
     return {"sweeps": sweeps, **{f"elbo_{p}": v for p, v in out.items()},
             "features_vs_triangular": abs(out["features"] - out["triangular"]) / abs(out["triangular"]),
-            "float32_vs_float64": abs(out["float32"] - out["features"]) / abs(out["features"])}
+            "float32_vs_float64": abs(out["float32"] - out["features"]) / abs(out["features"]),
+            "float32_mm_vs_float64": abs(out["float32_mm"] - out["features"]) / abs(out["features"])}
 
 
 def paths_report(df: pd.DataFrame, same: dict[str, float], target: tuple[int, int, int]) -> str:
@@ -453,7 +484,8 @@ def paths_report(df: pd.DataFrame, same: dict[str, float], target: tuple[int, in
     n, d, k = target
     lines = ["All at 1 thread (torch and BLAS); CPU seconds per sweep, median [range] over the pooled "
              "sweeps; sklearn/CAVI per round, median [range] over rounds; `floor` = 2·N·K·D(D+1) "
-             "(full) / 8·N·K·D (diag) flops; matmul is float32 for the float32 row, else float64.\n\n"]
+             "(full) / 8·N·K·D (diag) flops; matmul is a 1024² product: float32 oneDNN for the float32 "
+             "row, float32 torch.mm (MKL) for float32_mm, else float64 torch.mm.\n\n"]
     tgt = df[(df.N == n) & (df.D == d) & (df.K == k)]
     for cov in ("full", "diag"):
         part = tgt[tgt.covariance == cov].set_index("path")
@@ -464,7 +496,7 @@ def paths_report(df: pd.DataFrame, same: dict[str, float], target: tuple[int, in
         lines.append(f"**Target N={n}, D={d}, K={k} ({cov}):** sklearn/CAVI {ratios}.\n")
     lines.append(f"**Same start, {same['sweeps']} sweeps (N={n}, D={d}, K={k}):** features vs triangular "
                  f"ELBO {same['features_vs_triangular']:.1e} relative; float32 vs float64 "
-                 f"{same['float32_vs_float64']:.1e} relative.\n")
+                 f"{same['float32_vs_float64']:.1e} relative (float32_mm {same['float32_mm_vs_float64']:.1e}).\n")
     full = df[(df.covariance == "full") & (df.path.isin(["triangular", "features"]))]
     cross = []
     for (nn, kk), g in full.groupby(["N", "K"]):
@@ -529,19 +561,21 @@ def crossover_report(df: pd.DataFrame, load: tuple[tuple[float, ...], tuple[floa
 
 # ---------------------------------------------------------------------------------------- threads
 def time_threads(n: int, d: int, k: int, threads: int, *, sweeps: int, rounds: int) -> pd.DataFrame:
-    """Wall s per sweep at 1 and ``threads`` threads: float64 (default path), float32, sklearn."""
+    """Wall s per sweep at 1 and ``threads`` threads: float64 (default path), float32 (oneDNN), float32_mm, sklearn."""
     x = make_data(n, d, k)
-    models = {"float64": path_model(k, "features", x), "float32": path_model(k, "float32", x)}
-    cells = [(m, t) for m in ("float64", "float32", "sklearn") for t in (1, threads)]
+    models = {"float64": path_model(k, "features", x), "float32": path_model(k, "float32", x),
+              "float32_mm": path_model(k, "float32_mm", x)}
+    modes = (*models, "sklearn")
+    cells = [(m, t) for m in modes for t in (1, threads)]
     wall: dict[tuple[str, int], list[float]] = {c: [] for c in cells}
     for r in range(rounds):
         for m, t in cells[r % len(cells):] + cells[:r % len(cells)]:
-            with limit_threads(t):
+            with limit_threads(t), path_route(m):
                 res = (sklearn_sweeps(models["float64"], x, sweeps) if m == "sklearn"
                        else cavi_sweeps(models[m], x, sweeps))
             wall[(m, t)].append(statistics.median(w for _, w in res))
     rows = []
-    for m in ("float64", "float32", "sklearn"):
+    for m in modes:
         one, many = wall[(m, 1)], wall[(m, threads)]
         speed = [a / b for a, b in zip(one, many, strict=True)]
         rows.append({"N": n, "D": d, "K": k, "mode": m, "threads": threads,

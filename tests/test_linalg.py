@@ -1,4 +1,4 @@
-"""Checked Cholesky: the true factor on SPD input, a NumericalError that says where otherwise."""
+"""Checked Cholesky: the true factor on SPD input, a NumericalError that says where otherwise; mm_t."""
 
 from __future__ import annotations
 
@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 import torch
 
+import pyro_vi.linalg
 from pyro_vi.errors import NumericalError
-from pyro_vi.linalg import cholesky, inverse_cholesky
+from pyro_vi.linalg import cholesky, inverse_cholesky, mm_t, mm_t_for, onednn_float32
 
 F64 = torch.float64
 
@@ -85,3 +86,71 @@ def test_inverse_cholesky_keeps_its_accuracy_on_an_ill_conditioned_matrix():
 def test_inverse_cholesky_non_pd_names_where():
     with pytest.raises(NumericalError, match="^from_natural: "):
         inverse_cholesky(-torch.eye(3, dtype=F64), where="from_natural")
+
+
+def _pair(m: int, n: int, k: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    gen = torch.Generator().manual_seed(seed)
+    return torch.randn(m, k, generator=gen), torch.randn(n, k, generator=gen)
+
+
+def _float32_error(got: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> float:
+    """Max error against the float64 product, in units of sum_k |a_ik b_jk| (the float32 scale)."""
+    ref = a.double() @ b.double().T
+    scale = a.double().abs() @ b.double().abs().T
+    return float(((got.double() - ref).abs() / scale).max())
+
+
+@pytest.mark.parametrize("layout", ["rows", "columns"])
+@pytest.mark.parametrize(("m", "n", "k"), [(16, 1872, 560), (16, 560, 1872), (5, 3, 1), (64, 64, 64)])
+def test_mm_t_is_the_product_to_float32_round_off(m, n, k, layout):
+    # a float32 sum of k products errs by at most ~k·eps·sum|a b| (Higham 2002, eq. 3.5); the
+    # blocked sums of BLAS and oneDNN stay far below: measured <= 3e-7 of sum|a b| here, so
+    # 1e-5 (about 84 eps) has 30x room while a wrong layout or transpose errs by O(1)
+    a, b = _pair(m, n, k, seed=m + n + k)
+    if layout == "columns":
+        b = b.T.contiguous().T  # packed by columns
+    got = mm_t(a, b)
+    assert got.shape == (m, n)
+    assert got.dtype == torch.float32
+    assert _float32_error(got, a, b) < 1e-5
+
+
+def test_mm_t_uses_onednn_for_float32_cpu_and_torch_mm_otherwise(monkeypatch):
+    a, b = _pair(8, 7, 33, seed=3)
+    if onednn_float32():
+        want = torch.ops.mkldnn._linear_pointwise(a, b, None, "none", [], "")
+        assert torch.equal(mm_t(a, b), want)
+        assert mm_t_for(torch.float32, "cpu") is pyro_vi.linalg._onednn_mm_t
+    # float64, padded rows, a gradient, or the switch off: torch.mm, bitwise
+    a64, b64 = a.double(), b.double()
+    assert torch.equal(mm_t(a64, b64), torch.mm(a64, b64.T))
+    assert mm_t_for(torch.float64, "cpu") is pyro_vi.linalg._torch_mm_t
+    padded = torch.empty(7, 40)[:, :33].copy_(b)
+    assert torch.equal(mm_t(a, padded), torch.mm(a, padded.T))
+    leaf = a.clone().requires_grad_()
+    out = mm_t(leaf, b)
+    out.sum().backward()
+    torch.testing.assert_close(leaf.grad, b.sum(0).expand(8, 33))
+    monkeypatch.setattr(pyro_vi.linalg, "ONEDNN_FLOAT32", False)
+    assert not onednn_float32()
+    assert torch.equal(mm_t(a, b), torch.mm(a, b.T))
+    assert mm_t_for(torch.float32, "cpu") is pyro_vi.linalg._torch_mm_t
+
+
+# torch's flags() sets a oneDNN TF32 flag too, which warns on builds without Intel GPU support
+@pytest.mark.filterwarnings("ignore:TF32 acceleration on top of oneDNN:UserWarning")
+def test_mm_t_leaves_onednn_when_torch_turns_it_off_or_lowers_its_precision():
+    a, b = _pair(4, 6, 9, seed=5)
+    with torch.backends.mkldnn.flags(enabled=False):
+        assert not onednn_float32()
+        assert torch.equal(mm_t(a, b), torch.mm(a, b.T))
+    matmul = getattr(torch.backends.mkldnn, "matmul", None)
+    if matmul is None or not hasattr(matmul, "fp32_precision"):
+        pytest.skip("this torch has no oneDNN float32 precision setting")
+    before = matmul.fp32_precision
+    try:
+        matmul.fp32_precision = "bf16"  # bfloat16 products: not the float32 the mode promises
+        assert not onednn_float32()
+    finally:
+        matmul.fp32_precision = before
+    assert onednn_float32() == pyro_vi.linalg._onednn_checked()

@@ -49,7 +49,7 @@ from pyro_vi.cavi.summary import loc_marginal, summary_table
 from pyro_vi.distributed.collectives import Comm
 from pyro_vi.distributed.conjugate import subsample_start
 from pyro_vi.factors import Dirichlet, NormalGamma, NormalWishart
-from pyro_vi.linalg import inverse_cholesky
+from pyro_vi.linalg import inverse_cholesky, mm_t_for, onednn_float32
 from pyro_vi.models.gmm.guides import MAX_PLATE_NESTING, mixture_program, param_sites, sample_latents
 from pyro_vi.models.gmm.moves import proposals as move_proposals
 from pyro_vi.models.gmm.params import GMMHyperparams, GMMParams
@@ -63,7 +63,9 @@ _LOG_2PI = math.log(2.0 * math.pi)
 #: Bytes of features per block of the quadratic-feature local step (:func:`block_rows`). Measured
 #: on the transposed blocks (1 thread, N=1e5, D=32, K=16, ms per local pass, median of 5, quiet
 #: machine) at 0.5 / 1 / 2 / 4 / 8 / 16 MiB: full float64 109 / 108 / 99 / 94 / 93 / 116, float32
-#: 66 / 58 / 52 / 49 / 49 / 63, diag float64 18.5 / 17.1 / 16.8 / 16.7 / 17.7 / 18.0.
+#: 66 / 58 / 52 / 49 / 49 / 63, diag float64 18.5 / 17.1 / 16.8 / 16.7 / 17.7 / 18.0. With the
+#: float32 products in oneDNN (unpadded blocks, ms per sweep, 1 / 2 threads) at 2 / 3 / 4 / 6 / 8 /
+#: 12 MiB: 34.3 / 31.2 / 28.8 / 28.2 / 28.5 / 31.3 and 21.4 / 18.9 / 16.9 / 16.4 / 17.7 / 22.1.
 BLOCK_BYTES = 4 * 2**20
 
 #: Full covariance takes the quadratic-feature (vech) path for ``D <= max_d`` at the first
@@ -143,20 +145,37 @@ def feature_rows(d: int, diag: bool) -> int:
     return 2 * d if diag else d * (d + 1) // 2 + 2 * d
 
 
-def feature_buffer(d: int, diag: bool, rows: int, dtype: torch.dtype, device: Any) -> Tensor:
+def feature_buffer(d: int, diag: bool, rows: int, dtype: torch.dtype, device: Any, *,
+                   padded: bool = True) -> Tensor:
     """An empty :func:`_features` buffer for blocks of up to ``rows`` points, ``(feature_rows, rows)``.
 
-    Full covariance: its rows are padded by 16 to 32 elements, so that their stride is never a
-    multiple of 4 KiB: the GEMMs read the features down the columns, and 4 KiB strides alias in
-    the L1 cache (float32, 2048 rows: 0.029 s against 0.021 s per pass of the first GEMM,
-    measured here). Diag: the transpose of a ``(rows, 2D)`` buffer, a point's ``2D`` features
-    contiguous; they are too few for the products to gain from running along the points, and
-    centring in the data's own layout is 1.8 ms per sweep cheaper at N=1e5, D=32.
+    Full covariance, ``padded``: its rows are padded by 16 to 32 elements, so that their stride
+    is never a multiple of 4 KiB: MKL's GEMMs read the features down the columns, and 4 KiB
+    strides alias in the L1 cache (float32, 2048 rows: 0.029 s against 0.021 s per pass of the
+    first GEMM, measured here). Not ``padded``: one contiguous block, which :func:`feature_block`
+    views as a contiguous ``(feature_rows, m)`` matrix for any block of ``m`` rows, the layout
+    oneDNN's products need (:func:`pyro_vi.linalg.mm_t`; a padded one costs them a copy).
+    Diag: the transpose of a ``(rows, 2D)`` buffer, a point's ``2D`` features contiguous; they
+    are too few for the products to gain from running along the points, and centring in the
+    data's own layout is 1.8 ms per sweep cheaper at N=1e5, D=32.
     """
     if diag:
         return torch.empty(rows, 2 * d, dtype=dtype, device=device).T
+    if not padded:
+        return torch.empty(feature_rows(d, diag), rows, dtype=dtype, device=device)
     stride = -(-rows // 16) * 16 + 16
     return torch.empty(feature_rows(d, diag), stride, dtype=dtype, device=device)[:, :rows]
+
+
+def feature_block(buf: Tensor, m: int) -> Tensor:
+    """The part of a :func:`feature_buffer` that holds a block of ``m`` points, ``(feature_rows, m)``.
+
+    A contiguous (not ``padded``) buffer gives its first ``feature_rows · m`` elements, contiguous
+    again; the others give their first ``m`` columns.
+    """
+    if buf.is_contiguous() and buf.shape[1] != m:
+        return buf.view(-1)[:buf.shape[0] * m].view(buf.shape[0], m)
+    return buf[:, :m]
 
 
 def _features(x: Tensor, m0: Tensor, diag: bool, out: Tensor,
@@ -170,26 +189,51 @@ def _features(x: Tensor, m0: Tensor, diag: bool, out: Tensor,
     ``out``'s dtype) replaces that step. The ``D(D+1)/2`` products are one broadcast product of
     ``x'`` with a strided view of ``x'`` stacked twice (the cyclic diagonals of
     :func:`pair_index`), plus half a diagonal for even ``D``: two kernels, not one per row.
+    A loop over blocks keeps the views of :class:`_FeaturePlan` instead of remaking them.
     """
-    n, d = x.shape
-    q = d if diag else d * (d + 1) // 2
-    lin = out[q:q + d]
-    if centred is not None:
-        lin.copy_(centred)
-    else:
-        torch.sub(x.T, m0.unsqueeze(-1), out=lin)  # in x's dtype, rounded once into out's
-    if diag:
-        torch.mul(lin, lin, out=out[:d])
-        return out[:2 * d]
-    full = (d + 1) // 2
-    twice = out[q:q + 2 * d]
-    twice[d:d + full - 1].copy_(lin[:full - 1])  # rows (i + s) mod D, read without a gather
-    stride = twice.stride(0)
-    shifted = twice.as_strided((full, d, n), (stride, stride, twice.stride(1)), twice.storage_offset())
-    torch.mul(lin.unsqueeze(0), shifted, out=out[:full * d].unflatten(0, (full, d)))
-    if d % 2 == 0:
-        torch.mul(lin[:d // 2], lin[d // 2:], out=out[full * d:q])
-    return out[:q + d]
+    return _FeaturePlan(out, x.shape[1], diag).fill(x, m0, centred)
+
+
+class _FeaturePlan:
+    """The views :func:`_features` writes through, made once per block size of a pass.
+
+    A block then costs its three or four kernels and no view making (the views were a third of
+    the per-block cost of small blocks: about 6 of 17 µs, measured here).
+    """
+
+    __slots__ = ("diag", "half", "left", "lin", "phi", "products", "shifted", "source", "squares", "tail")
+
+    def __init__(self, out: Tensor, d: int, diag: bool) -> None:
+        n = out.shape[1]
+        q = d if diag else d * (d + 1) // 2
+        self.diag, self.lin, self.phi = diag, out[q:q + d], out[:q + d]
+        self.squares = out[:d]
+        self.half: tuple[Tensor, Tensor, Tensor] | None = None
+        if diag:
+            return
+        full = (d + 1) // 2
+        twice = out[q:q + 2 * d]
+        self.tail, self.source = twice[d:d + full - 1], self.lin[:full - 1]  # rows (i + s) mod D
+        stride = twice.stride(0)
+        self.shifted = twice.as_strided((full, d, n), (stride, stride, twice.stride(1)), twice.storage_offset())
+        self.left, self.products = self.lin.unsqueeze(0), out[:full * d].unflatten(0, (full, d))
+        if d % 2 == 0:
+            self.half = (self.lin[:d // 2], self.lin[d // 2:], out[full * d:q])
+
+    def fill(self, x: Tensor, m0: Tensor, centred: Tensor | None) -> Tensor:
+        """Write the features of the block ``x`` (``(n, D)``; or its ``centred`` copy) and return them."""
+        if centred is not None:
+            self.lin.copy_(centred)
+        else:
+            torch.sub(x.T, m0.unsqueeze(-1), out=self.lin)  # in x's dtype, rounded once into out's
+        if self.diag:
+            torch.mul(self.lin, self.lin, out=self.squares)
+            return self.phi
+        self.tail.copy_(self.source)  # x' stacked twice, read without a gather
+        torch.mul(self.left, self.shifted, out=self.products)
+        if self.half is not None:
+            torch.mul(*self.half[:2], out=self.half[2])
+        return self.phi
 
 
 #: Lowest exponent passed to ``exp`` in the softmax: above the dtype's smallest normal number
@@ -216,7 +260,9 @@ def block_workers(data: Tensor, blocks: int) -> int:
     deterministic for a given thread count. Splitting the blocks scales better than splitting
     each GEMM: the skinny ``(K, Q+D)`` products gain only 1.5x from MKL's own 2 threads in
     float32 (measured here: local pass at N=1e5, D=32, K=16, 2 cores: torch 2 threads 1.50x,
-    2 block workers 1.98x; float64 1.72x and 1.93x). CUDA runs the blocks in order (one stream).
+    2 block workers 1.98x; float64 1.72x and 1.93x; float32 in oneDNN, sweep at 2 threads:
+    17.9 ms with oneDNN's own threads, 15.3 ms with 2 block workers, 27.5 ms at one). CUDA runs
+    the blocks in order (one stream).
     """
     if data.device.type != "cpu":
         return 1
@@ -344,7 +390,11 @@ class GaussianMixture(ConjugateModel[Tensor, GMMParams, Stats]):
         quadratic-feature products on one float32 copy of the centred data, ``(D, N)``, that
         :meth:`prepare` makes once (``N·D·4`` bytes, half the float64 data, held while the data
         live), sums each block's statistics and log-normalisers in float32 and accumulates them
-        over blocks in ``dtype``; global steps, KLs and the ELBO stay in ``dtype``.
+        over blocks in ``dtype``; global steps, KLs and the ELBO stay in ``dtype``. On the CPU
+        the two block products go to oneDNN's float32 matmul where torch has it
+        (:func:`pyro_vi.linalg.mm_t`; ``pyro_vi.linalg.ONEDNN_FLOAT32 = False`` keeps them in
+        ``torch.mm``): at N=1e5, D=32, K=16 on this project's AMD machine, one thread, a sweep
+        takes 27 ms against 51 ms in ``torch.mm`` (MKL), whose AVX-512 kernels do not run there.
 
     .. note::
         On the CPU with ``torch.get_num_threads() = T > 1``, the feature path's blocks are
@@ -632,28 +682,37 @@ class GaussianMixture(ConjugateModel[Tensor, GMMParams, Stats]):
         centred = self._centred_copy(data, dtype)
         starts = range(0, n, rows)
         workers = block_workers(data, len(starts)) if workers is None else workers
+        onednn = self._onednn(data, dtype)
+        product = mm_t_for(dtype, data.device)
+        transposed = onednn and not diag  # oneDNN's R^T Phi comes as its (Q+D, K) transpose
 
         def run(w: int) -> tuple[Tensor, Tensor, Tensor]:
-            total = torch.zeros(k, width, dtype=self.dtype, device=data.device)
+            total = torch.zeros(*((width, k) if transposed else (k, width)), dtype=self.dtype, device=data.device)
             nk = torch.zeros(k, dtype=self.dtype, device=data.device)
             elbo = torch.zeros((), dtype=self.dtype, device=data.device)
             size = min(rows, n)
-            buf = feature_buffer(d, diag, size, dtype, data.device)
+            buf = feature_buffer(d, diag, size, dtype, data.device, padded=not onednn)
             out = torch.empty(k, size, dtype=dtype, device=data.device)
             part = None if dtype == self.dtype else torch.empty(k, width, dtype=dtype, device=data.device)
+            plans: dict[int, _FeaturePlan] = {}  # one per block size: the full one and the last
             for i in starts[w::workers]:
                 block = data[i:i + rows]
                 m = block.shape[0]
-                phi = _features(block, m0, diag, buf[:, :m], None if centred is None else centred[:, i:i + m])
+                plan = plans.get(m)
+                if plan is None:
+                    plan = plans[m] = _FeaturePlan(feature_block(buf, m), d, diag)
+                phi = plan.fill(block, m0, None if centred is None else centred[:, i:i + m])
                 r, lse = resp(i, phi, out[:, :m])
-                if part is None:
+                if onednn:  # the features as the packed operand: measured faster either way
+                    total.add_(product(phi, r) if transposed else product(r, phi))
+                elif part is None:
                     total.addmm_(r, phi.T)
                 else:  # the block's sums in dtype, accumulated in self.dtype
                     total.add_(torch.mm(r, phi.T, out=part))
                 nk.add_(r.sum(1))  # per block in r's dtype, like the GEMM's sums
                 if lse is not None:
                     elbo += lse.sum(dtype=self.dtype)
-            return total, nk, elbo
+            return total.T if transposed else total, nk, elbo
 
         if workers == 1:
             return self._unpack(d, *run(0))
@@ -788,6 +847,15 @@ class GaussianMixture(ConjugateModel[Tensor, GMMParams, Stats]):
             return Local(self._stats(x0, torch.softmax(log_rho, -1)), torch.logsumexp(log_rho, -1).sum())
         return self._feature_step(data, params)
 
+    def _onednn(self, data: Tensor, dtype: torch.dtype) -> bool:
+        """Whether the feature path's float32 block products go to oneDNN (:func:`pyro_vi.linalg.mm_t`).
+
+        Only in the mixed-precision mode on the CPU, and only where :func:`pyro_vi.linalg.onednn_float32`
+        says oneDNN is usable; the features are then laid out for it (:func:`feature_buffer`).
+        """
+        return (dtype == torch.float32 and dtype != self.dtype and data.device.type == "cpu"
+                and onednn_float32())
+
     def _use_features(self, d: int) -> bool:
         if self.compute_dtype != self.dtype:
             return True  # mixed precision runs on the feature path at every D
@@ -831,14 +899,19 @@ class GaussianMixture(ConjugateModel[Tensor, GMMParams, Stats]):
         # ~2x faster than a (rows, Q+D)(Q+D, K) one with its K-column output (1 thread, float64).
         gk, c = g.to(self.compute_dtype), c.to(self.compute_dtype).unsqueeze(-1)
 
+        onednn = self._onednn(data, self.compute_dtype)
+        product = mm_t_for(self.compute_dtype, data.device)
+        floor = _EXP_FLOOR[self.compute_dtype]
+
         def optimal(i: int, phi: Tensor, out: Tensor) -> tuple[Tensor, Tensor]:
             # softmax and logsumexp from one exp, in the worker's buffer (no allocation per block)
-            rho = torch.addmm(c, gk, phi, out=out)
-            top = rho.amax(0, keepdim=True)
+            # or in oneDNN's product (one (K, n) array per block)
+            rho = product(gk, phi.T).add_(c) if onednn else torch.addmm(c, gk, phi, out=out)
+            top = rho.amax(0)
             # floor the exponent where exp would give a denormal (slow on x86, and below any
             # responsibility that can matter): float32 -80, float64 -700
-            total = rho.sub_(top).clamp_(min=_EXP_FLOOR[rho.dtype]).exp_().sum(0, keepdim=True)
-            return rho.div_(total), (top + total.log()).squeeze(0)
+            total = rho.sub_(top).clamp_(min=floor).exp_().sum(0)
+            return rho.div_(total), total.log_().add_(top)
 
         return Local(*self._block_sums(data, self.compute_dtype, optimal, workers=workers))
 

@@ -82,16 +82,25 @@ def _datasets():
     return {"old_faithful": (load_old_faithful(standardize=True), 6),
             "iris": (torch.tensor(load_iris().data), 3),
             "wine": (torch.tensor((wine - wine.mean(0)) / wine.std(0)), 3),
-            "synthetic_1e5": (_mixture(100_000, 4, 3, seed=7), 3)}
+            "synthetic_1e5": (_mixture(100_000, 4, 3, seed=7), 3),
+            # the target shape's features (Q + D = 560 per point), 11 blocks, the last one short
+            "synthetic_d32_k16": (_mixture(20_000, 32, 16, seed=8), 16)}
 
 
-@pytest.mark.parametrize("name", ["old_faithful", "iris", "wine", "synthetic_1e5"])
-def test_float32_compute_reaches_the_float64_elbo(name):
+@pytest.mark.parametrize("route", ["onednn", "torch"])
+@pytest.mark.parametrize("name", ["old_faithful", "iris", "wine", "synthetic_1e5", "synthetic_d32_k16"])
+def test_float32_compute_reaches_the_float64_elbo(name, route, monkeypatch):
     # From the same start, float32 GEMMs with float64 accumulation reach the float64 fit's ELBO
-    # to 1e-6 relative. Measured: 2e-9..4e-8 relative on these sets (the float32 error of
-    # each point's log-normaliser averages out over points); 1e-6 leaves >= 25x room.
+    # to 1e-6 relative, with the block products in oneDNN (the default where it is usable) and
+    # in torch.mm. Measured: 2e-9..4e-8 relative on these sets (the float32 error of each
+    # point's log-normaliser averages out over points); 1e-6 leaves >= 25x room.
+    import pyro_vi.linalg
+
+    if route == "onednn" and not pyro_vi.linalg.onednn_float32():
+        pytest.skip("this build of torch has no usable oneDNN float32 matmul")
+    monkeypatch.setattr(pyro_vi.linalg, "ONEDNN_FLOAT32", route == "onednn")
     x, k = _datasets()[name]
-    iters = 30 if name == "synthetic_1e5" else 200
+    iters = 30 if name.startswith("synthetic") else 200
     ref = cavi(GaussianMixture(k), x, max_iter=iters, tol=1e-9, seed=0, warn=False)
     low = cavi(GaussianMixture(k, compute_dtype=torch.float32), x, max_iter=iters, tol=1e-9,
                seed=0, warn=False)
@@ -299,3 +308,61 @@ def test_the_written_out_global_elbo_matches_the_sum_of_factor_kls():
             got = float(gmm.global_elbo(params))
             want = float(ConjugateModel.global_elbo(gmm, params))
             assert got == pytest.approx(want, rel=1e-13)
+
+
+@pytest.mark.parametrize("covariance", ["full", "diag"])
+def test_float32_block_products_go_to_onednn_and_agree_with_torch(covariance, monkeypatch):
+    # the route is taken (its products counted) and gives the statistics torch.mm gives, to
+    # float32 round-off: both sum the same float32 products in another order, 2e-7 relative per
+    # block sum measured here; 1e-5 is a 50x margin, a wrong layout would be O(1)
+    import pyro_vi.linalg
+
+    if not pyro_vi.linalg.onednn_float32():
+        pytest.skip("this build of torch has no usable oneDNN float32 matmul")
+    calls = [0]
+    product = pyro_vi.linalg._onednn_mm_t
+
+    def counted(a, b):
+        calls[0] += 1
+        return product(a, b)
+
+    x = _mixture(9000, 12, 5, seed=3)
+    gmm, data = GaussianMixture(5, covariance=covariance, compute_dtype=torch.float32).prepare(x)
+    params = gmm.global_step(gmm.init_stats(data, generator=torch.Generator().manual_seed(2)), None)
+    monkeypatch.setattr(pyro_vi.linalg, "_onednn_mm_t", counted)
+    fast = local_pass(gmm, data, params, chunk_size=None)
+    assert calls[0] == 2 * -(-9000 // _block_rows(gmm, 12))  # two products per block
+    monkeypatch.setattr(pyro_vi.linalg, "ONEDNN_FLOAT32", False)
+    slow = local_pass(gmm, data, params, chunk_size=None)
+    assert calls[0] == 2 * -(-9000 // _block_rows(gmm, 12))  # none more
+    for a, b in zip(fast.stats, slow.stats, strict=True):
+        assert a.dtype == torch.float64
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5 * float(b.abs().max()))
+    assert float(fast.elbo) == pytest.approx(float(slow.elbo), rel=1e-6)
+
+
+def _block_rows(gmm: GaussianMixture, d: int) -> int:
+    from pyro_vi.models.gmm.model import block_rows
+
+    width = 2 * d if gmm.covariance == "diag" else d * (d + 1) // 2 + d
+    return block_rows(width, 4)
+
+
+@pytest.mark.parametrize(("rows", "m"), [(37, 37), (37, 20), (37, 1)])
+def test_feature_block_views_a_contiguous_buffer_as_a_contiguous_block(rows, m):
+    # the unpadded buffer oneDNN reads: every block is a contiguous (feature_rows, m) matrix whose
+    # features equal the padded buffer's (the same products, another layout)
+    from pyro_vi.models.gmm.model import _features, feature_block, feature_buffer
+
+    d = 6
+    g = torch.Generator().manual_seed(m)
+    x = torch.randn(m, d, dtype=torch.float64, generator=g)
+    m0 = torch.zeros(d, dtype=torch.float64)
+    packed = feature_block(feature_buffer(d, False, rows, torch.float32, "cpu", padded=False), m)
+    padded = feature_block(feature_buffer(d, False, rows, torch.float32, "cpu"), m)
+    assert packed.is_contiguous()
+    assert packed.shape == padded.shape
+    assert not padded.is_contiguous() or m == 1
+    a, b = _features(x, m0, False, packed), _features(x, m0, False, padded)
+    assert a.is_contiguous()
+    assert torch.equal(a, b)

@@ -25,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import functools
+import itertools
 import math
 import os
 import weakref
@@ -250,6 +251,22 @@ def block_rows(width: int, element_size: int) -> int:
     running one block at a time on one core.
     """
     return max(256, min(16384, BLOCK_BYTES // max(1, width * element_size)))
+
+
+def block_bounds(n: int, blocks: int, workers: int) -> list[int]:
+    """Row bounds of the feature path's blocks: at least ``blocks`` of them, a multiple of ``workers``, equal to a row.
+
+    Block ``j`` holds rows ``bounds[j]:bounds[j + 1]``; worker ``w`` takes blocks ``w, w + T, ...``,
+    so every worker has the same number of blocks and the same rows to one block's row (a short
+    last block left one worker a block's part less: 0.3 ms of a 14 ms pass at 2 threads, N=1e5,
+    D=32, K=16, measured here). Never more blocks than rows (with fewer rows than workers, one
+    row a block), and no block for no rows.
+    """
+    if n == 0:
+        return [0]
+    count = -(-max(1, blocks) // workers) * workers
+    count = min(count, n // workers * workers) if n >= workers else n
+    return [n * j // count for j in range(count + 1)]
 
 
 def block_workers(data: Tensor, blocks: int) -> int:
@@ -677,11 +694,13 @@ class GaussianMixture(ConjugateModel[Tensor, GMMParams, Stats]):
         diag = self.covariance == "diag"
         width = 2 * d if diag else d * (d + 1) // 2 + d
         k = self.n_components
-        rows = block_rows(width, dtype.itemsize)
         m0 = self._hyperparams().mean_prior
         centred = self._centred_copy(data, dtype)
-        starts = range(0, n, rows)
-        workers = block_workers(data, len(starts)) if workers is None else workers
+        count = -(-n // block_rows(width, dtype.itemsize))
+        workers = block_workers(data, count) if workers is None else workers
+        bounds = block_bounds(n, count, workers)
+        count = len(bounds) - 1
+        rows = max((b - a for a, b in itertools.pairwise(bounds)), default=1)
         onednn = self._onednn(data, dtype)
         product = mm_t_for(dtype, data.device)
         transposed = onednn and not diag  # oneDNN's R^T Phi comes as its (Q+D, K) transpose
@@ -690,13 +709,13 @@ class GaussianMixture(ConjugateModel[Tensor, GMMParams, Stats]):
             total = torch.zeros(*((width, k) if transposed else (k, width)), dtype=self.dtype, device=data.device)
             nk = torch.zeros(k, dtype=self.dtype, device=data.device)
             elbo = torch.zeros((), dtype=self.dtype, device=data.device)
-            size = min(rows, n)
-            buf = feature_buffer(d, diag, size, dtype, data.device, padded=not onednn)
-            out = torch.empty(k, size, dtype=dtype, device=data.device)
+            buf = feature_buffer(d, diag, rows, dtype, data.device, padded=not onednn)
+            out = torch.empty(k, rows, dtype=dtype, device=data.device)
             part = None if dtype == self.dtype else torch.empty(k, width, dtype=dtype, device=data.device)
-            plans: dict[int, _FeaturePlan] = {}  # one per block size: the full one and the last
-            for i in starts[w::workers]:
-                block = data[i:i + rows]
+            plans: dict[int, _FeaturePlan] = {}  # one per block size (two at most)
+            for j in range(w, count, workers):
+                i = bounds[j]
+                block = data[i:bounds[j + 1]]
                 m = block.shape[0]
                 plan = plans.get(m)
                 if plan is None:

@@ -366,3 +366,22 @@ def test_feature_block_views_a_contiguous_buffer_as_a_contiguous_block(rows, m):
     a, b = _features(x, m0, False, packed), _features(x, m0, False, padded)
     assert a.is_contiguous()
     assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize(("n", "blocks", "workers"), [(100_000, 54, 2), (100_000, 53, 2), (9000, 5, 1),
+                                                      (7, 3, 2), (1, 1, 2), (5, 9, 4), (0, 1, 1)])
+def test_block_bounds_cover_the_rows_in_equal_shares(n, blocks, workers):
+    from pyro_vi.models.gmm.model import block_bounds
+
+    bounds = block_bounds(n, blocks, workers)
+    sizes = [b - a for a, b in zip(bounds, bounds[1:], strict=False)]
+    assert bounds[0] == 0
+    assert bounds[-1] == n
+    if n == 0:
+        assert sizes == []
+        return
+    assert len(sizes) >= min(blocks, n // workers * workers or n)  # the blocks asked for, rows allowing
+    if n >= workers:
+        assert len(sizes) % workers == 0  # every worker the same number of blocks
+    assert all(s > 0 for s in sizes)
+    assert max(sizes) - min(sizes) <= 1

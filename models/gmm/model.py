@@ -494,6 +494,19 @@ class GaussianMixture(ConjugateModel[Tensor, GMMParams, Stats]):
         #: The resolved hyper-parameters (None until :meth:`resolve` or :meth:`prepare`).
         self.hyperparams: GMMHyperparams | None = None
 
+    #: Per-process caches, rebuilt on use: a pickled model (to another process, a file) drops them.
+    _CACHES = ("_centred", "_prior", "_terms", "_consts")
+
+    def __getstate__(self) -> dict[str, Any]:
+        """The model's state without :attr:`_CACHES`.
+
+        The mixed-precision mode's centred copy belongs to one data tensor of this process (held
+        by a weak reference, which cannot be pickled); the others are derived from the state.
+        """
+        state = self.__dict__.copy()
+        state.update(dict.fromkeys(self._CACHES))
+        return state
+
     def __repr__(self) -> str:
         resolved = "resolved" if self.hyperparams else "auto"
         return (f"GaussianMixture(n_components={self.n_components}, "

@@ -115,12 +115,13 @@ def mm_t(a: Tensor, b: Tensor) -> Tensor:
     ``a`` is packed by rows and ``b`` by rows or columns; every other case, and any input that
     needs a gradient, is ``torch.mm(a, b.T)``. Same dtype and device as ``a``.
 
-    Why: torch's CPU ``torch.mm`` calls MKL, which does not run its AVX-512 kernels on AMD
-    processors, while oneDNN picks its kernels by instruction set. On this project's AMD EPYC
-    (Zen 5) machine, one thread: 104-108 GFLOP/s (MKL) against 257 (oneDNN) on a 2048² float32
-    product, and 372 µs against 151 µs for the Gaussian mixture's ``(16 × 560)·(560 × 1872)``
-    block product. Both are IEEE float32 with float32 accumulation; they differ in summation
-    order, so in the last bits (max error 1.1e-6 against 3.5e-7 of the largest entry there).
+    Why: torch's CPU ``torch.mm`` calls MKL, while oneDNN picks its kernels by the processor's
+    instruction set. On this project's AMD EPYC (Zen 5) machine MKL's float32 product runs at
+    AVX2's rate, 104-108 GFLOP/s at one thread on a 2048² product, and oneDNN's AVX-512 one at
+    257; the Gaussian mixture's ``(16 × 560)·(560 × 1872)`` block product takes 372 µs against
+    151 µs. (On Intel processors MKL has AVX-512 kernels of its own: not measured here.)
+    Both are IEEE float32 with float32 accumulation; they differ in summation order, so in the
+    last bits (max error 1.1e-6 against 3.5e-7 of the largest entry there).
 
     Examples
     --------

@@ -411,7 +411,7 @@ class GaussianMixture(ConjugateModel[Tensor, GMMParams, Stats]):
         the two block products go to oneDNN's float32 matmul where torch has it
         (:func:`pyro_vi.linalg.mm_t`; ``pyro_vi.linalg.ONEDNN_FLOAT32 = False`` keeps them in
         ``torch.mm``): at N=1e5, D=32, K=16 on this project's AMD machine, one thread, a sweep
-        takes 27 ms against 51 ms in ``torch.mm`` (MKL), whose AVX-512 kernels do not run there.
+        takes 27 ms against 51 ms in ``torch.mm`` (MKL, which runs AVX2 kernels there).
 
     .. note::
         On the CPU with ``torch.get_num_threads() = T > 1``, the feature path's blocks are

@@ -69,6 +69,14 @@ _LOG_2PI = math.log(2.0 * math.pi)
 #: 12 MiB: 34.3 / 31.2 / 28.8 / 28.2 / 28.5 / 31.3 and 21.4 / 18.9 / 16.9 / 16.4 / 17.7 / 22.1.
 BLOCK_BYTES = 4 * 2**20
 
+#: Smallest block product (K · (Q+D) · rows multiply-adds) that the float32 mode sends to oneDNN.
+#: oneDNN spends ~11 µs a call against ~1.5 µs for ``torch.mm``, so small products stay there.
+#: Measured (1 thread, µs per product, oneDNN / torch.mm, log-rho and statistics products):
+#: 8e3 MACs (K=6, Q+D=5, 272 rows) 12.1/1.4 and 11.7/2.1; 6e5 (16, 20, 2000) 17.8/15.8 and
+#: 18.8/22.4; 8e5 (3, 14, 20000) 41.0/42.2 and 68.9/43.6; 1.1e6 (4, 495, 569) 28.6/50.1 and
+#: 56.5/47.3; 1.8e6 (8, 44, 5000) 34.1/54.7 and 48.2/60.2; 1.7e7 (16, 560, 1872) 164/398 and 189/392.
+ONEDNN_MIN_MACS = 1_000_000
+
 #: Full covariance takes the quadratic-feature (vech) path for ``D <= max_d`` at the first
 #: ``(min_k, max_d)`` row with ``K >= min_k``, else the per-component triangular product
 #: (:func:`prefers_features`). Measured by ``python -m benchmarks.scaling --sections crossover``
@@ -882,11 +890,17 @@ class GaussianMixture(ConjugateModel[Tensor, GMMParams, Stats]):
     def _onednn(self, data: Tensor, dtype: torch.dtype) -> bool:
         """Whether the feature path's float32 block products go to oneDNN (:func:`pyro_vi.linalg.mm_t`).
 
-        Only in the mixed-precision mode on the CPU, and only where :func:`pyro_vi.linalg.onednn_float32`
-        says oneDNN is usable; the features are then laid out for it (:func:`feature_buffer`).
+        Only in the mixed-precision mode on the CPU, where :func:`pyro_vi.linalg.onednn_float32`
+        says oneDNN is usable and a block's product has at least :data:`ONEDNN_MIN_MACS`
+        multiply-adds; the features are then laid out for it (:func:`feature_buffer`).
         """
-        return (dtype == torch.float32 and dtype != self.dtype and data.device.type == "cpu"
-                and onednn_float32())
+        if not (dtype == torch.float32 and dtype != self.dtype and data.device.type == "cpu"
+                and onednn_float32()):
+            return False
+        d = data.shape[1]
+        width = 2 * d if self.covariance == "diag" else d * (d + 1) // 2 + d
+        rows = min(data.shape[0], block_rows(width, dtype.itemsize))
+        return self.n_components * width * rows >= ONEDNN_MIN_MACS
 
     def _use_features(self, d: int) -> bool:
         if self.compute_dtype != self.dtype:

@@ -98,7 +98,10 @@ def test_float32_compute_reaches_the_float64_elbo(name, route, monkeypatch):
 
     if route == "onednn" and not pyro_vi.linalg.onednn_float32():
         pytest.skip("this build of torch has no usable oneDNN float32 matmul")
+    import pyro_vi.models.gmm.model as gmm_model
+
     monkeypatch.setattr(pyro_vi.linalg, "ONEDNN_FLOAT32", route == "onednn")
+    monkeypatch.setattr(gmm_model, "ONEDNN_MIN_MACS", 0)  # oneDNN for small products too
     x, k = _datasets()[name]
     iters = 30 if name.startswith("synthetic") else 200
     ref = cavi(GaussianMixture(k), x, max_iter=iters, tol=1e-9, seed=0, warn=False)
@@ -407,3 +410,23 @@ def test_a_prepared_float32_model_pickles_without_its_caches():
     for a, b in zip(want.stats, got.stats, strict=True):
         assert torch.equal(a, b)
     assert torch.equal(want.elbo, got.elbo)
+
+
+def test_small_float32_products_stay_in_torch_mm():
+    # oneDNN's ~11 µs a call loses to torch.mm below ~1e6 multiply-adds a product (ONEDNN_MIN_MACS,
+    # measured): Old Faithful's blocks (K=6, Q+D=5, 272 rows) stay there, the target's go to oneDNN
+    import pyro_vi.linalg
+    from pyro_vi.models.gmm.model import ONEDNN_MIN_MACS
+
+    if not pyro_vi.linalg.onednn_float32():
+        pytest.skip("this build of torch has no usable oneDNN float32 matmul")
+    small = torch.zeros(272, 2, dtype=torch.float64)
+    large = torch.zeros(20_000, 32, dtype=torch.float64)
+    f32 = GaussianMixture(6, compute_dtype=torch.float32)
+    assert not f32._onednn(small, torch.float32)
+    assert GaussianMixture(16, compute_dtype=torch.float32)._onednn(large, torch.float32)
+    assert not GaussianMixture(16)._onednn(large, torch.float64)  # float64: never
+    # the rule is the product's size: K · (Q + D) · rows against the threshold, either side of it
+    rows = ONEDNN_MIN_MACS // (16 * 560)
+    assert GaussianMixture(16, compute_dtype=torch.float32)._onednn(large[:rows + 1], torch.float32)
+    assert not GaussianMixture(16, compute_dtype=torch.float32)._onednn(large[:rows - 1], torch.float32)

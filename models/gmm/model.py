@@ -149,9 +149,14 @@ def _pair_maps(d: int, device: str, dtype: torch.dtype) -> tuple[Tensor, Tensor,
     return flat, weight, back
 
 
+def feature_width(d: int, diag: bool) -> int:
+    """Features per point: ``Q + D`` with :math:`Q = D(D+1)/2` (full), ``2D`` (diag)."""
+    return 2 * d if diag else d * (d + 1) // 2 + d
+
+
 def feature_rows(d: int, diag: bool) -> int:
     """Rows of the :func:`_features` buffer: the ``Q + D`` features and a second copy of ``x'`` (full only)."""
-    return 2 * d if diag else d * (d + 1) // 2 + 2 * d
+    return feature_width(d, diag) + (0 if diag else d)
 
 
 def feature_buffer(d: int, diag: bool, rows: int, dtype: torch.dtype, device: Any, *,
@@ -700,7 +705,7 @@ class GaussianMixture(ConjugateModel[Tensor, GMMParams, Stats]):
 
     def _block_sums(self, data: Tensor, dtype: torch.dtype,
                     resp: Callable[[int, Tensor, Tensor], tuple[Tensor, Tensor | None]], *,
-                    workers: int | None = None) -> tuple[Stats, Tensor]:
+                    workers: int | None = None, onednn: bool | None = None) -> tuple[Stats, Tensor]:
         r"""Statistics :math:`R^T\Phi` and :math:`\sum_n` ``lse`` over blocks of :func:`block_rows` rows.
 
         ``resp(i, phi, out)`` gives the responsibilities ``(K, n)`` of the block of ``n`` rows
@@ -710,10 +715,11 @@ class GaussianMixture(ConjugateModel[Tensor, GMMParams, Stats]):
         one ``out`` buffer for all its blocks and accumulates its sums in place in
         :attr:`dtype`: the pass allocates nothing that grows with ``N`` (large temporaries freed
         around small live tensors fragment glibc's heap, so RSS would grow by one per block).
+        ``onednn`` (default: :meth:`_onednn`) is the product route, the one ``resp`` takes too.
         """
         n, d = data.shape
         diag = self.covariance == "diag"
-        width = 2 * d if diag else d * (d + 1) // 2 + d
+        width = feature_width(d, diag)
         k = self.n_components
         m0 = self._hyperparams().mean_prior
         centred = self._centred_copy(data, dtype)
@@ -722,7 +728,7 @@ class GaussianMixture(ConjugateModel[Tensor, GMMParams, Stats]):
         bounds = block_bounds(n, count, workers)
         count = len(bounds) - 1
         rows = max((b - a for a, b in itertools.pairwise(bounds)), default=1)
-        onednn = self._onednn(data, dtype)
+        onednn = self._onednn(data, dtype) if onednn is None else onednn
         product = mm_t_for(dtype, data.device)
         transposed = onednn and not diag  # oneDNN's R^T Phi comes as its (Q+D, K) transpose
 
@@ -898,7 +904,7 @@ class GaussianMixture(ConjugateModel[Tensor, GMMParams, Stats]):
                 and onednn_float32()):
             return False
         d = data.shape[1]
-        width = 2 * d if self.covariance == "diag" else d * (d + 1) // 2 + d
+        width = feature_width(d, self.covariance == "diag")
         rows = min(data.shape[0], block_rows(width, dtype.itemsize))
         return self.n_components * width * rows >= ONEDNN_MIN_MACS
 
@@ -932,7 +938,7 @@ class GaussianMixture(ConjugateModel[Tensor, GMMParams, Stats]):
 
     def _feature_step(self, data: Tensor, params: GMMParams) -> Local:
         d = data.shape[1]
-        width = 2 * d if self.covariance == "diag" else d * (d + 1) // 2 + d
+        width = feature_width(d, self.covariance == "diag")
         workers = block_workers(data, -(-data.shape[0] // block_rows(width, self.compute_dtype.itemsize)))
         # the coefficients at one thread too: their small batched products, run at several,
         # leave OpenMP's idle threads spinning into the blocks (6-7 ms of a 30 ms pass at 2)
@@ -959,7 +965,7 @@ class GaussianMixture(ConjugateModel[Tensor, GMMParams, Stats]):
             total = rho.sub_(top).clamp_(min=floor).exp_().sum(0)
             return rho.div_(total), total.log_().add_(top)
 
-        return Local(*self._block_sums(data, self.compute_dtype, optimal, workers=workers))
+        return Local(*self._block_sums(data, self.compute_dtype, optimal, workers=workers, onednn=onednn))
 
     def proposals(self, data: Tensor, params: GMMParams) -> list[tuple[str, Stats]]:
         """Split and merge moves from ``params``, best first (:func:`pyro_vi.models.gmm.moves.proposals`)."""

@@ -208,6 +208,12 @@ def _features(x: Tensor, m0: Tensor, diag: bool, out: Tensor,
     return _FeaturePlan(out, x.shape[1], diag).fill(x, m0, centred)
 
 
+class _Kept(dict):  # type: ignore[type-arg]
+    """A dict that can be weakly referenced: the float32 mode's centred copy and what it was made from."""
+
+    __slots__ = ("__weakref__",)
+
+
 class _FeaturePlan:
     """The views :func:`_features` writes through, made once per block size of a pass.
 
@@ -794,10 +800,12 @@ class GaussianMixture(ConjugateModel[Tensor, GMMParams, Stats]):
     def _keep_centred_copy(self, x: Tensor) -> None:
         r"""Make the mixed-precision mode's one ``(D, N)`` copy of :math:`(x - m_0)^T` in :attr:`compute_dtype`.
 
-        Made block by block (no float64 temporary the size of the data) and held only while
-        ``x`` lives (a weak reference): ``N·D·4`` bytes in float32, half the float64 data. Each
-        sweep then reads its blocks instead of centring, transposing and rounding the data
-        again (3 ms of a 0.05 s sweep at N=1e5, D=32, K=16, measured here).
+        Made block by block (no float64 temporary the size of the data) and held by this model
+        only while ``x`` lives (a weak reference): ``N·D·4`` bytes in float32, half the float64
+        data. Each sweep then reads its blocks instead of centring, transposing and rounding
+        the data again (3 ms of a 0.05 s sweep at N=1e5, D=32, K=16, measured here). The copy
+        goes with the data or with the model, whichever goes first: nothing else holds it, so
+        fits repeated on the same data do not pile up copies.
         """
         m0 = self._hyperparams().mean_prior
         n, d = x.shape
@@ -806,8 +814,15 @@ class GaussianMixture(ConjugateModel[Tensor, GMMParams, Stats]):
                  else torch.empty(d, n, dtype=self.compute_dtype, device=x.device))
         for i in range(0, n, 8192):
             torch.sub(x[i:i + 8192].T, m0.unsqueeze(-1), out=copy_[:, i:i + 8192])
-        kept = {"data": weakref.ref(x), "mean": m0, "copy": copy_}
-        weakref.finalize(x, kept.clear)
+        kept = _Kept(mean=m0, copy=copy_)
+        alive = weakref.ref(kept)  # the data's callback must not keep the copy alive
+
+        def drop(_: object) -> None:
+            held = alive()
+            if held is not None:
+                held.clear()
+
+        kept["data"] = weakref.ref(x, drop)
         self._centred = kept
 
     def _centre(self, x: Tensor) -> Tensor:

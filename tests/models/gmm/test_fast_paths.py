@@ -235,6 +235,21 @@ def test_float32_mode_reads_its_centred_copy_only_for_the_prepared_data(covarian
     assert gmm._centred == {}  # the weak reference died with the data, and the copy with it
 
 
+def test_float32_centred_copy_goes_with_the_model_while_the_data_live():
+    # fits repeated on the same data each prepare a copy; nothing but the model holds it, so it
+    # is freed with the model (before, the data's finaliser kept every copy until the data went:
+    # 12 fits on N=1e6, D=32 grew the process by ~120 MB a fit, measured here)
+    import weakref
+
+    x = _mixture(5000, 7, 3, seed=13)
+    copies = []
+    for _ in range(3):
+        gmm, data = GaussianMixture(3, compute_dtype=torch.float32).prepare(x)
+        copies.append(weakref.ref(gmm._centred["copy"]))
+        del gmm, data
+    assert all(ref() is None for ref in copies)  # freed at once (no reference cycle either)
+
+
 @pytest.mark.parametrize(("covariance", "compute_dtype"), [("full", torch.float64), ("full", torch.float32),
                                                           ("diag", torch.float64)])
 def test_block_workers_are_deterministic_and_agree_with_one_thread(covariance, compute_dtype):

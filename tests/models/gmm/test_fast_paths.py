@@ -362,10 +362,9 @@ def test_float32_block_products_go_to_onednn_and_agree_with_torch(covariance, mo
 
 
 def _block_rows(gmm: GaussianMixture, d: int) -> int:
-    from pyro_vi.models.gmm.model import block_rows
+    from pyro_vi.models.gmm.model import block_rows, feature_width
 
-    width = 2 * d if gmm.covariance == "diag" else d * (d + 1) // 2 + d
-    return block_rows(width, 4)
+    return block_rows(feature_width(d, gmm.covariance == "diag"), 4)
 
 
 @pytest.mark.parametrize(("rows", "m"), [(37, 37), (37, 20), (37, 1)])

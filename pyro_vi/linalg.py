@@ -30,12 +30,15 @@ def cholesky(matrix: Tensor, *, where: str) -> Tensor:
     tensor([[2., 0.],
             [0., 2.]], dtype=torch.float64)
     """
-    if not torch.isfinite(matrix).all():
+    # a NaN or inf anywhere makes the sum non-finite: one reduction in the common case (the
+    # element-wise check costs 67 µs on (16, 32, 32), the sum 16; a sum that overflows though
+    # every entry is finite goes on to the element-wise check, which then passes)
+    if not torch.isfinite(matrix.sum()) and not torch.isfinite(matrix).all():
         raise NumericalError(f"{where}: matrix holds NaN or inf")
-    sym = 0.5 * (matrix + matrix.transpose(-1, -2))
+    sym = matrix.mul(0.5).add_(matrix.transpose(-1, -2), alpha=0.5)  # halves first: M + M^T may overflow
     chol, info = torch.linalg.cholesky_ex(sym)
-    bad = info != 0
-    if bad.any():
+    if info.any():
+        bad = info != 0
         if bad.dim() == 0:
             at = "a single matrix"
         else:

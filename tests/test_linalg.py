@@ -56,6 +56,16 @@ def test_cholesky_nonfinite_input_names_where(bad):
         cholesky(m, where="my-site")
 
 
+def test_cholesky_of_finite_entries_whose_sum_overflows_is_not_called_non_finite():
+    # The finiteness check sums the matrix first; 1e308 + 1e308 overflows to inf although every
+    # entry is finite, and the element-wise check that follows must clear it. The symmetrisation
+    # must not overflow either (0.5 * (M + M^T) gave an inf factor here).
+    big = torch.tensor([[1e308, 0.0], [0.0, 1e308]], dtype=F64)
+    torch.testing.assert_close(cholesky(big, where="big"), torch.diag(torch.full((2,), 1e154, dtype=F64)),
+                               rtol=1e-15, atol=0.0)
+    assert not torch.isfinite(big.sum())  # the case this test is about
+
+
 def test_inverse_cholesky_factors_the_inverse():
     m = _spd((5,), 4, seed=4)
     tril = inverse_cholesky(m, where="test")

@@ -122,7 +122,10 @@ def mm_t(a: Tensor, b: Tensor) -> Tensor:
     instruction set. On this project's AMD EPYC (Zen 5) machine MKL's float32 product runs at
     AVX2's rate, 104-108 GFLOP/s at one thread on a 2048² product, and oneDNN's AVX-512 one at
     257; the Gaussian mixture's ``(16 × 560)·(560 × 1872)`` block product takes 372 µs against
-    151 µs. (On Intel processors MKL has AVX-512 kernels of its own: not measured here.)
+    151 µs. On an AVX2-only AMD EPYC (Zen 3, no AVX-512) the two tie on 2048² (64 and 62
+    GFLOP/s) and oneDNN still wins the mixture's block products, 510-520 µs against 640-670
+    (fastest of 30 runs each, interleaved). (On Intel processors MKL has AVX-512 kernels of its
+    own: not measured here.)
     Both are IEEE float32 with float32 accumulation; they differ in summation order, so in the
     last bits (max error 1.1e-6 against 3.5e-7 of the largest entry there).
 

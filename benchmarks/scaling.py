@@ -598,38 +598,62 @@ def threads_report(df: pd.DataFrame, load: tuple[tuple[float, ...], tuple[float,
 
 
 # ------------------------------------------------------------------------------------------- cuda
-def time_cuda(n: int, d: int, k: int, *, sweeps: int) -> tuple[pd.DataFrame, dict[str, float]]:
-    """Seconds per sweep on CUDA (float64 features, float32) and on this CPU (1 thread), same start."""
+def _synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def device_matmul_tflops(device: torch.device, dtype: torch.dtype, size: int = 4096, repeat: int = 5) -> float:
+    """TFLOP/s of a ``size``² matmul on ``device`` (one warm-up, then ``repeat`` timed, synchronised)."""
+    a = torch.randn(size, size, dtype=dtype, device=device)
+    a @ a
+    _synchronize(device)
+    t0 = time.perf_counter()
+    for _ in range(repeat):
+        a @ a
+    _synchronize(device)
+    return repeat * 2.0 * size**3 / (time.perf_counter() - t0) / 1e12
+
+
+def device_name(device: torch.device) -> str:
+    """The accelerator's name (``torch.cuda.get_device_name``), or ``"cpu"``."""
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+
+
+def time_cuda(n: int, d: int, k: int, *, sweeps: int, device: str = "cuda", matmul_size: int = 4096,
+              elbo_sweeps: int = 5) -> tuple[pd.DataFrame, dict[str, float]]:
+    """Seconds per sweep on ``device`` (float64 features, float32) and on this CPU (1 thread), same start.
+
+    Each mode also runs ``elbo_sweeps`` CAVI sweeps from that start on both and reports the
+    relative difference of their ELBOs (``elbo_rel_diff``): the device's answer checked against
+    the CPU's in the same run. ``device="cpu"`` is a dry run of the whole script (both sides on
+    the CPU, so the difference is exactly 0): the test suite runs it, so a GPU's few minutes are
+    not lost to a bug in the script.
+    """
     x_cpu = make_data(n, d, k)
     start = initial_resp(x_cpu, k, 0)
-    dev = torch.device("cuda")
-    rows, peak = [], {}
-    for dt in (torch.float64, torch.float32):
-        a = torch.randn(4096, 4096, dtype=dt, device=dev)
-        a @ a
-        torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        for _ in range(5):
-            a @ a
-        torch.cuda.synchronize()
-        peak[str(dt).split(".")[1]] = 5 * 2.0 * 4096**3 / (time.perf_counter() - t0) / 1e12
+    dev = torch.device(device)
+    peak = {str(dt).split(".")[1]: device_matmul_tflops(dev, dt, matmul_size) for dt in (torch.float64, torch.float32)}
+    rows = []
     for mode in ("float64", "float32"):
         cdt = torch.float32 if mode == "float32" else None
-        per = {}
-        for where in ("cuda", "cpu"):
+        per, elbo = {}, {}
+        for where in (dev.type, "cpu"):
             x = x_cpu.to(where)
             gmm = forced(GaussianMixture(k, init=start.to(where), device=where, compute_dtype=cdt).resolve(x),
                          "features")
-            # each sweep ends in float(ELBO), a device synchronisation: its wall time is the GPU's
+            # each sweep ends in float(ELBO), a device synchronisation: its wall time is the device's
             with limit_threads(1):
                 res = cavi_sweeps(gmm, x, 2 if where == "cpu" else sweeps + 1)[1:]  # first: warm-up
+                elbo[where] = cavi(gmm, x, max_iter=elbo_sweeps, tol=0.0, seed=0, warn=False).elbo
             per[where] = statistics.median(w for _, w in res)
-        tflops = floor_flops(n, d, k, "full") / per["cuda"] / 1e12
-        rows.append({"N": n, "D": d, "K": k, "mode": mode, "cuda_s": per["cuda"], "cpu_s": per["cpu"],
-                     "speedup_over_cpu": per["cpu"] / per["cuda"], "tflops_floor": tflops,
-                     "matmul_tflops": peak[mode], "fraction_of_matmul": tflops / peak[mode]})
-    return pd.DataFrame(rows), {"device_name": torch.cuda.get_device_name(0), **{f"matmul_tflops_{k_}": v
-                                                                                for k_, v in peak.items()}}
+        tflops = floor_flops(n, d, k, "full") / per[dev.type] / 1e12
+        rows.append({"N": n, "D": d, "K": k, "mode": mode, "device_s": per[dev.type], "cpu_s": per["cpu"],
+                     "speedup_over_cpu": per["cpu"] / per[dev.type], "tflops_floor": tflops,
+                     "matmul_tflops": peak[mode], "fraction_of_matmul": tflops / peak[mode],
+                     "elbo_rel_diff": abs(elbo[dev.type] - elbo["cpu"]) / abs(elbo["cpu"])})
+    return pd.DataFrame(rows), {"device_name": device_name(dev), **{f"matmul_tflops_{k_}": v
+                                                                   for k_, v in peak.items()}}
 
 
 def write_section(args: argparse.Namespace, name: str, df: pd.DataFrame, md: str, info: dict) -> None:
@@ -757,7 +781,8 @@ def run_cuda(args: argparse.Namespace) -> None:
     df, dev = time_cuda(n, d, k, sweeps=3 if args.quick else 10)
     info = {**_info(args, dtype="float64 and float32", device="cuda", threads=1, load0=load0, t0=t0), **dev}
     md = (f"N={n}, D={d}, K={k} (full, feature path), seconds per sweep on {dev['device_name']} against this "
-          f"CPU at 1 thread; TFLOP/s against the 2·N·K·D(D+1) floor and the device's own 4096² matmul.\n\n"
+          f"CPU at 1 thread; TFLOP/s against the 2·N·K·D(D+1) floor and the device's own 4096² matmul; "
+          f"`elbo_rel_diff`: the two ELBOs after 5 sweeps from the same start.\n\n"
           + markdown_table(df, floatfmt="{:.3g}"))
     write_section(args, f"{NAME}_cuda", df, md, info)
 

@@ -138,3 +138,19 @@ def test_starts_time_to_sklearns_elbo_charges_each_start_its_share_of_the_overhe
     traj = mod.start_trajectory(runs, 6.5, moves=moves)
     assert traj[-2:] == [(5.5, -3.0), (6.5, -2.0)]
     assert mod.time_to(traj, -2.5) == 6.5
+
+
+def test_the_gpu_comparison_runs_end_to_end_as_a_dry_run_on_the_cpu():
+    """``scaling.py --device cuda`` only runs where a GPU is lent, for minutes: its whole code path
+    (matmul peak, both modes on both sides, the same-start ELBO check) runs here with the CPU in
+    the device's place. Both sides are then the same deterministic computation at one thread, so
+    their ELBOs must agree exactly; the timings only have to be positive and finite."""
+    mod = bench.load_script(BENCH_DIR / "scaling.py")
+    df, info = mod.time_cuda(3000, 4, 3, sweeps=1, device="cpu", matmul_size=64, elbo_sweeps=3)
+    assert list(df["mode"]) == ["float64", "float32"]
+    assert info["device_name"] == "cpu"
+    assert info["matmul_tflops_float64"] > 0
+    for col in ("device_s", "cpu_s", "speedup_over_cpu", "tflops_floor", "fraction_of_matmul"):
+        assert np.isfinite(df[col]).all(), col
+        assert (df[col] > 0).all(), col
+    assert (df["elbo_rel_diff"] == 0.0).all()

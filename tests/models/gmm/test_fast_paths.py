@@ -444,3 +444,37 @@ def test_small_float32_products_stay_in_torch_mm():
     rows = ONEDNN_MIN_MACS // (16 * 560)
     assert GaussianMixture(16, compute_dtype=torch.float32)._onednn(large[:rows + 1], torch.float32)
     assert not GaussianMixture(16, compute_dtype=torch.float32)._onednn(large[:rows - 1], torch.float32)
+
+
+_CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (CI has none)")
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=_CUDA)])
+@pytest.mark.parametrize(("covariance", "path", "compute_dtype"), [
+    ("full", "triangular", None), ("full", "features", None), ("diag", "features", None),
+    ("full", "features", torch.float32), ("diag", "features", torch.float32)])
+def test_a_fit_on_the_device_matches_the_cpu_fit_from_the_same_start(device, covariance, path, compute_dtype):
+    # The same responsibilities start both fits, so only the device's arithmetic differs: its
+    # own GEMM and Cholesky kernels, their summation orders. float64 after 10 sweeps: 1e-10
+    # relative (CPU paths agree to 5e-16; a wrong device kernel or a lost transfer moves the
+    # ELBO by far more). float32 compute against the float64 CPU fit: 1e-6, the mode's stated
+    # precision (2e-9..4e-8 measured on the CPU). On "cpu" both fits are one deterministic
+    # computation at one thread and must agree exactly: that runs the test's own code in CI.
+    from pyro_vi.cavi.kmeans import initial_responsibilities
+
+    x = _mixture(20_000, 8, 4, seed=7)
+    start = initial_responsibilities(x, 4, method="kmeans++", generator=torch.Generator().manual_seed(0))
+
+    def fit(where: str, dtype: torch.dtype | None):
+        gmm = GaussianMixture(4, covariance=covariance, init=start.to(where), device=where, compute_dtype=dtype)
+        gmm = _on_path(gmm, path) if covariance == "full" else gmm
+        return cavi(gmm, x.to(where), max_iter=10, tol=0.0, seed=0, warn=False)
+
+    ref = fit("cpu", None)
+    got = fit(device, compute_dtype)
+    assert got.params.components.loc.device.type == device
+    assert got.params.components.loc.dtype == torch.float64
+    if device == "cpu" and compute_dtype is None:
+        assert got.elbo == ref.elbo
+    else:
+        assert got.elbo == pytest.approx(ref.elbo, rel=1e-10 if compute_dtype is None else 1e-6)

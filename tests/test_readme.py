@@ -92,3 +92,49 @@ def test_readme_section_runs(section, tmp_path, monkeypatch):
     for block in SECTIONS[section]:
         code = compile(block.code, f"README.md, line {block.line} ({section})", "exec")
         exec(code, namespace)  # noqa: S102 - the README's own examples are the code under test
+
+
+# ----------------------------------------------------------------------------- the layout table
+_ROW = re.compile(r"^((?:│   |    )*)(├── |└── )?(\S+)")
+
+
+def layout_paths(block: str) -> set[str]:
+    """The path of every row of the Layout section's tree drawing (a folder's ends in ``/``)."""
+    paths: set[str] = set()
+    stack: list[str] = []
+    for line in block.splitlines():
+        m = _ROW.match(line)
+        if m is None:
+            continue
+        depth = len(m.group(1)) // 4 + (m.group(2) is not None)
+        stack = [*stack[:depth], m.group(3)]
+        paths.add("".join(stack))
+    return paths
+
+
+def test_layout_paths_follow_the_tree_drawing():
+    drawing = "a/   x\n├── b.py   y\n├── c/   z\n│   └── d.py  w\n└── e.py\nf.txt  v\n"
+    assert layout_paths(drawing) == {"a/", "a/b.py", "a/c/", "a/c/d.py", "a/e.py", "f.txt"}
+
+
+def test_the_layout_table_is_the_tree_in_full():
+    # Every tracked file of the library, the models, the benchmarks, the tools, the top of
+    # tests/ and the repository root has a row, and every row names a path that exists.
+    # Sub-package __init__.py files and committed results folders' contents are left out.
+    import subprocess
+
+    root = README.parent
+    if not (root / ".git").exists():
+        pytest.skip("not a git checkout: nothing lists the tracked files")
+    (block,) = [b.code for b in readme_blocks(README.read_text(encoding="utf-8"))
+                if b.section == "Layout" and b.lang == "text"]
+    rows = layout_paths(block)
+    tracked = subprocess.run(["git", "ls-files"], cwd=root, capture_output=True, text=True,
+                             check=True).stdout.split()
+    wanted = [f for f in tracked
+              if (f.split("/")[0] in ("pyro_vi", "models", "benchmarks", "tools") or "/" not in f
+                  or f.startswith(".ci/") or (f.startswith("tests/") and f.count("/") == 1))
+              and not (f.endswith("/__init__.py") and f != "pyro_vi/__init__.py")
+              and "/results/" not in f]
+    assert [f for f in wanted if f not in rows] == []
+    assert sorted(p for p in rows if "," not in p and not (root / p).exists()) == []

@@ -137,4 +137,8 @@ def test_the_layout_table_is_the_tree_in_full():
               and not (f.endswith("/__init__.py") and f != "pyro_vi/__init__.py")
               and "/results/" not in f]
     assert [f for f in wanted if f not in rows] == []
+    # the test folders are one row ("factors/, cavi/, ... mirror ..."): each is named in it
+    folders = {f.split("/")[1] + "/" for f in tracked if f.startswith("tests/") and f.count("/") >= 2}
+    (mirror,) = [line for line in block.splitlines() if "mirror" in line]
+    assert sorted(d for d in folders if d not in mirror.split("   ")[0].replace(",", " ").split()) == []
     assert sorted(p for p in rows if "," not in p and not (root / p).exists()) == []

@@ -41,8 +41,8 @@ def test_every_test_the_gpu_run_selects_exists():
     targets = re.findall(r"(tests/\S+?\.py)(?:::(\w+))?", text)
     assert len(targets) == 3
     for path, name in targets:
-        source = (ROOT / path).read_text()
         assert (ROOT / path).is_file(), path
+        source = (ROOT / path).read_text()
         if name:
             assert re.search(rf"^def {name}\(", source, re.MULTILINE), f"{path}::{name}"
         # each selected file holds a test that runs only with CUDA: the point of the GPU run

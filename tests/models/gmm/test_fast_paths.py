@@ -250,6 +250,63 @@ def test_float32_centred_copy_goes_with_the_model_while_the_data_live():
     assert all(ref() is None for ref in copies)  # freed at once (no reference cycle either)
 
 
+def test_cpu_passes_run_the_compiled_block_loop():
+    # the CPU's block loop is torch.jit.script(block_pass) in this torch (it would fall back to
+    # the plain function only where TorchScript cannot compile it); other devices run it plain
+    from pyro_vi.models.gmm import blocks
+
+    assert isinstance(blocks.runner(torch.device("cpu")), torch.jit.ScriptFunction)
+    assert blocks.runner(torch.device("cuda")) is blocks.block_pass
+    assert blocks.runner(torch.device("meta")) is blocks.block_pass
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize(("covariance", "compute_dtype", "onednn"),
+                         [("full", None, False), ("full", torch.float32, False), ("full", torch.float32, True),
+                          ("diag", None, False), ("diag", torch.float32, True)])
+def test_compiled_block_loop_is_bitwise_the_plain_one(covariance, compute_dtype, onednn, threads, monkeypatch):
+    # One source, two runners: the compiled loop runs the plain one's kernels in the same order,
+    # so every sum is bitwise equal -- for the optimal responsibilities (three calls: the first
+    # ones profile the compiled graph, the later run its optimised plan), the k-means labels and
+    # given responsibilities, on both float32 product routes, at 1 and 2 block workers (64 KiB
+    # blocks: 15 to 28 of them), with and without the float32 mode's centred copy (prepare's
+    # data, and a new tensor).
+    import pyro_vi.linalg
+    import pyro_vi.models.gmm.model as gmm_model
+    from pyro_vi.models.gmm import blocks
+
+    if onednn and not pyro_vi.linalg.onednn_float32():
+        pytest.skip("this build of torch has no usable oneDNN float32 matmul")
+    monkeypatch.setattr(pyro_vi.linalg, "ONEDNN_FLOAT32", onednn)
+    monkeypatch.setattr(gmm_model, "BLOCK_BYTES", 64 * 1024)
+    x = _mixture(7000, 7, 3, seed=11) + 1e4
+    gmm, data = GaussianMixture(3, covariance=covariance, compute_dtype=compute_dtype,
+                                init="kmeans").prepare(x)
+    params = gmm.global_step(gmm.init_stats(data, generator=torch.Generator().manual_seed(0)), None)
+    r = torch.softmax(gmm.log_rho(data, params), -1)
+    labels = r.argmax(-1)
+
+    def results() -> list[torch.Tensor]:
+        optimal = [gmm.local_step(d, params) for d in (data, data, data, data.clone())]
+        out = [t for local in optimal for t in (*local.stats, local.elbo)]
+        return out + [*gmm._label_stats(data, labels), *gmm._resp_stats(data, r)]
+
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(threads)
+        assert gmm_model.block_workers(data, 15) == threads
+        monkeypatch.setattr(blocks, "SCRIPTED", False)
+        plain = results()
+        monkeypatch.setattr(blocks, "SCRIPTED", True)
+        compiled = results()
+    finally:
+        torch.set_num_threads(before)
+    assert len(plain) == len(compiled) == 22
+    for a, b in zip(plain, compiled, strict=True):
+        assert a.dtype == b.dtype == torch.float64
+        assert torch.equal(a, b)
+
+
 @pytest.mark.parametrize(("covariance", "compute_dtype"), [("full", torch.float64), ("full", torch.float32),
                                                           ("diag", torch.float64)])
 def test_block_workers_are_deterministic_and_agree_with_one_thread(covariance, compute_dtype):
@@ -332,33 +389,33 @@ def test_the_written_out_global_elbo_matches_the_sum_of_factor_kls():
 
 @pytest.mark.parametrize("covariance", ["full", "diag"])
 def test_float32_block_products_go_to_onednn_and_agree_with_torch(covariance, monkeypatch):
-    # the route is taken (its products counted) and gives the statistics torch.mm gives, to
+    # the route is taken (its products counted by torch's profiler, which sees the operator
+    # from plain and compiled block loops alike) and gives the statistics torch.mm gives, to
     # float32 round-off: both sum the same float32 products in another order, 2e-7 relative per
     # block sum measured here; 1e-5 is a 50x margin, a wrong layout would be O(1)
     import pyro_vi.linalg
 
     if not pyro_vi.linalg.onednn_float32():
         pytest.skip("this build of torch has no usable oneDNN float32 matmul")
-    calls = [0]
-    product = pyro_vi.linalg._onednn_mm_t
-
-    def counted(a, b):
-        calls[0] += 1
-        return product(a, b)
-
     x = _mixture(9000, 12, 5, seed=3)
     gmm, data = GaussianMixture(5, covariance=covariance, compute_dtype=torch.float32).prepare(x)
     params = gmm.global_step(gmm.init_stats(data, generator=torch.Generator().manual_seed(2)), None)
-    monkeypatch.setattr(pyro_vi.linalg, "_onednn_mm_t", counted)
-    fast = local_pass(gmm, data, params, chunk_size=None)
-    assert calls[0] == 2 * -(-9000 // _block_rows(gmm, 12))  # two products per block
+    fast, calls = _counting_onednn(lambda: local_pass(gmm, data, params, chunk_size=None))
+    assert calls == 2 * -(-9000 // _block_rows(gmm, 12))  # two products per block
     monkeypatch.setattr(pyro_vi.linalg, "ONEDNN_FLOAT32", False)
-    slow = local_pass(gmm, data, params, chunk_size=None)
-    assert calls[0] == 2 * -(-9000 // _block_rows(gmm, 12))  # none more
+    slow, calls = _counting_onednn(lambda: local_pass(gmm, data, params, chunk_size=None))
+    assert calls == 0
     for a, b in zip(fast.stats, slow.stats, strict=True):
         assert a.dtype == torch.float64
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5 * float(b.abs().max()))
     assert float(fast.elbo) == pytest.approx(float(slow.elbo), rel=1e-6)
+
+
+def _counting_onednn(run):
+    """``run()`` and how many oneDNN matmuls (``mkldnn::_linear_pointwise``) it made."""
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        out = run()
+    return out, sum(e.count for e in prof.key_averages() if e.key == "mkldnn::_linear_pointwise")
 
 
 def _block_rows(gmm: GaussianMixture, d: int) -> int:

@@ -81,27 +81,28 @@ ONEDNN_MIN_MACS = 1_000_000
 #: Full covariance takes the quadratic-feature (vech) path for ``D <= max_d`` at the first
 #: ``(min_k, max_d)`` row with ``K >= min_k``, else the per-component triangular product
 #: (:func:`prefers_features`). Measured by ``python -m benchmarks.scaling --sections crossover``
-#: (N=5e4, 1 thread, float64, one process, 5 rounds alternating; load 1.0-1.3 on 2 cores), CPU
-#: time triangular / features (> 1: features faster), median [range] of rounds, for the
-#: transposed feature blocks (:func:`_features`):
+#: (N=5e4, 1 thread, float64, one process, 5 rounds alternating; load about 1 on 2 cores), CPU
+#: time triangular / features (> 1: features faster), median of rounds, on two machines, an AMD
+#: EPYC (Zen 5) / an Intel Xeon (AVX-512; the compiled block loop of :mod:`.blocks`):
 #:
-#: ====  ==================  ==================  ==================
-#:  D    K=4                 K=8                 K=16
-#: ====  ==================  ==================  ==================
-#:  8    5.85 [5.78-6.16]    3.29 [3.09-3.46]    3.39 [3.08-3.79]
-#:  16   1.80 [1.71-2.03]    2.42 [2.31-2.87]    2.58 [2.46-3.04]
-#:  24   1.56 [1.46-1.64]    1.76 [1.61-2.01]    2.44 [2.13-2.60]
-#:  32   1.20 [1.15-1.32]    1.59 [1.52-1.88]    2.14 [1.83-2.27]
-#:  40   1.06 [0.95-1.24]    1.57 [1.36-1.63]    1.75 [1.57-1.94]
-#:  48   0.92 [0.81-1.01]    1.17 [1.14-1.21]    1.61 [1.50-1.65]
-#:  56   0.90 [0.84-0.98]    1.30 [1.25-1.36]    1.85 [1.57-1.87]
-#:  64   0.89 [0.83-0.95]    1.40 [1.32-1.51]    1.74 [1.70-1.86]
-#: ====  ==================  ==================  ==================
+#: ====  ===========  ===========  ===========
+#:  D    K=4          K=8          K=16
+#: ====  ===========  ===========  ===========
+#:  8    5.85 / 2.66  3.29 / 4.01  3.39 / 4.38
+#:  16   1.80 / 1.52  2.42 / 2.24  2.58 / 3.06
+#:  24   1.56 / 1.05  1.76 / 1.66  2.44 / 2.40
+#:  32   1.20 / 0.76  1.59 / 1.29  2.14 / 2.02
+#:  40   1.06 / 0.66  1.57 / 1.14  1.75 / 1.72
+#:  48   0.92 / 0.61  1.17 / 1.05  1.61 / 1.55
+#:  56   0.90 / 0.55  1.30 / 1.00  1.85 / 1.89
+#:  64   0.89 / 0.52  1.40 / 1.44  1.74 / 3.24
+#: ====  ===========  ===========  ===========
 #:
-#: At K=4 the crossover lies at D ~ 40 (parity there, kept on the triangular path); from K=8 the
-#: features win at every D measured, up to 64. A first run (D <= 48, load 1.3) agreed: K=4, D=32
-#: 1.16 and D=40 1.02; K=8, D=48 1.38. Above D=64 (unmeasured here) the triangular path is kept.
-VECH_MAX_D_BY_K: tuple[tuple[int, int], ...] = ((8, 64), (1, 32))
+#: At K=4 the crossover lies at D ~ 40 on the AMD machine and at D ~ 24 on the Intel one; the
+#: rule takes the features up to D = 24, where both machines gain (at D = 32 the AMD machine
+#: would gain 1.20x and the Intel one lose 1/0.76 = 1.32x). From K=8 the features win or tie
+#: at every D measured, up to 64, on both. Above D=64 (unmeasured) the triangular path is kept.
+VECH_MAX_D_BY_K: tuple[tuple[int, int], ...] = ((8, 64), (1, 24))
 
 
 def prefers_features(d: int, k: int) -> bool:
@@ -374,8 +375,9 @@ class GaussianMixture(ConjugateModel[Tensor, GMMParams, Stats]):
         over blocks in ``dtype``; global steps, KLs and the ELBO stay in ``dtype``. On the CPU
         the two block products go to oneDNN's float32 matmul where torch has it
         (:func:`pyro_vi.linalg.mm_t`; ``pyro_vi.linalg.ONEDNN_FLOAT32 = False`` keeps them in
-        ``torch.mm``): at N=1e5, D=32, K=16 on this project's AMD machine, one thread, a sweep
-        takes 27 ms against 51 ms in ``torch.mm`` (MKL, which runs AVX2 kernels there).
+        ``torch.mm``): at N=1e5, D=32, K=16 on an AMD EPYC (Zen 5), one thread, a sweep took
+        27 ms against 51 ms in ``torch.mm`` (MKL, which runs AVX2 kernels there); on an Intel
+        Xeon, where MKL runs AVX-512, the two tie (61.7 and 62.2 ms).
 
     .. note::
         On the CPU with ``torch.get_num_threads() = T > 1``, the feature path's blocks are

@@ -56,7 +56,7 @@ def test_feature_path_statistics_equal_triangular_ones_per_chunk():
 @pytest.mark.parametrize(("d", "k", "features"), [
     # the measured crossover table in model.py (triangular/features CPU time, N=5e4): each row
     # of VECH_MAX_D_BY_K at its edge, and the cells the benchmark measured on either side of it
-    (2, 1, True), (8, 4, True), (32, 4, True), (40, 4, False), (48, 4, False), (64, 7, False),
+    (2, 1, True), (8, 4, True), (24, 4, True), (25, 4, False), (32, 4, False), (48, 4, False), (64, 7, False),
     (16, 8, True), (48, 8, True), (64, 8, True), (65, 8, False),
     (8, 16, True), (32, 16, True), (64, 16, True), (72, 16, False), (32, 64, True), (65, 64, False),
 ])

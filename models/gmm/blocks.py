@@ -169,8 +169,8 @@ def block_pass(data: Tensor, centred: Optional[Tensor], m0: Tensor,  # noqa: UP0
         nk.add_(r.sum(1))  # per block in r's dtype, like the GEMM's sums
 
 
-#: Whether CPU passes run the compiled :func:`block_pass` (False: the plain function everywhere;
-#: the tests compare the two, the benchmarks may time both).
+#: Whether CPU passes run the compiled :func:`block_pass` (False: the plain function everywhere,
+#: as the tests set it to compare the two).
 SCRIPTED = True
 
 

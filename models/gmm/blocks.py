@@ -98,6 +98,13 @@ def fill_features(out: Tensor, x: Tensor, m0: Tensor, centred: Optional[Tensor],
     return out[:q + d]
 
 
+def _onednn_mm_t(a: Tensor, b: Tensor) -> Tensor:
+    """``a @ b.T`` by oneDNN's float32 matmul, as :func:`pyro_vi.linalg.mm_t` calls it (no checks here)."""
+    # oneDNN's post-op scalars (none): typed for TorchScript, whose ``number`` is int, float or complex
+    no_scalars = torch.jit.annotate(List[Optional[Union[int, float, complex]]], [])  # noqa: UP006,UP007,UP045
+    return torch.ops.mkldnn._linear_pointwise(a, b, None, "none", no_scalars, "")
+
+
 def block_pass(data: Tensor, centred: Optional[Tensor], m0: Tensor,  # noqa: UP045 -- TorchScript
                bounds: List[int], first: int, step: int,  # noqa: UP006
                buf: Tensor, out: Tensor, total: Tensor, nk: Tensor, elbo: Tensor,
@@ -133,8 +140,6 @@ def block_pass(data: Tensor, centred: Optional[Tensor], m0: Tensor,  # noqa: UP0
     tensor([2.], dtype=torch.float64)
     """
     transposed = onednn and not diag
-    # oneDNN's post-op scalars (none): typed for TorchScript, whose ``number`` is int, float or complex
-    no_scalars = torch.jit.annotate(List[Optional[Union[int, float, complex]]], [])  # noqa: UP006,UP007,UP045
     for j in range(first, len(bounds) - 1, step):
         i = bounds[j]
         m = bounds[j + 1] - i
@@ -144,7 +149,7 @@ def block_pass(data: Tensor, centred: Optional[Tensor], m0: Tensor,  # noqa: UP0
         if g is not None and c is not None:
             # softmax and logsumexp from one exp, in the worker's buffer (or in oneDNN's product)
             if onednn:
-                rho = torch.ops.mkldnn._linear_pointwise(g, phi.T, None, "none", no_scalars, "").add_(c)
+                rho = _onednn_mm_t(g, phi.T).add_(c)
             else:
                 rho = torch.addmm(c, g, phi, out=r)
             top = rho.amax(0)
@@ -158,10 +163,7 @@ def block_pass(data: Tensor, centred: Optional[Tensor], m0: Tensor,  # noqa: UP0
         elif given is not None:
             r = given[i:i + m].T
         if onednn:  # the features as the packed operand: measured faster either way
-            if transposed:
-                total.add_(torch.ops.mkldnn._linear_pointwise(phi, r, None, "none", no_scalars, ""))
-            else:
-                total.add_(torch.ops.mkldnn._linear_pointwise(r, phi, None, "none", no_scalars, ""))
+            total.add_(_onednn_mm_t(phi, r) if transposed else _onednn_mm_t(r, phi))
         elif part is None:
             total.addmm_(r, phi.T)
         else:  # the block's sums in the compute dtype, accumulated in the statistics' dtype

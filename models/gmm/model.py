@@ -896,7 +896,6 @@ class GaussianMixture(ConjugateModel[Tensor, GMMParams, Stats]):
         # (K, Q+D) rows times the (Q+D, rows) features: (K, rows) log rho. A wide product runs
         # ~2x faster than a (rows, Q+D)(Q+D, K) one with its K-column output (1 thread, float64).
         gk, c = g.to(self.compute_dtype), c.to(self.compute_dtype).unsqueeze(-1)
-
         return Local(*self._block_sums(data, self.compute_dtype, coefficients=(gk, c), workers=workers))
 
     def proposals(self, data: Tensor, params: GMMParams) -> list[tuple[str, Stats]]:
